@@ -1,0 +1,399 @@
+"""BERT (Devlin et al., 2019), read from the smallest part up:
+embeddings -> self-attention -> feed-forward -> layer -> encoder -> BertModel -> heads.
+
+Single-device model code only: no data, optimizer or distributed logic here.
+
+Two layouts of the hidden states run through the same layers:
+- padded:   (B, T, H), with a key-padding mask for attention;
+- unpadded: (N, H), N = the real tokens of the batch, sequences stored back to back and delimited
+  by `cu_seqlens`, so linear layers, GELU and LayerNorm spend no FLOPs on padding. Only attention
+  needs to know the layout (`Padded` / `Unpadded` below).
+Parameter names follow Google's / Hugging Face's so that checkpoint key maps stay short
+(`bertforge.convert.hf` holds the map); query, key and value are one fused projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertforge.config import BertConfig
+
+try:  # FlashAttention's variable-length kernel (CUDA, torch >= 2.9); absent on other builds.
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:  # pragma: no cover - depends on the torch build
+    _varlen_attn = None
+
+
+# ---- layouts -----------------------------------------------------------------------------
+
+
+@dataclass
+class Padded:
+    """Hidden states are (B, T, H); `mask` is the SDPA boolean mask (B, 1, 1, T), True = attend,
+    or None when no position is padding."""
+
+    mask: Tensor | None
+
+
+@dataclass
+class Unpadded:
+    """Hidden states are (N, H): the real tokens of B sequences back to back.
+
+    indices:    (N,) positions of the real tokens in the flattened (B*T) padded grid
+    cu_seqlens: (B+1,) int32 cumulative sequence lengths, cu_seqlens[0] = 0
+    max_seqlen: longest sequence in the batch
+    batch, seqlen: B and T of the padded grid
+    """
+
+    indices: Tensor
+    cu_seqlens: Tensor
+    max_seqlen: int
+    batch: int
+    seqlen: int
+    mask: Tensor  # (B, 1, 1, T) boolean SDPA mask, for attention kernels that need the padded grid
+
+    @classmethod
+    def from_mask(cls, attention_mask: Tensor) -> "Unpadded":
+        """attention_mask: (B, T), 1 for real tokens. Real tokens need not be a prefix."""
+        B, T = attention_mask.shape
+        lengths = attention_mask.sum(dim=1, dtype=torch.int32)
+        cu = F.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
+        indices = torch.nonzero(attention_mask.flatten(), as_tuple=False).flatten()
+        return cls(indices, cu, int(lengths.max().item()), B, T,
+                   attention_mask.bool()[:, None, None, :])
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> (N, ...)"""
+        return x.flatten(0, 1).index_select(0, self.indices)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (B, T, ...), zeros at padding."""
+        out = x.new_zeros(self.batch * self.seqlen, *x.shape[1:])
+        out.index_copy_(0, self.indices, x)
+        return out.view(self.batch, self.seqlen, *x.shape[1:])
+
+
+Layout = Padded | Unpadded
+
+
+# ---- building blocks ---------------------------------------------------------------------
+
+
+def gelu_for(name: str):
+    # BERT uses the exact (erf) GELU; "gelu_new" is the tanh approximation some checkpoints use.
+    approximate = "none" if name == "gelu" else "tanh"
+    return lambda x: F.gelu(x, approximate=approximate)
+
+
+class BertEmbeddings(nn.Module):
+    """Sum of word, position and token-type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        """input_ids, token_type_ids: (B, T) -> (B, T, H)"""
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection, through SDPA or FlashAttention-varlen."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        """x: (B, T, H) padded or (N, H) unpadded -> same shape (before the output projection)."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
+        if isinstance(layout, Padded):
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, dropout_p=dropout_p)
+            return y.transpose(1, 2).flatten(2)  # (B, T, H)
+        q, k, v = qkv.unbind(1)  # each (N, nh, hd)
+        if _can_use_varlen(q, dropout_p):
+            y = _varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens,
+                             layout.max_seqlen, layout.max_seqlen)
+            return y.flatten(1)  # (N, H)
+        # Elsewhere (CPU, fp32, attention dropout): scatter into the padded grid for SDPA only;
+        # every other op of the layer still runs on the N real tokens.
+        q, k, v = (layout.pad(t).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, dropout_p=dropout_p)
+        return layout.unpad(y.transpose(1, 2)).flatten(1)  # (N, H)
+
+
+def _can_use_varlen(q: Tensor, dropout_p: float) -> bool:
+    return (_varlen_attn is not None and q.is_cuda and dropout_p == 0.0
+            and q.dtype in (torch.float16, torch.bfloat16))
+
+
+class FeedForward(nn.Module):
+    """Position-wise H -> 4H -> H with GELU."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = gelu_for(config.hidden_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.act(self.intermediate(x)))
+
+
+class BertLayer(nn.Module):
+    """Post-LayerNorm transformer layer, as in BERT:
+    x = LN(x + Dropout(Proj(Attention(x)))); x = LN(x + Dropout(FFN(x)))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention_output(self.attention(x, layout))))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, layout)
+        return x
+
+
+class BertPooler(nn.Module):
+    """tanh(W h_[CLS] + b): the sentence representation NSP and classification read."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence_output: Tensor) -> Tensor:
+        """(B, T, H) -> (B, H)"""
+        return torch.tanh(self.dense(sequence_output[:, 0]))
+
+
+@dataclass
+class BertOutput:
+    sequence_output: Tensor  # (B, T, H); zeros at padding on the unpadded path
+    pooled_output: Tensor | None  # (B, H), None without a pooler
+
+
+class BertModel(nn.Module):
+    """The BERT encoder: embeddings, L layers, optional pooler.
+
+    `unpad=True` runs the layers on the real tokens only (see module docstring); outputs at real
+    positions are the same function as the padded path.
+    """
+
+    def __init__(self, config: BertConfig, add_pooler: bool = True, unpad: bool = False):
+        super().__init__()
+        self.config = config
+        self.unpad = unpad
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooler else None
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> BertOutput:
+        """input_ids, token_type_ids, attention_mask: (B, T); attention_mask 1 = real token."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        if attention_mask is not None and self.unpad:
+            layout = Unpadded.from_mask(attention_mask)
+            x = layout.pad(self.encoder(layout.unpad(x), layout))
+        else:
+            mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+            x = self.encoder(x, Padded(mask))
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return BertOutput(x, pooled)
+
+
+# ---- heads -------------------------------------------------------------------------------
+
+
+class BertPreTrainedModel(nn.Module):
+    """Common weight initialisation (truncated-free normal(0, initializer_range), as BERT)."""
+
+    config: BertConfig
+
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        self._init_extra()
+
+    def _init_extra(self) -> None:
+        pass
+
+
+class MaskedLMHead(nn.Module):
+    """transform (dense, GELU, LayerNorm), then a decoder tied to the word embeddings, plus a bias."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = gelu_for(config.hidden_act)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: Tensor, word_embeddings: Tensor) -> Tensor:
+        """x: (..., H), word_embeddings: (V, H), the tied decoder weight -> (..., V)"""
+        x = self.norm(self.act(self.dense(x)))
+        return F.linear(x, word_embeddings, self.bias)
+
+
+@dataclass
+class PreTrainingOutput:
+    mlm_logits: Tensor  # (B, P, V) at masked_lm_positions, or (B, T, V) without them
+    nsp_logits: Tensor  # (B, 2)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """Masked LM + next sentence prediction."""
+
+    head = "pretraining"
+
+    def __init__(self, config: BertConfig, unpad: bool = False):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=True, unpad=unpad)
+        self.mlm = MaskedLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None,
+                masked_lm_positions: Tensor | None = None) -> PreTrainingOutput:
+        """masked_lm_positions: (B, P) token positions to predict; the MLM head runs on those only."""
+        out = self.bert(input_ids, token_type_ids, attention_mask)
+        seq = out.sequence_output
+        if masked_lm_positions is not None:
+            index = masked_lm_positions.unsqueeze(-1).expand(-1, -1, seq.shape[-1])
+            seq = torch.gather(seq, 1, index)  # (B, P, H)
+        mlm_logits = self.mlm(seq, self.bert.embeddings.word_embeddings.weight)
+        return PreTrainingOutput(mlm_logits, self.nsp(out.pooled_output))
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Span extraction (SQuAD): a start and an end logit per token."""
+
+    head = "qa"
+
+    def __init__(self, config: BertConfig, unpad: bool = False):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=False, unpad=unpad)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """-> start_logits, end_logits: each (B, T)"""
+        logits = self.qa_outputs(self.bert(input_ids, token_type_ids, attention_mask).sequence_output)
+        start, end = logits.unbind(-1)
+        return start, end
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """Classification (num_labels >= 2) or regression (num_labels == 1) on the pooled [CLS]."""
+
+    head = "classification"
+
+    def __init__(self, config: BertConfig, num_labels: int = 2, unpad: bool = False):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config, add_pooler=True, unpad=unpad)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
+        """-> logits (B, num_labels)"""
+        pooled = self.bert(input_ids, token_type_ids, attention_mask).pooled_output
+        return self.classifier(self.dropout(pooled))
+
+
+class BertEncoderOnly(BertPreTrainedModel):
+    """The bare encoder (with pooler) as a head-less model, for feature extraction and checkpoints
+    that carry no head."""
+
+    head = "base"
+
+    def __init__(self, config: BertConfig, unpad: bool = False):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=True, unpad=unpad)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> BertOutput:
+        return self.bert(input_ids, token_type_ids, attention_mask)
+
+
+HEADS: dict[str, type[BertPreTrainedModel]] = {
+    cls.head: cls for cls in
+    (BertEncoderOnly, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification)
+}
+
+
+def build_model(config: BertConfig, head: str, num_labels: int = 2, unpad: bool = False
+                ) -> BertPreTrainedModel:
+    """A freshly initialised model with the named head (see HEADS)."""
+    cls = HEADS[head]
+    if cls is BertForSequenceClassification:
+        return cls(config, num_labels=num_labels, unpad=unpad)
+    return cls(config, unpad=unpad)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_flops_per_token(config: BertConfig, seq_len: int, training: bool) -> float:
+    """Matmul FLOPs per token of the encoder (PaLM-style accounting: 2 per MAC, x3 for training)."""
+    H, L, I = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    per_layer = 2 * (3 * H * H + H * H + 2 * H * I) + 2 * 2 * seq_len * H
+    return (3.0 if training else 1.0) * L * per_layer
+
+
+__all__ = [
+    "BertConfig", "BertModel", "BertForPreTraining", "BertForQuestionAnswering",
+    "BertForSequenceClassification", "BertEncoderOnly", "HEADS", "build_model", "count_parameters",
+    "model_flops_per_token", "Padded", "Unpadded",
+]
