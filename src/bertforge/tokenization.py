@@ -9,6 +9,7 @@ original text.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -87,25 +88,32 @@ class WordPieceTokenizer:
     def special_ids(self) -> frozenset[int]:
         return frozenset(self.vocab[t] for t in SPECIAL_TOKENS if t in self.vocab)
 
+    def _prepare(self, text: str) -> str:
+        if self.do_lower_case and "\u03a3" in text:
+            return _python_final_sigma(text)
+        return text
+
+    def _encode(self, texts: Sequence[str]):
+        return self._tok.encode_batch([self._prepare(t) for t in texts], add_special_tokens=False)
+
     def encode(self, text: str) -> Encoding:
-        e = self._tok.encode(text, add_special_tokens=False)
+        e = self._tok.encode(self._prepare(text), add_special_tokens=False)
         return Encoding(e.tokens, e.ids, e.offsets)
 
     def encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
-        return [Encoding(e.tokens, e.ids, e.offsets)
-                for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [Encoding(e.tokens, e.ids, e.offsets) for e in self._encode(texts)]
 
     def tokenize(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
+        return self._tok.encode(self._prepare(text), add_special_tokens=False).tokens
 
     def ids(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(self._prepare(text), add_special_tokens=False).ids
 
     def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in self._encode(texts)]
 
     def tokenize_batch(self, texts: Sequence[str]) -> list[list[str]]:
-        return [e.tokens for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.tokens for e in self._encode(texts)]
 
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
         return [self.vocab.get(t, self.unk_id) for t in tokens]
@@ -122,3 +130,45 @@ class WordPieceTokenizer:
             input_ids += [*ids_b, self.sep_id]
             segments += [1] * (len(ids_b) + 1)
         return input_ids, segments
+
+
+# ---- Greek final sigma ---------------------------------------------------------------------
+# Google lower-cases each whitespace token with Python's str.lower(), which turns a word-final
+# capital sigma into the final form (ΟΔΟΣ -> οδος); the Rust normalizer lower-cases character by
+# character (-> οδοσ), which WordPiece then splits differently. Where Python would write the final
+# form, we substitute it before normalisation: one character for one, so offsets stay exact.
+
+
+def _is_token_boundary(ch: str) -> bool:
+    """Whitespace (Google's _is_whitespace) or a CJK character (which Google spaces out)."""
+    if ch in " \t\n\r" or unicodedata.category(ch) == "Zs":
+        return True
+    cp = ord(ch)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
+            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def _is_removed(ch: str) -> bool:
+    """Characters Google's _clean_text drops (NUL, U+FFFD, control/format characters)."""
+    if ch in "\t\n\r":
+        return False
+    return ch in "\x00\ufffd" or unicodedata.category(ch).startswith("C")
+
+
+def _python_final_sigma(text: str) -> str:
+    chars = list(text)
+    for p, ch in enumerate(text):
+        if ch != "\u03a3":
+            continue
+        left = p
+        while left > 0 and not _is_token_boundary(text[left - 1]):
+            left -= 1
+        right = p + 1
+        while right < len(text) and not _is_token_boundary(text[right]):
+            right += 1
+        kept = [j for j in range(left, right) if not _is_removed(text[j])]
+        before = sum(len(text[j].lower()) for j in kept[:kept.index(p)])
+        if "".join(text[j] for j in kept).lower()[before] == "\u03c2":
+            chars[p] = "\u03c2"
+    return "".join(chars)

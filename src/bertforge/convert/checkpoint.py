@@ -350,6 +350,8 @@ def save_checkpoint_as(ckpt: Checkpoint, out_dir: str | Path, to: str = "native"
             (tmp / NATIVE_META).write_text(json.dumps(meta, indent=2) + "\n")
         else:
             hf_state = hfmap.native_to_hf(state)
+            if head == "base":  # transformers' BertModel keeps its weights without the `bert.` prefix
+                hf_state = {k.removeprefix("bert."): v for k, v in hf_state.items()}
             save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             cfg = ckpt.config.to_hf_dict(hfmap.ARCHITECTURES[head])
             if ckpt.labels:

@@ -1,0 +1,33 @@
+"""Small builders shared by tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+import torch
+
+from bertforge.config import BertConfig
+
+
+def tiny_config(**overrides) -> BertConfig:
+    base = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
+    base.update(overrides)
+    return BertConfig(**base)
+
+
+def hf_config(config: BertConfig, **extra):
+    """The same architecture as a transformers BertConfig."""
+    import transformers
+    return transformers.BertConfig(**config.to_dict(), **extra)
+
+
+def random_batch(config: BertConfig, batch: int = 4, seq: int = 16, seed: int = 0,
+                 min_len: int = 3) -> dict[str, torch.Tensor]:
+    """Random ids with ragged lengths, right-padded with 0 as BERT feeds do."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, seq + 1, (batch,), generator=g)
+    lengths[0] = seq  # at least one full row
+    input_ids = torch.randint(1, config.vocab_size, (batch, seq), generator=g)
+    token_type_ids = torch.randint(0, config.type_vocab_size, (batch, seq), generator=g)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    return {"input_ids": input_ids * mask, "token_type_ids": token_type_ids * mask,
+            "attention_mask": mask}
