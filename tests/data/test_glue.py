@@ -134,7 +134,8 @@ def test_mrpc_original_files_sizes_and_labels() -> None:
 def test_real_files_keep_quotes_and_index(glue_dir: Path) -> None:
     dev = read_split("mrpc", glue_dir, "dev")
     # A bare leading quote that a CSV quote parser would treat as opening a quoted field.
-    assert dev[0].text_b == '"The foodservice pie business does not fit our long-term growth strategy.'
+    assert dev[0].text_b == ('"The foodservice pie business does not fit our long-term '
+                             'growth strategy.')
     assert dev[0].label == "1"
     test = read_split("mrpc", glue_dir, "test")
     assert [e.guid for e in test] == [str(i) for i in range(1725)]
@@ -148,55 +149,65 @@ def test_real_files_keep_quotes_and_index(glue_dir: Path) -> None:
 # Fixtures in GLUE's layout for the tasks without real files here
 
 
-# (task, split, rows, (guid, text_a, text_b, label) of the first row, label of the last row)
-FIXTURE_CASES = [
-    ("qqp", "train", 5, ("133273", "How is the life of a math student? Could you describe your own experiences?",
-                         "Which level of prepration is enough for the exam jlpt5?", "0"), "0"),
-    ("qqp", "dev", 3, ("201359", "Why are African-Americans so beautiful?", "Why are hispanics so beautiful?", "0"), "0"),
-    ("qqp", "test", 3, ("0", "Why am I mentally very lonely? How can I solve it?",
-                        "Find the remainder when [math]23^{24}[/math] is divided by 24,23?", None), None),
-    ("mnli", "train", 6, ("0", "Conceptually cream skimming has two basic dimensions - product and geography.",
-                          "Product and geography are what make cream skimming work. ", "neutral"), "contradiction"),
-    ("mnli", "dev_matched", 3, ("0", "The new rights are nice enough",
-                                "Everyone really likes the newest benefits ", "neutral"), "entailment"),
-    ("mnli", "dev_mismatched", 4, ("0", "Your contribution helped make it possible for us to provide our students with a quality education.",
-                                   "Your contributions were of no help with our students' education.", "contradiction"), "contradiction"),
-    ("mnli", "test_matched", 2, ("0", "Hierbas, ans seco, ans dulce, and frigola are just a few names worth keeping a look-out for.",
-                                 "Hierbas is a name worth looking out for.", None), None),
-    ("mnli", "test_mismatched", 3, ("0", "What we have to do is get the kids on the right track.",
-                                    "The kids need to be put on the right track.", None), None),
-    ("qnli", "train", 4, ("0", "What came into force after the new constitution was herald?",
-                          "As of that day, the new constitution heralding the Second Republic came into force.", "entailment"), "entailment"),
-    ("qnli", "dev", 2, ("0", "What is the Grotto at Notre Dame?",
-                        "Immediately behind the basilica is the Grotto, a Marian place of prayer and reflection.", "entailment"), "not_entailment"),
-    ("qnli", "test", 2, ("0", "What organization is devoted to Jihad against Israel?",
-                         "For some decades prior to the First Palestine Intifada in 1987, the Muslim Brotherhood in Palestine took a quiescent stance towards Israel.", None), None),
-    ("rte", "train", 3, ("0", "No Weapons of Mass Destruction Found in Iraq Yet.",
-                         "Weapons of Mass Destruction Found in Iraq.", "not_entailment"), "entailment"),
-    ("rte", "dev", 2, ("0", "Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age 44, according to the Christopher Reeve Foundation.",
-                       "Christopher Reeve had an accident.", "not_entailment"), "entailment"),
-    ("rte", "test", 3, ("0", "Mangla was summoned after Madhumita's sister Nidhi Shukla, who was the first witness in the case.",
-                        "Shukla is related to Mangla.", None), None),
-    ("wnli", "train", 4, ("0", "I stuck a pin through a carrot. When I pulled the pin out, it had a hole.",
-                          "The carrot had a hole.", "1"), "0"),
-    ("wnli", "dev", 2, ("0", "The drain is clogged with hair. It has to be cleaned.", "The hair has to be cleaned.", "0"), "1"),
-    ("wnli", "test", 2, ("0", "Maude and Dora had seen the trains rushing across the prairie. Maude and Dora knew that the trains were loud.",
-                         "The trains were loud.", None), None),
-    ("stsb", "train", 5, ("0", "A plane is taking off.", "An air plane is taking off.", 5.0), 0.0),
-    ("stsb", "dev", 3, ("0", "A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0), 2.615),
-    ("stsb", "test", 2, ("0", "A girl is styling her hair.", "A girl is brushing her hair.", None), None),
-    ("cola", "test", 3, ("0", "Bill whistled past the house.", None, None), None),
-    ("sst2", "test", 4, ("0", "uneasy mishmash of styles and genres .", None, None), None),
+# GLUE's column names, written down here from the GLUE release (not taken from the code):
+# folder, id column, text column(s), label column.
+GLUE_LAYOUT = {
+    "qqp": ("QQP", "id", ("question1", "question2"), "is_duplicate"),
+    "mnli": ("MNLI", "index", ("sentence1", "sentence2"), "gold_label"),
+    "qnli": ("QNLI", "index", ("question", "sentence"), "label"),
+    "rte": ("RTE", "index", ("sentence1", "sentence2"), "label"),
+    "wnli": ("WNLI", "index", ("sentence1", "sentence2"), "label"),
+    "stsb": ("STS-B", "index", ("sentence1", "sentence2"), "score"),
+    "cola": ("CoLA", "index", ("sentence",), "label"),
+    "sst2": ("SST-2", "index", ("sentence",), "label"),
+}
+TRAIN_LABELS = {
+    "qqp": ["0", "1", "0", "1", "0"],
+    "mnli": ["neutral", "entailment", "entailment", "entailment", "neutral", "contradiction"],
+    "qnli": ["entailment", "not_entailment", "not_entailment", "entailment"],
+    "rte": ["not_entailment", "entailment", "entailment"],
+    "wnli": ["1", "1", "1", "0"],
+    "stsb": [5.0, 3.8, 3.8, 2.6, 0.0],
+}
+FIXTURE_SPLITS = [
+    *[(task, split) for task in ("qqp", "qnli", "rte", "wnli", "stsb")
+      for split in ("train", "dev", "test")],
+    *[("mnli", split) for split in ("train", "dev_matched", "dev_mismatched", "test_matched",
+                                    "test_mismatched")],
+    ("cola", "test"), ("sst2", "test"),
 ]
 
 
-@pytest.mark.parametrize("task, split, rows, first, last_label", FIXTURE_CASES,
-                         ids=[f"{c[0]}-{c[1]}" for c in FIXTURE_CASES])
-def test_fixture_files_read(task: str, split: str, rows: int, first: tuple, last_label) -> None:
+def _plain_parse_by_header(path: Path, id_col: str, text_cols: tuple[str, ...], label_col: str
+                           ) -> list[tuple]:
+    """An independent reader for headed files: columns looked up by GLUE's names."""
+    header, *rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+    assert all(len(r) == len(header) for r in rows)
+    cols = [header.index(c) for c in (id_col, *text_cols)]
+    label = header.index(label_col) if label_col in header else None
+    return [(*(r[c] for c in cols), r[label] if label is not None else None) for r in rows]
+
+
+@pytest.mark.parametrize("task, split", FIXTURE_SPLITS,
+                         ids=[f"{t}-{s}" for t, s in FIXTURE_SPLITS])
+def test_fixture_files_equal_plain_parse(task: str, split: str) -> None:
+    folder, id_col, text_cols, label_col = GLUE_LAYOUT[task]
+    file = "dev.tsv" if split == "dev" else f"{split}.tsv"
+    expected = _plain_parse_by_header(GLUE_FIXTURES / folder / file, id_col, text_cols, label_col)
     examples = read_split(task, GLUE_FIXTURES, split)
-    assert len(examples) == rows
-    assert examples[0] == GlueExample(*first)
-    assert examples[-1].label == last_label
+    got = [(e.guid, e.text_a, e.text_b, e.label) if e.text_b is not None
+           else (e.guid, e.text_a, e.label) for e in examples]
+    if task == "stsb":
+        expected = [(*row[:-1], float(row[-1]) if row[-1] is not None else None)
+                    for row in expected]
+    assert got == expected
+    assert (split.startswith("test")) == all(e.label is None for e in examples)
+
+
+@pytest.mark.parametrize("task", list(TRAIN_LABELS))
+def test_fixture_train_labels(task: str) -> None:
+    labels = [e.label for e in read_split(task, GLUE_FIXTURES, "train")]
+    assert labels == TRAIN_LABELS[task]
 
 
 def test_fixture_labels_and_bare_quotes() -> None:

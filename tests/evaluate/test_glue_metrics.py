@@ -91,6 +91,14 @@ def test_degenerate_classification(task: str) -> None:
         _check(task, np.array(preds), np.array(labels))
 
 
+@pytest.mark.parametrize("preds, labels", [
+    ([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [4.0, 4.0, 4.0]),
+    ([0.0, 0.0], [5.0, 5.0]), ([3.0], [2.0]), ([1.0, 2.0], [2.0, 1.0]),
+])
+def test_degenerate_stsb(preds: list[float], labels: list[float]) -> None:
+    _check("stsb", np.array(preds), np.array(labels))
+
+
 def test_degenerate_values_are_documented_ones() -> None:
     assert compute_metrics("cola", [1, 1, 1], [0, 1, 0]) == {"mcc": 0.0}
     assert compute_metrics("mrpc", [0, 0], [0, 0]) == {"accuracy": 1.0, "f1": 0.0}

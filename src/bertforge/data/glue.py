@@ -157,8 +157,9 @@ def get_task(name: str | GlueTask) -> GlueTask:
         return name
     task = TASKS.get(_canonical(name))
     if task is None:
+        glue_names = ", ".join(t.glue_name for t in TASKS.values())
         raise ConfigError(f"unknown GLUE task {name!r}; valid tasks: {', '.join(TASKS)} "
-                          f"(or their GLUE names: {', '.join(t.glue_name for t in TASKS.values())})")
+                          f"(or their GLUE names: {glue_names})")
     return task
 
 
@@ -184,8 +185,12 @@ def read_split(task: str | GlueTask, data_dir: str | Path, split: str) -> list[G
     t = get_task(task)
     s = t.split(split)
     root = Path(data_dir)
-    task_dir = root / t.glue_name if (root / t.glue_name).is_dir() else root
-    return read_file(t, task_dir / s.file, require_labels=s.labelled)
+    candidates = (root / t.glue_name / s.file, root / s.file)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise DataError(f"GLUE {t.glue_name} {s.name} file not found: looked for "
+                        f"{candidates[0]} and {candidates[1]}")
+    return read_file(t, path, require_labels=s.labelled)
 
 
 def read_file(task: str | GlueTask, path: str | Path, require_labels: bool = False

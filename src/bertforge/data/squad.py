@@ -24,13 +24,13 @@ import math
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence, TypedDict
 
 import numpy as np
-from tokenizers import normalizers, pre_tokenizers
 from tqdm.auto import tqdm
 
 from bertforge.errors import ConfigError, DataError
@@ -589,28 +589,66 @@ def _softmax(scores: list[float]) -> list[float]:
     return [x / total for x in exps]
 
 
-@lru_cache(maxsize=2)
-def _basic_tokenizer(do_lower_case: bool) -> tuple[normalizers.Normalizer,
-                                                   pre_tokenizers.PreTokenizer]:
-    """Google's BasicTokenizer as `tokenizers` components (the ones WordPieceTokenizer uses)."""
-    return (normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                       strip_accents=do_lower_case, lowercase=do_lower_case),
-            pre_tokenizers.BertPreTokenizer())
+# Google's BasicTokenizer (tokenization.py), re-implemented for `get_final_text`: the
+# `tokenizers` normalizer lower-cases a final capital sigma to "σ" where Python's str.lower()
+# (and so Google, and the WordPiece tokens) give "ς", which would break the alignment.
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def _is_cjk(cp: int) -> bool:
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+def _is_punctuation(c: str) -> bool:
+    # Google counts all non-alphanumeric ASCII as punctuation, e.g. "^", "$", "`".
+    cp = ord(c)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 \
+        or unicodedata.category(c).startswith("P")
+
+
+def _clean_char(c: str) -> str:
+    """Google's `_clean_text` and `_tokenize_chinese_chars` for one character."""
+    cp = ord(c)
+    if cp == 0 or cp == 0xFFFD or (c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cf")):
+        return ""
+    if c in " \t\n\r" or unicodedata.category(c) == "Zs":
+        return " "
+    return f" {c} " if _is_cjk(cp) else c
+
+
+def _split_on_punctuation(token: str) -> list[str]:
+    pieces: list[str] = []
+    start_new = True
+    for c in token:
+        if _is_punctuation(c):
+            pieces.append(c)
+            start_new = True
+        else:
+            if start_new:
+                pieces.append("")
+            pieces[-1] += c
+            start_new = False
+    return pieces
 
 
 @lru_cache(maxsize=1 << 18)
 def _basic_tokenize_word(word: str, do_lower_case: bool) -> tuple[str, ...]:
-    normalizer, pre_tokenizer = _basic_tokenizer(do_lower_case)
-    pieces = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(word))
-    return tuple(piece for piece, _ in pieces)
+    tokens: list[str] = []
+    for token in "".join(map(_clean_char, word)).split():
+        if do_lower_case:
+            token = unicodedata.normalize("NFD", token.lower())
+            token = "".join(c for c in token if unicodedata.category(c) != "Mn")
+        tokens.extend(_split_on_punctuation(token))
+    return tuple(" ".join(tokens).split())
 
 
 def basic_tokenize(text: str, do_lower_case: bool) -> list[str]:
     """Google's `BasicTokenizer(do_lower_case).tokenize(text)`: cleaned, CJK characters and
     punctuation split out, lower-cased and accent-stripped when uncased.
 
-    Every step of it acts on single characters or on space-separated words, so the text is
-    tokenized word by word, with a cache: answer spans reuse the same context words.
+    Every step of it acts on single characters or on whitespace-separated words, so the text
+    is tokenized word by word, with a cache: answer spans reuse the same context words.
     """
     return [token for word in text.split(" ")
             for token in _basic_tokenize_word(word, do_lower_case)]

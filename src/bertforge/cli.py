@@ -1,0 +1,328 @@
+"""The `bertforge` command: one entry point, one subcommand per job.
+
+Each job's flags come from its typed run config (dataclasses parsed by jsonargparse, with YAML
+recipes through `--config recipe.yaml` and dotted overrides such as `--train.learning_rate`).
+On top of that, this module (and only this module) makes the reference recipes' command lines
+work unchanged:
+- flat names: `--learning_rate` is `--train.learning_rate` (every field whose name is unique in
+  the run config), plus the aliases in `ALIASES` (`--bert_config_file`, `--task`, ...);
+- absl-style booleans as Google's scripts take them: `--do_train`, `--do_train=true`,
+  `--nodo_lower_case`, `--no-compile`.
+It also reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE), sets up logging, and turns
+user errors into one clear message and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Callable, Sequence
+
+from bertforge.errors import BertforgeError
+
+log = logging.getLogger("bertforge")
+
+# Extra names for config fields (flat name -> field name, resolved like a flat name).
+ALIASES = {
+    "bert_config_file": "bert_model",
+    "config_file": "bert_model",
+    "task": "task_name",
+    "predict_batch_size": "eval_batch_size",
+    "num_steps_per_checkpoint": "save_every",
+    "resume_from_checkpoint": "resume",
+    "output_file": "output_dir",
+    "no_compile": None,  # handled as the negation of --compile
+}
+BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "t", "f", "y", "n"}
+
+
+@dataclass
+class Command:
+    path: tuple[str, ...]
+    help: str
+    build: Callable[[], tuple[type, Callable[[Any, Any], int | None]]]  # -> (config class, handler)
+
+
+# ---- the commands ------------------------------------------------------------------------------
+
+
+def _dist_info():
+    from bertforge.train.runtime import DistInfo
+    return DistInfo(rank=int(os.environ.get("RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                    world_size=int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def _squad(mode: str):
+    def build():
+        from bertforge.tasks import squad
+
+        def handler(cfg, _ns):
+            if mode == "predict":
+                cfg.do_train = False
+                cfg.do_predict = True
+            squad.run(cfg, _dist_info())
+        return squad.SquadRun, handler
+    return build
+
+
+def _glue(mode: str):
+    def build():
+        from bertforge.tasks import glue
+
+        def handler(cfg, _ns):
+            if mode == "predict":
+                cfg.do_train, cfg.do_predict = False, True
+            elif mode == "evaluate":
+                cfg.do_train, cfg.do_eval = False, True
+            glue.run(cfg, _dist_info())
+        return glue.GlueRun, handler
+    return build
+
+
+def _evaluate_squad():
+    from bertforge.evaluate.squad import EvaluateArgs, evaluate_files
+
+    def handler(cfg, _ns):
+        evaluate_files(cfg)
+    return EvaluateArgs, handler
+
+
+def _pretrain():
+    from bertforge.tasks import pretraining
+
+    def handler(cfg, _ns):
+        pretraining.run(cfg, _dist_info())
+    return pretraining.PretrainRun, handler
+
+
+def _prepare():
+    from bertforge.data.pretraining import PrepareConfig, prepare_pretraining_data
+
+    def handler(cfg, _ns):
+        summary = prepare_pretraining_data(cfg)
+        import json
+        print(json.dumps(summary, indent=2, default=str))
+    return PrepareConfig, handler
+
+
+def _convert():
+    from bertforge.convert.cli import ConvertArgs, convert
+    return ConvertArgs, lambda cfg, _ns: convert(cfg)
+
+
+def _info():
+    from bertforge.convert.cli import InfoArgs, info
+    return InfoArgs, lambda cfg, _ns: info(cfg)
+
+
+def _benchmark():
+    from bertforge.benchmark import BenchmarkArgs, run_benchmark
+
+    def handler(cfg, _ns):
+        run_benchmark(cfg, _dist_info())
+    return BenchmarkArgs, handler
+
+
+COMMANDS = [
+    Command(("finetune", "squad"), "fine-tune on SQuAD v1.1, then predict and evaluate", _squad("finetune")),
+    Command(("finetune", "glue"), "fine-tune on a GLUE task, evaluate, write submissions", _glue("finetune")),
+    Command(("predict", "squad"), "predict SQuAD answers with a fine-tuned checkpoint", _squad("predict")),
+    Command(("predict", "glue"), "write GLUE test-set submission files", _glue("predict")),
+    Command(("evaluate", "squad"), "official SQuAD v1.1 EM/F1 of a predictions file", _evaluate_squad),
+    Command(("evaluate", "glue"), "GLUE dev-set metrics of a fine-tuned checkpoint", _glue("evaluate")),
+    Command(("pretrain",), "pretrain BERT (MLM + NSP, LAMB) from prepared shards", _pretrain),
+    Command(("prepare", "pretraining"), "turn raw text into pretraining shards", _prepare),
+    Command(("convert",), "convert a checkpoint (Google TF, HF, NVIDIA DLE, bertforge) to HF or bertforge",
+            _convert),
+    Command(("info",), "print a checkpoint's config, parameter count and dtype", _info),
+    Command(("benchmark",), "measure training/inference speed (optionally against Hugging Face)", _benchmark),
+]
+
+
+# ---- argv normalisation ------------------------------------------------------------------------
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def flag_table(cls: type, prefix: str = "") -> dict[str, tuple[str, bool]]:
+    """Every leaf field of a (nested) dataclass: dotted name -> (dotted name, is_bool)."""
+    table = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        tp = _unwrap_optional(hints[f.name])
+        name = prefix + f.name
+        if is_dataclass(tp):
+            table.update(flag_table(tp, name + "."))
+        else:
+            table[name] = (name, tp is bool)
+    return table
+
+
+def alias_table(cls: type) -> dict[str, tuple[str, bool]]:
+    """Flat names (and ALIASES) -> (dotted name, is_bool), for names unique in the config."""
+    table = flag_table(cls)
+    by_leaf: dict[str, list[str]] = {}
+    for dotted in table:
+        by_leaf.setdefault(dotted.rsplit(".", 1)[-1], []).append(dotted)
+    aliases = dict(table)
+    for leaf, dotted in by_leaf.items():
+        if len(dotted) == 1:
+            aliases.setdefault(leaf, table[dotted[0]])
+    for alias, target in ALIASES.items():
+        if target is not None and target in aliases and alias not in aliases:
+            aliases[alias] = aliases[target]
+    return aliases
+
+
+def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
+    """Rewrite reference-recipe flags into the parser's dotted flags (see module docstring)."""
+    aliases = alias_table(cls)
+    out: list[str] = []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("--") or token == "--":
+            out.append(token)
+            continue
+        name, eq, value = token[2:].partition("=")
+        negated = False
+        if name not in aliases:
+            for prefix in ("no-", "no_", "no"):
+                stem = name[len(prefix):]
+                if name.startswith(prefix) and stem in aliases and aliases[stem][1]:
+                    name, negated = stem, True
+                    break
+        if name not in aliases:
+            out.append(token)
+            continue
+        dotted, is_bool = aliases[name]
+        if is_bool:
+            if negated:
+                value = "false"
+            elif not eq:
+                # absl: a bare --flag means true; a following true/false is its value
+                if i < len(argv) and argv[i].lower() in BOOL_WORDS:
+                    value = argv[i]
+                    i += 1
+                else:
+                    value = "true"
+            out.append(f"--{dotted}={_bool_word(value)}")
+        elif eq:
+            out.append(f"--{dotted}={value}")
+        else:
+            out.append(f"--{dotted}")
+    return out
+
+
+def _bool_word(value: str) -> str:
+    low = value.lower()
+    if low in ("true", "1", "yes", "t", "y"):
+        return "true"
+    if low in ("false", "0", "no", "f", "n"):
+        return "false"
+    if low in ("none", "null"):
+        return "null"
+    return value  # let the parser reject it with its own message
+
+
+# ---- parsing and dispatch ----------------------------------------------------------------------
+
+
+def _top_help() -> str:
+    lines = ["usage: bertforge <command> [<task>] [flags]   (bertforge <command> --help for its flags)",
+             "", "Pretrain, fine-tune, evaluate and convert BERT models on PyTorch.", "", "commands:"]
+    for c in COMMANDS:
+        lines.append(f"  {' '.join(c.path):<22} {c.help}")
+    lines += ["", "Flags take the names of Google's run_squad.py / run_classifier.py / "
+              "create_pretraining_data.py and NVIDIA's run_pretraining.py; recipes: --config configs/....yaml"]
+    return "\n".join(lines)
+
+
+def _find_command(argv: list[str]) -> tuple[Command | None, list[str]]:
+    words = []
+    for token in argv:
+        if token.startswith("-"):
+            break
+        words.append(token)
+    for n in (2, 1):
+        for c in COMMANDS:
+            if tuple(words[:n]) == c.path:
+                return c, argv[n:]
+    return None, argv
+
+
+def _build_parser(command: Command, cls: type):
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    aliases = {k: v[0] for k, v in alias_table(cls).items() if k != v[0]}
+    epilog = "Reference flag names accepted: " + ", ".join(
+        f"--{k} (= --{v})" for k, v in sorted(aliases.items())) if aliases else None
+    parser = ArgumentParser(prog="bertforge " + " ".join(command.path), description=command.help,
+                            epilog=epilog, exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe (see configs/)")
+    parser.add_class_arguments(cls, None, as_positional=True)
+    return parser
+
+
+def _instantiate(parser, ns, cls: type):
+    init = parser.instantiate(ns)
+    values = {f.name: init[f.name] for f in fields(cls)}
+    return cls(**values)
+
+
+def setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
+                        if int(os.environ.get("WORLD_SIZE", 1)) > 1 else
+                        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "--version":
+        from bertforge import __version__
+        print(f"bertforge {__version__}")
+        return 0
+    command, rest = _find_command(argv)
+    if command is None:
+        known = [" ".join(c.path) for c in COMMANDS]
+        first = [a for a in argv if not a.startswith("-")][:2]
+        print(f"bertforge: unknown command {' '.join(first)!r}; commands: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    setup_logging(int(os.environ.get("RANK", 0)))
+    try:
+        cls, handler = command.build()
+        parser = _build_parser(command, cls)
+        ns = parser.parse_args(normalize_argv(rest, cls))
+        cfg = _instantiate(parser, ns, cls)
+        result = handler(cfg, ns)
+    except BertforgeError as e:
+        print(f"bertforge {' '.join(command.path)}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""NVIDIA DeepLearningExamples (DLE) PyTorch BERT checkpoints (`.pt`).
+
+What DLE writes (PyTorch/LanguageModeling/BERT):
+- run_pretraining.py: `torch.save({'model': state_dict, 'optimizer': ..., 'master params': [...],
+  'files': [...], 'epoch': n, 'data_loader': DataLoader or None})`; run_squad.py and
+  run_glue.py: `{'model': state_dict}`. A bare state dict is accepted too.
+- Its modeling.py names are Hugging Face's except that fused Linear+activation layers are called
+  `dense_act` (intermediate, pooler, MLM transform); a model saved from inside DDP carries a
+  `module.` prefix. Both are renamed here, then `hf.hf_to_native` does the rest.
+- Vocabulary padding: run_pretraining.py rounds vocab_size up to a multiple of 8 for tensor
+  cores, so bert_config.json says 30522 while the word embeddings and MLM bias have 30528 rows.
+  We adopt the checkpoint's row count as `config.vocab_size` (logged) instead of cutting rows:
+  the model is then exactly the one DLE trained, MLM softmax included, and the extra rows are
+  never looked up since the tokenizer produces ids below the vocab file's size.
+
+Safety: the file is read with `torch.load(weights_only=True)`. A mid-pretraining checkpoint
+also pickles its DataLoader (classes of DLE's own script), which weights_only refuses. Then the
+file is read again with an unpickler that resolves only the globals a state dict needs and
+turns every other class or function into an inert placeholder that never runs: no code from
+the file is executed, and only the `model` entry is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import pickle
+import types
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bertforge.config import BertConfig
+from bertforge.convert import hf as hfmap
+from bertforge.convert.checkpoint import Checkpoint, _config_near, _vocab_near, read_torch_file
+from bertforge.convert.google import infer_do_lower_case
+from bertforge.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+VOCAB_PAD_MULTIPLE = 8  # DLE's run_pretraining.py pads the vocabulary to a multiple of this
+
+
+# ---- reading the file safely ---------------------------------------------------------------
+
+# The globals a pickled state dict of plain or Parameter tensors refers to (storage classes are
+# resolved by torch.load itself before these are asked for).
+_STATE_DICT_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("torch", "Size"): torch.Size,
+    **{("torch", name): getattr(torch, name) for name in (
+        "float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64", "uint8",
+        "bool", "complex64", "complex128")},
+}
+
+
+class _Inert:
+    """Stands in for any class or function the file names that a state dict does not need.
+    Calling, building or filling it does nothing, so unpickling runs none of the file's code."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def append(self, item) -> None:
+        pass
+
+    def extend(self, items) -> None:
+        pass
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        found = _STATE_DICT_GLOBALS.get((module, name))
+        return found if found is not None else _Inert
+
+
+# torch.load takes a "pickle module": it uses its Unpickler (and load, for old-format headers).
+_inert_pickle = types.ModuleType("bertforge_state_dict_pickle")
+_inert_pickle.Unpickler = _StateDictUnpickler
+_inert_pickle.load = lambda f, **kwargs: _StateDictUnpickler(f, **kwargs).load()
+
+
+def read_dle_file(path: Path) -> dict:
+    """The unpickled top-level object of a DLE `.pt` file (see the module docstring)."""
+    try:
+        return read_torch_file(path)
+    except CheckpointError as strict_error:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False,
+                             pickle_module=_inert_pickle)
+        except Exception:  # any failure here: the strict reader's message is the better one
+            raise strict_error from None
+        log.info("%s: holds objects other than tensors (e.g. a DataLoader); read with a "
+                 "restricted unpickler that ignores them", path)
+        return obj
+
+
+def model_state(obj, path: Path) -> dict[str, Tensor]:
+    """The model's state dict inside a DLE checkpoint object (or the object itself)."""
+    wrapped = isinstance(obj, dict) and "model" in obj
+    state = obj["model"] if wrapped else obj
+    if not isinstance(state, dict) or not state or (
+            not wrapped and not all(isinstance(v, Tensor) for v in state.values())):
+        found = f"keys {', '.join(map(str, obj))}" if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: expected a state dict or {{'model': state_dict, ...}}; "
+                              f"found {found or 'an empty dict'}")
+    bad = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: the model state holds non-tensor entries: {', '.join(bad[:8])}")
+    return state
+
+
+# ---- names ---------------------------------------------------------------------------------
+
+
+def dle_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """DLE names -> Hugging Face names: no `module.` prefix, `dense_act` -> `dense`."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").replace(".dense_act.", ".dense.")
+        out[key] = value
+    return out
+
+
+def adopt_padded_vocab(config: BertConfig, state: dict[str, Tensor], source: str) -> BertConfig:
+    """`config` with vocab_size set to the word embeddings' row count when the checkpoint is
+    DLE-padded (rows = vocab_size rounded up to a multiple of 8); unchanged otherwise."""
+    embeddings = state.get("bert.embeddings.word_embeddings.weight")
+    if embeddings is None or embeddings.shape[0] == config.vocab_size:
+        return config
+    rows = int(embeddings.shape[0])
+    padded = -(-config.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+    if rows != padded:
+        return config  # not DLE's padding: load_into reports the mismatch
+    log.info("%s: vocabulary padded to a multiple of %d (%d rows for vocab_size %d); using "
+             "vocab_size=%d. Ids from %d up are never produced by the tokenizer",
+             source, VOCAB_PAD_MULTIPLE, rows, config.vocab_size, rows, config.vocab_size)
+    return dataclasses.replace(config, vocab_size=rows)
+
+
+def _weights_file(path: Path) -> Path:
+    if not path.is_dir():
+        return path
+    files = sorted(path.glob("*.pt")) + sorted(path.glob("*.pth"))
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        raise CheckpointError(f"{path}: expected exactly one DLE *.pt file here, found {found}; "
+                              "pass the file itself")
+    return files[0]
+
+
+def load_nvidia_checkpoint(path: str | Path, config: str | Path | BertConfig | None = None) -> Checkpoint:
+    """An NVIDIA DLE `.pt` checkpoint (or a directory holding one) as a bertforge Checkpoint."""
+    path = Path(path)
+    weights = _weights_file(path)
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint not found: {weights}")
+    state = dle_to_hf(model_state(read_dle_file(weights), weights))
+    native = hfmap.hf_to_native(state, source=str(weights))
+    cfg = adopt_padded_vocab(_config_near(path, config, "NVIDIA DLE"), native, str(weights))
+    return Checkpoint(cfg, native, path, "nvidia", vocab_file=_vocab_near(path),
+                      do_lower_case=infer_do_lower_case(path))
+
+
+__all__ = ["load_nvidia_checkpoint", "read_dle_file", "model_state", "dle_to_hf",
+           "adopt_padded_vocab", "VOCAB_PAD_MULTIPLE"]

@@ -1,0 +1,274 @@
+"""Reading prepared pretraining data (`bertforge.data.pretraining`) as masked-LM/NSP batches.
+
+Shards are memory-mapped; a batch reads only its rows. Masks are drawn here, per sample, from
+(seed, epoch, sample index), as Google's `create_masked_lm_predictions` draws them:
+
+- candidates are the tokens other than [CLS], [SEP] and [PAD]; with whole-word masking a '##'
+  piece joins the word before it (never across [SEP]: a B segment truncated in mid-word
+  starts a word of its own);
+- num_to_predict = min(max_predictions_per_seq, max(1, round(masked_lm_prob x candidates)))
+  (Google counts [CLS] and the two [SEP] in the base, 15.2% instead of 15% of a full
+  128-token row; the issue asks for 15% of the maskable tokens);
+- words are visited in random order and taken whole while they fit in num_to_predict;
+- each chosen token becomes [MASK] with probability 0.8, stays with 0.1, and becomes a random
+  token with 0.1. The random token is drawn from the vocabulary less [PAD], [UNK], [CLS],
+  [SEP] and [MASK] (Google draws from all of it; a random [SEP] or [CLS] in the input would
+  contradict the token types).
+
+Order and sharding
+    Epoch e visits the samples in a permutation drawn from (seed, e). Global batch k of an
+    epoch is samples [k*G, (k+1)*G) of that order; rank r of w takes rows [r*B, (r+1)*B) with
+    B = G / w, so two ranks at B see exactly the rows one rank at 2B sees. The incomplete last
+    global batch of an epoch is dropped (every step has the same shape); the next epoch starts
+    a new permutation. `eval_batches` instead reads every sample once in stored order.
+
+Resume
+    The dataset keeps a cursor (epoch, position in samples). `batches()` advances it before it
+    yields, so `state_dict()` taken after a step names the next batch; `load_state_dict()` then
+    a new `batches()` continues with exactly the samples and masks the run would have seen,
+    with any world size whose global batch is the same (positions count samples, not steps).
+
+Memory: the epoch permutation costs 4 bytes a sample (8 past 2**31 samples); nothing else
+grows with the data set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from bertforge.data.pretraining import MANIFEST, VOCAB, read_manifest
+from bertforge.errors import CheckpointError, ConfigError, DataError
+from bertforge.tokenization import SPECIAL_TOKENS, load_vocab
+
+# Stream tags, so the permutation and mask generators never share a seed sequence.
+_ORDER_STREAM = 0
+_MASK_STREAM = 1
+
+Batch = dict[str, torch.Tensor]
+
+
+class PretrainingDataset:
+    """One split of a prepared data set, read as batches of dicts of tensors.
+
+    Batch keys and shapes (B rows, T = max_seq_length, or the longest row with
+    `pad_to_longest`; P = max_predictions_per_seq):
+        input_ids (B, T) int64, token_type_ids (B, T) int64, attention_mask (B, T) int64,
+        masked_lm_positions (B, P) int64, masked_lm_ids (B, P) int64,
+        masked_lm_weights (B, P) float32 (1.0 real, 0.0 padding; padded positions and ids 0),
+        next_sentence_labels (B,) int64 (0 = B follows A, 1 = B is random).
+
+    `seed` defaults to the manifest's random_seed.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str = "train", *, seed: int | None = None,
+                 pad_to_longest: bool = False):
+        self.data_dir = Path(data_dir)
+        self.split = split
+        manifest = read_manifest(self.data_dir)
+        if split not in manifest["splits"]:
+            raise DataError(f"{self.data_dir / MANIFEST}: no split {split!r} "
+                            f"(splits: {', '.join(manifest['splits'])})")
+        cfg = manifest["config"]
+        self.max_seq_length: int = cfg["max_seq_length"]
+        self.max_predictions_per_seq: int = cfg["max_predictions_per_seq"]
+        self.masked_lm_prob: float = cfg["masked_lm_prob"]
+        self.do_whole_word_mask: bool = cfg["do_whole_word_mask"]
+        self.seed: int = cfg["random_seed"] if seed is None else seed
+        self.pad_to_longest = pad_to_longest
+        self._shard_names = [(s["tokens"], s["index"]) for s in manifest["splits"][split]["shards"]]
+        counts = [s["instances"] for s in manifest["splits"][split]["shards"]]
+        self._ends = np.cumsum(counts, dtype=np.int64)
+        self._init_vocab(self.data_dir / VOCAB)
+        self._open_shards()
+        self._epoch = 0
+        self._position = 0
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    # ---- setup ----------------------------------------------------------------------------
+
+    def _init_vocab(self, vocab_file: Path) -> None:
+        vocab = load_vocab(vocab_file)
+        size = max(vocab.values()) + 1
+        self.pad_id = vocab.get("[PAD]", 0)
+        self.mask_id = vocab.get("[MASK]")
+        if self.mask_id is None:
+            raise DataError(f"{vocab_file}: vocab has no [MASK] token; masked LM needs one")
+        self._unmaskable = np.zeros(size, dtype=bool)
+        self._unmaskable[[vocab["[CLS]"], vocab["[SEP]"], self.pad_id]] = True
+        self._continuation = np.zeros(size, dtype=bool)
+        self._continuation[[i for t, i in vocab.items() if t.startswith("##")]] = True
+        special = [vocab[t] for t in SPECIAL_TOKENS if t in vocab]
+        self._random_ids = np.setdiff1d(np.arange(size), special)
+
+    def _open_shards(self) -> None:
+        self._tokens, self._index = [], []
+        for tokens_name, index_name in self._shard_names:
+            for name in (tokens_name, index_name):
+                if not (self.data_dir / name).is_file():
+                    raise DataError(f"{self.data_dir / MANIFEST} names {name}, which is missing")
+            self._tokens.append(np.load(self.data_dir / tokens_name, mmap_mode="r"))
+            self._index.append(np.load(self.data_dir / index_name, mmap_mode="r"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps would pickle as copies of the data: reopen them in the new process.
+        state = self.__dict__.copy()
+        del state["_tokens"], state["_index"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open_shards()
+
+    # ---- samples --------------------------------------------------------------------------
+
+    @property
+    def num_samples(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def instance(self, i: int) -> tuple[np.ndarray, int, int, int]:
+        """Sample i unmasked: (input_ids (L,) int64, start of segment B, NSP label, document)."""
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"sample {i} out of range [0, {self.num_samples})")
+        shard = int(np.searchsorted(self._ends, i, side="right"))
+        local = i - (int(self._ends[shard - 1]) if shard else 0)
+        rec = self._index[shard][local]
+        start, length = int(rec["start"]), int(rec["length"])
+        ids = np.asarray(self._tokens[shard][start:start + length], dtype=np.int64)
+        return ids, int(rec["b_start"]), int(rec["random_next"]), int(rec["doc"])
+
+    def mask(self, input_ids: np.ndarray, epoch: int, i: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masked copy of sample i's ids for `epoch`: (masked ids (L,), positions (n,) sorted,
+        original ids at those positions (n,)), n <= max_predictions_per_seq."""
+        rng = np.random.default_rng([self.seed, _MASK_STREAM, epoch, i])
+        candidates = np.flatnonzero(~self._unmaskable[input_ids])
+        num_to_predict = min(self.max_predictions_per_seq,
+                             max(1, round(len(candidates) * self.masked_lm_prob)))
+        positions = np.sort(self._choose_positions(input_ids, candidates, num_to_predict, rng))
+        labels = input_ids[positions]
+        masked = input_ids.copy()
+        draw = rng.random(len(positions))
+        masked[positions[draw < 0.8]] = self.mask_id
+        replace = positions[draw >= 0.9]
+        masked[replace] = self._random_ids[rng.integers(len(self._random_ids), size=len(replace))]
+        return masked, positions, labels
+
+    def _choose_positions(self, input_ids: np.ndarray, candidates: np.ndarray,
+                          num_to_predict: int, rng: np.random.Generator) -> np.ndarray:
+        """Google's greedy pick: words in random order, each taken whole if it still fits."""
+        if not self.do_whole_word_mask:
+            return candidates[rng.permutation(len(candidates))[:num_to_predict]]
+        # A candidate starts a word unless it is a '##' piece right after another candidate.
+        follows = np.zeros(len(candidates), dtype=bool)
+        follows[1:] = np.diff(candidates) == 1
+        starts = np.flatnonzero(~(follows & self._continuation[input_ids[candidates]]))
+        words = np.split(candidates, starts[1:])
+        chosen: list[np.ndarray] = []
+        count = 0
+        for w in rng.permutation(len(words)):
+            if count >= num_to_predict:
+                break
+            if count + len(words[w]) <= num_to_predict:
+                chosen.append(words[w])
+                count += len(words[w])
+        return np.concatenate(chosen) if chosen else candidates[:0]
+
+    def collate(self, indices: np.ndarray, epoch: int) -> Batch:
+        """The batch of samples `indices` (B,) with the masks of `epoch`."""
+        rows = [self.instance(int(i)) for i in indices]
+        width = max((len(r[0]) for r in rows), default=0) if self.pad_to_longest \
+            else self.max_seq_length
+        n, p = len(rows), self.max_predictions_per_seq
+        input_ids = np.full((n, width), self.pad_id, dtype=np.int64)
+        token_type_ids = np.zeros((n, width), dtype=np.int64)
+        attention_mask = np.zeros((n, width), dtype=np.int64)
+        positions = np.zeros((n, p), dtype=np.int64)
+        label_ids = np.zeros((n, p), dtype=np.int64)
+        weights = np.zeros((n, p), dtype=np.float32)
+        nsp = np.zeros(n, dtype=np.int64)
+        for row, (i, (ids, b_start, random_next, _)) in enumerate(zip(indices, rows)):
+            masked, pos, labels = self.mask(ids, epoch, int(i))
+            input_ids[row, :len(ids)] = masked
+            token_type_ids[row, b_start:len(ids)] = 1
+            attention_mask[row, :len(ids)] = 1
+            positions[row, :len(pos)] = pos
+            label_ids[row, :len(pos)] = labels
+            weights[row, :len(pos)] = 1.0
+            nsp[row] = random_next
+        arrays = {"input_ids": input_ids, "token_type_ids": token_type_ids,
+                  "attention_mask": attention_mask, "masked_lm_positions": positions,
+                  "masked_lm_ids": label_ids, "masked_lm_weights": weights,
+                  "next_sentence_labels": nsp}
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+    # ---- order and iteration --------------------------------------------------------------
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The permutation of sample indices that epoch `epoch` visits."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            dtype = np.int32 if self.num_samples < 2**31 else np.int64
+            order = np.arange(self.num_samples, dtype=dtype)
+            np.random.default_rng([self.seed, _ORDER_STREAM, epoch]).shuffle(order)
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
+
+    def batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1
+                ) -> Iterator[Batch]:
+        """Training batches from the cursor on, epoch after epoch, without end: this rank's
+        B = global_batch_size / world_size rows of each global batch (see the module docstring).
+        Advances the cursor; make a new iterator after `load_state_dict`."""
+        per_rank = _per_rank(global_batch_size, rank, world_size)
+        if global_batch_size > self.num_samples:
+            raise ConfigError(f"global batch size {global_batch_size} exceeds the "
+                              f"{self.num_samples} samples of split {self.split!r}")
+        while True:
+            order = self.epoch_order(self._epoch)
+            while self._position + global_batch_size <= self.num_samples:
+                first = self._position + rank * per_rank
+                indices, epoch = order[first:first + per_rank], self._epoch
+                self._position += global_batch_size
+                yield self.collate(indices, epoch)
+            self._epoch, self._position = self._epoch + 1, 0
+
+    def eval_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1
+                     ) -> Iterator[Batch]:
+        """Every sample once, in stored order, masks of epoch 0: rows [r*B, (r+1)*B) of each
+        global batch; the last global batch may be short, so a rank can get a short batch or
+        none (reduce sums, not per-batch means, across ranks). Leaves the cursor alone."""
+        per_rank = _per_rank(global_batch_size, rank, world_size)
+        for first in range(0, self.num_samples, global_batch_size):
+            lo = first + rank * per_rank
+            hi = min(lo + per_rank, self.num_samples)
+            if lo < hi:
+                yield self.collate(np.arange(lo, hi), 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
+                "num_samples": self.num_samples, "split": self.split}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "num_samples", "split"):
+            if state.get(key) != getattr(self, key):
+                raise CheckpointError(
+                    f"data state has {key}={state.get(key)!r} but the data set in "
+                    f"{self.data_dir} has {getattr(self, key)!r}; resume needs the same data")
+        if not 0 <= state["position"] <= self.num_samples or state["epoch"] < 0:
+            raise CheckpointError(f"data state out of range: epoch {state['epoch']}, "
+                                  f"position {state['position']} of {self.num_samples}")
+        self._epoch, self._position = int(state["epoch"]), int(state["position"])
+
+
+def _per_rank(global_batch_size: int, rank: int, world_size: int) -> int:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
+    if global_batch_size < 1 or global_batch_size % world_size:
+        raise ConfigError(f"global batch size {global_batch_size} must be a positive multiple "
+                          f"of the world size {world_size}")
+    return global_batch_size // world_size

@@ -1,0 +1,118 @@
+"""What every task runner needs: the model and tokenizer a `ModelArgs` describes, the run's
+output directory, JSON results, and the start-of-run summary of the batch arithmetic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+
+from bertforge.config import BertConfig, resolve_config
+from bertforge.convert.checkpoint import Checkpoint, load_checkpoint, load_into
+from bertforge.errors import ConfigError
+from bertforge.model import BertPreTrainedModel, build_model, count_parameters
+from bertforge.runconfig import ModelArgs, TrainArgs
+from bertforge.tokenization import WordPieceTokenizer
+from bertforge.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: BertPreTrainedModel
+    config: BertConfig
+    tokenizer: WordPieceTokenizer
+    checkpoint: Checkpoint | None
+
+    @property
+    def vocab_file(self) -> Path:
+        return self.tokenizer.vocab_file
+
+
+def load_model(args: ModelArgs, head: str, *, num_labels: int = 2, unpad: bool = True,
+               require_head: bool = False) -> LoadedModel:
+    """Build the model with `head` and fill it from `args.init_checkpoint` when given."""
+    ckpt = None
+    if args.init_checkpoint:
+        ckpt = load_checkpoint(args.init_checkpoint, config=args.bert_model)
+        config = ckpt.config
+    elif args.bert_model:
+        config = resolve_config(args.bert_model)
+    else:
+        raise ConfigError("which model? give --init_checkpoint (weights) or --bert_model "
+                          "(a preset such as base, or a bert_config.json)")
+    vocab = args.vocab_file or (ckpt.vocab_file if ckpt else None)
+    if vocab is None:
+        raise ConfigError("no vocab file: pass --vocab_file (the checkpoint has no vocab.txt beside it)")
+    do_lower_case = args.do_lower_case
+    recorded = ckpt.do_lower_case if ckpt else None
+    if do_lower_case is None:
+        if recorded is None:
+            raise ConfigError("is the model cased or uncased? pass --do_lower_case true (uncased) or "
+                              "false (cased); the checkpoint does not record it")
+        do_lower_case = recorded
+    elif recorded is not None and recorded != do_lower_case:
+        log.warning("--do_lower_case %s, but the checkpoint was trained with do_lower_case=%s",
+                    do_lower_case, recorded)
+    tokenizer = WordPieceTokenizer(vocab, do_lower_case=do_lower_case)
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"vocab file {vocab} has {len(tokenizer)} tokens but the model's vocab_size "
+                          f"is {config.vocab_size}: they do not belong together")
+    model = build_model(config, head, num_labels=num_labels, unpad=unpad)
+    if ckpt is not None:
+        load_into(model, ckpt, require_head=require_head)
+    elif require_head:
+        raise ConfigError("prediction needs trained weights: pass --init_checkpoint")
+    log.info("model: %s with %s head, %.1fM parameters%s", _describe(config), head,
+             count_parameters(model) / 1e6, f", from {ckpt.source} ({ckpt.format})" if ckpt else "")
+    return LoadedModel(model, config, tokenizer, ckpt)
+
+
+def _describe(config: BertConfig) -> str:
+    return (f"BERT L={config.num_hidden_layers} H={config.hidden_size} "
+            f"A={config.num_attention_heads}")
+
+
+def log_batch_plan(train: TrainArgs, runtime: Runtime, accumulation: int, steps: int,
+                   steps_per_epoch: int) -> None:
+    global_batch = train.train_batch_size * runtime.world_size * accumulation
+    msg = (f"global batch {global_batch} = {train.train_batch_size} per device x {runtime.world_size} "
+           f"device(s) x {accumulation} accumulation step(s); learning rate {train.learning_rate:g} "
+           f"applies to the global batch; {steps} optimizer steps ({steps / steps_per_epoch:.2f} epochs "
+           f"of {steps_per_epoch} steps); device {runtime.device}, precision {runtime.precision}")
+    log.info(msg)
+
+
+def total_steps(train: TrainArgs, steps_per_epoch: int) -> int:
+    if train.max_steps is not None:
+        return train.max_steps
+    return max(1, math.floor(train.num_train_epochs * steps_per_epoch))
+
+
+def json_safe(value):
+    """NaN/inf (an undefined correlation) become null: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data) -> Path:
+    """Atomically (temp file + rename), so a crash never leaves half a results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dataclass(data):
+        data = asdict(data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(json_safe(data), f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

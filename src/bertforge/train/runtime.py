@@ -1,0 +1,164 @@
+"""Where a run executes: the device (through `torch.accelerator`, so CUDA, ROCm, XPU, MPS and
+out-of-tree backends such as HPU take the same path), the process group (torch.distributed,
+launched by torchrun), and the numeric precision (autocast + fp32 master weights)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from bertforge.errors import DeviceError
+from bertforge.runconfig import RuntimeArgs
+
+log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torchrun launch (the CLI reads it from torchrun's environment)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.accelerator.is_available():
+        kind = torch.accelerator.current_accelerator().type
+        devices += [f"{kind}:{i}" for i in range(torch.accelerator.device_count())]
+    return devices
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> the accelerator (this rank's one under torchrun) or the CPU; anything else is
+    checked against what this machine has, with an error listing what it does have."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if spec == "auto":
+        if accelerator is None:
+            return torch.device("cpu")
+        return torch.device(accelerator.type, local_rank % torch.accelerator.device_count())
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DeviceError(f"--device {spec!r} is not a device name; available here: "
+                          f"{', '.join(available_devices())}") from None
+    if device.type == "cpu":
+        return device
+    if accelerator is None or accelerator.type != device.type:
+        raise DeviceError(f"--device {spec}: no {device.type} device on this machine; available here: "
+                          f"{', '.join(available_devices())}")
+    count = torch.accelerator.device_count()
+    index = device.index if device.index is not None else local_rank % count
+    if index >= count:
+        raise DeviceError(f"--device {spec}: this machine has {count} {device.type} device(s); "
+                          f"available here: {', '.join(available_devices())}")
+    return torch.device(device.type, index)
+
+
+class Runtime:
+    """Device, process group and precision of one process."""
+
+    def __init__(self, args: RuntimeArgs, dist_info: DistInfo = DistInfo()):
+        self.args = args
+        self.dist = dist_info
+        self.device = resolve_device(args.device, dist_info.local_rank)
+        self.precision = args.precision
+        if self.precision == "fp16" and self.device.type == "mps":
+            log.warning("fp16 loss scaling on MPS depends on your torch build")
+        self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
+        self.compile = args.compile if args.compile is not None else self.device.type == "cuda"
+        self._set_matmul_precision()
+        if dist_info.enabled and not dist.is_initialized():
+            if self.device.type != "cpu":
+                torch.accelerator.set_device_index(self.device.index)
+            backend = dist.get_default_backend_for_device(self.device)
+            dist.init_process_group(backend=backend, rank=dist_info.rank, world_size=dist_info.world_size)
+
+    def _set_matmul_precision(self) -> None:
+        # fp32 means fp32: TF32 only when asked for ("tf32"); bf16/fp16 autocast leaves fp32
+        # matmuls (outside autocast) exact too.
+        torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+        torch.set_float32_matmul_precision("high" if self.precision == "tf32" else "highest")
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """Dynamic loss scaling, for fp16 only (bf16 has fp32's exponent range)."""
+        if self.precision != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+    def barrier(self) -> None:
+        if self.dist.enabled:
+            dist.barrier()
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.dist.enabled:
+            values = values.to(self.device)
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def synchronize(self) -> None:
+        if self.device.type != "cpu":
+            torch.accelerator.synchronize(self.device)
+
+    def close(self) -> None:
+        if self.dist.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """The same seed on every rank: identical initial weights; data order comes from the
+    step sampler, not from these generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.accelerator.is_available():
+        kind = torch.accelerator.current_accelerator().type
+        module = getattr(torch, kind, None)
+        if module is not None and hasattr(module, "get_rng_state_all"):
+            state["accelerator"] = module.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "accelerator" in state and torch.accelerator.is_available():
+        module = getattr(torch, torch.accelerator.current_accelerator().type, None)
+        if module is not None and hasattr(module, "set_rng_state_all"):
+            module.set_rng_state_all(state["accelerator"])

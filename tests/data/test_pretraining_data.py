@@ -1,0 +1,488 @@
+"""Pretraining data: creation from real Wikipedia text and the batches training reads.
+
+Statistics are measured on the batches themselves (what the model sees), against the
+definitions in the issue and Google's create_pretraining_data.py: 15% of the maskable tokens,
+80/10/10, 50% random next, whole words, [CLS] A [SEP] B [SEP] with token types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertforge.data import pretraining
+from bertforge.data.pretraining import PrepareConfig, prepare_pretraining_data, read_manifest
+from bertforge.data.pretraining_dataset import PretrainingDataset
+from bertforge.errors import CheckpointError, ConfigError, DataError
+from bertforge.tokenization import WordPieceTokenizer
+from conftest import shared
+
+N_DOCS = 500
+SEQ = 128
+MAX_PRED = 20
+
+
+def _wiki_lines(n: int) -> list[str]:
+    with shared("text", "wiki_summaries_en.jsonl").open(encoding="utf-8") as f:
+        return [line for _, line in zip(range(n), f)]
+
+
+def _config(tmp: Path, input_file, vocab_file: Path, **kw) -> PrepareConfig:
+    return PrepareConfig(input_file=input_file, output_dir=str(tmp), vocab_file=str(vocab_file),
+                         max_seq_length=SEQ, max_predictions_per_seq=MAX_PRED, **kw)
+
+
+def _all_batches(ds: PretrainingDataset, batch: int = 512) -> dict[str, torch.Tensor]:
+    parts = list(ds.eval_batches(batch))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _stored(directory: Path) -> dict[str, np.ndarray]:
+    """Every split's shards, concatenated (tokens and index records)."""
+    manifest = read_manifest(directory)
+    out = {}
+    for split, info in manifest["splits"].items():
+        for kind in ("tokens", "index"):
+            arrays = [np.load(directory / s[kind]) for s in info["shards"]]
+            out[f"{split}.{kind}"] = np.concatenate(arrays) if arrays else np.zeros(0)
+    return out
+
+
+# ---- the main data set: 500 real articles, 2 workers, dupe_factor 10 -----------------------
+
+@pytest.fixture(scope="module")
+def wiki_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("wiki") / "wiki.jsonl"
+    path.write_text("".join(_wiki_lines(N_DOCS)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(wiki_file, vocab_file, tmp_path_factory):
+    # dupe_factor 10 (Google's) gives ~9k instances from 500 articles: enough that the NSP
+    # tolerance of 2% is ~4 standard errors. Small chunks and shards: several of each.
+    out = tmp_path_factory.mktemp("prepared")
+    cfg = _config(out, str(wiki_file), vocab_file, num_workers=2, dupe_factor=10,
+                  held_out_fraction=0.1, chunk_chars=40_000, shard_size=2_000)
+    return out, prepare_pretraining_data(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def train(prepared) -> PretrainingDataset:
+    return PretrainingDataset(prepared[0], "train")
+
+
+@pytest.fixture(scope="module")
+def train_batch(train) -> dict[str, torch.Tensor]:
+    return _all_batches(train)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(vocab_file) -> WordPieceTokenizer:
+    return WordPieceTokenizer(vocab_file)
+
+
+def test_summary_and_manifest(prepared, vocab_file, train):
+    out, summary = prepared
+    manifest = read_manifest(out)
+    with_text = sum(bool(json.loads(line)["text"].strip()) for line in _wiki_lines(N_DOCS))
+    assert summary["docs"] == with_text == N_DOCS
+    assert summary["splits"]["train"]["docs"] + summary["splits"]["held_out"]["docs"] == N_DOCS
+    assert 0.05 < summary["splits"]["held_out"]["docs"] / N_DOCS < 0.15
+    assert summary["instances"] == train.num_samples + PretrainingDataset(out, "held_out").num_samples
+    assert summary["instances"] > 8_000 and summary["peak_rss_mb"] > 0
+    assert manifest["vocab"]["sha256"] == hashlib.sha256(vocab_file.read_bytes()).hexdigest()
+    assert manifest["vocab"]["size"] == 30522 and manifest["token_dtype"] == "uint16"
+    cfg = manifest["config"]
+    assert (cfg["max_seq_length"], cfg["max_predictions_per_seq"], cfg["masked_lm_prob"],
+            cfg["do_whole_word_mask"], cfg["random_seed"]) == (SEQ, MAX_PRED, 0.15, False, 12345)
+    for split, info in manifest["splits"].items():
+        assert sum(s["instances"] for s in info["shards"]) == info["instances"]
+        tokens = [np.load(out / s["tokens"], mmap_mode="r") for s in info["shards"]]
+        assert sum(len(t) for t in tokens) == info["tokens"]
+        assert all(t.dtype == np.uint16 for t in tokens)
+    assert len(manifest["splits"]["train"]["shards"]) >= 3
+
+
+def test_shapes_lengths_and_token_types(train_batch, tokenizer):
+    b = train_batch
+    n = len(b["next_sentence_labels"])
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        assert b[key].shape == (n, SEQ) and b[key].dtype == torch.int64
+    for key in ("masked_lm_positions", "masked_lm_ids"):
+        assert b[key].shape == (n, MAX_PRED) and b[key].dtype == torch.int64
+    assert b["masked_lm_weights"].dtype == torch.float32
+    assert b["next_sentence_labels"].dtype == torch.int64
+    lengths = b["attention_mask"].sum(1)
+    # the attention mask is a prefix of ones: exactly the real tokens
+    assert torch.equal(b["attention_mask"], (torch.arange(SEQ) < lengths[:, None]).long())
+    assert lengths.max() <= SEQ and lengths.min() >= 5
+    # rows reach the full length; these articles are short (~100 tokens), so many rows are too
+    assert (lengths == SEQ).sum() > 1_000 and lengths.float().mean() > 64
+    ids, types = b["input_ids"], b["token_type_ids"]
+    assert torch.all(ids[:, 0] == tokenizer.cls_id)
+    real = b["attention_mask"].bool()
+    assert torch.all(ids[~real] == tokenizer.pad_id) and torch.all(types[~real] == 0)
+    for row in range(n):
+        seps = torch.nonzero(ids[row] == tokenizer.sep_id).flatten().tolist()
+        assert len(seps) == 2 and seps[1] == lengths[row] - 1, row
+        expected = torch.zeros(SEQ, dtype=torch.int64)
+        expected[seps[0] + 1:seps[1] + 1] = 1
+        assert torch.equal(types[row], expected), row
+
+
+def test_masked_fraction_is_15_percent_of_maskable_tokens(train_batch):
+    b = train_batch
+    maskable = b["attention_mask"].sum(1) - 3  # all but [CLS] and the two [SEP]
+    predicted = b["masked_lm_weights"].sum(1)
+    # At 128 tokens the cap of 20 never binds: round(0.15 * 125) = 19.
+    assert predicted.max() <= MAX_PRED and torch.all(maskable * 0.15 < MAX_PRED)
+    assert torch.all(predicted >= 1)
+    fraction = predicted.sum().item() / maskable.sum().item()
+    assert abs(fraction - 0.15) < 0.01, fraction
+
+
+def test_mask_replacement_80_10_10(train_batch, tokenizer):
+    b = train_batch
+    real = b["masked_lm_weights"] > 0
+    seen = torch.gather(b["input_ids"], 1, b["masked_lm_positions"])[real]
+    labels = b["masked_lm_ids"][real]
+    n = len(labels)
+    assert n > 50_000
+    masked = (seen == tokenizer.mask_id).float().mean().item()
+    kept = (seen == labels).float().mean().item()
+    replaced = ((seen != labels) & (seen != tokenizer.mask_id)).float().mean().item()
+    assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.02 and abs(replaced - 0.1) < 0.02
+    # a random replacement is never a special token ([UNK] in the text may be kept as it is)
+    random_tokens = seen[(seen != labels) & (seen != tokenizer.mask_id)]
+    assert not torch.isin(random_tokens, torch.tensor(sorted(tokenizer.special_ids))).any()
+
+
+def test_special_tokens_never_masked_and_padding_is_zero(train_batch, tokenizer):
+    b = train_batch
+    real = b["masked_lm_weights"] > 0
+    labels = b["masked_lm_ids"][real]
+    specials = torch.tensor([tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id])
+    assert not torch.isin(labels, specials).any()
+    positions = b["masked_lm_positions"]
+    assert torch.all(positions[~real] == 0) and torch.all(b["masked_lm_ids"][~real] == 0)
+    assert torch.all(b["masked_lm_weights"][~real] == 0)
+    # real predictions come first, at distinct increasing positions inside the row
+    assert torch.all(real[:, :-1] | ~real[:, 1:])
+    lengths = b["attention_mask"].sum(1, keepdim=True)
+    assert torch.all((positions > 0) & (positions < lengths - 1) | ~real)
+    gaps = positions[:, 1:] - positions[:, :-1]
+    assert torch.all((gaps > 0) | ~real[:, 1:])
+
+
+def test_nsp_balance(train_batch, prepared):
+    labels = train_batch["next_sentence_labels"]
+    assert set(labels.unique().tolist()) == {0, 1}
+    assert len(labels) > 7_500  # standard error of the rate < 0.58%: 2% is 3.5 of them
+    assert abs(labels.float().mean().item() - 0.5) < 0.02
+
+
+def _doc_token_strings(tokenizer: WordPieceTokenizer) -> list[str]:
+    """Each document's WordPiece ids as ' id id ... ' (tokenized whole, not by sentence)."""
+    docs = [json.loads(line)["text"] for line in _wiki_lines(N_DOCS)]
+    return [" " + " ".join(map(str, ids)) + " " for ids in tokenizer.ids_batch(docs)]
+
+
+def _as_text(ids) -> str:
+    return " " + " ".join(map(str, ids)) + " "
+
+
+def _contains(haystack: str, ids) -> bool:
+    return _as_text(ids) in haystack
+
+
+def test_instances_come_from_their_documents_and_splits_are_disjoint(prepared, tokenizer):
+    out, _ = prepared
+    docs = _doc_token_strings(tokenizer)
+    splits = {s: PretrainingDataset(out, s) for s in ("train", "held_out")}
+    owners = {}
+    for name, ds in splits.items():
+        owners[name] = {ds.instance(i)[3] for i in range(ds.num_samples)}
+    assert owners["train"].isdisjoint(owners["held_out"])
+    assert owners["train"] | owners["held_out"] == set(range(N_DOCS))
+    checked_random = 0
+    for name, ds in splits.items():
+        same_split = "".join(docs[d] for d in sorted(owners[name]))
+        for i in range(0, ds.num_samples, 7):
+            ids, b_start, random_next, doc = ds.instance(i)
+            a, b = ids[1:b_start - 1], ids[b_start:-1]
+            assert len(a) >= 1 and len(b) >= 1 and len(ids) <= SEQ
+            assert _contains(docs[doc], a), (name, i)
+            if not random_next:
+                # B follows A in the document (truncation may have cut the end of A or the
+                # start of B, so not necessarily right after it)
+                a_text, b_text = _as_text(a), _as_text(b)
+                a_at = docs[doc].find(a_text)
+                assert docs[doc].find(b_text, a_at + len(a_text) - 1) >= 0, (name, i)
+            elif len(b) >= 8:
+                # B comes from another document of the same split
+                assert _contains(same_split, b) and not _contains(docs[doc], b), (name, i)
+                checked_random += 1
+    assert checked_random > 300
+
+
+def test_masks_are_fresh_each_epoch_and_reproducible(prepared):
+    a, b = PretrainingDataset(prepared[0]), PretrainingDataset(prepared[0])
+    ids = a.instance(3)[0]
+    first = a.mask(ids, 0, 3)
+    again = b.mask(ids, 0, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    different = sum(not np.array_equal(a.mask(a.instance(i)[0], 0, i)[1],
+                                       a.mask(a.instance(i)[0], 1, i)[1]) for i in range(50))
+    assert different >= 45
+
+
+# ---- order, distribution, resume ------------------------------------------------------------
+
+def _equal(x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> bool:
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_two_ranks_see_the_one_rank_batch_in_halves(prepared):
+    one = PretrainingDataset(prepared[0]).batches(64)
+    r0 = PretrainingDataset(prepared[0]).batches(64, rank=0, world_size=2)
+    r1 = PretrainingDataset(prepared[0]).batches(64, rank=1, world_size=2)
+    for _ in range(3):
+        whole, half0, half1 = next(one), next(r0), next(r1)
+        assert half0["input_ids"].shape[0] == 32
+        assert _equal(whole, {k: torch.cat([half0[k], half1[k]]) for k in whole})
+
+
+def test_epoch_order_is_a_fresh_permutation(train):
+    first, second = train.epoch_order(0), train.epoch_order(1)
+    assert np.array_equal(np.sort(first), np.arange(train.num_samples))
+    assert np.array_equal(np.sort(second), np.arange(train.num_samples))
+    assert not np.array_equal(first, second)
+
+
+def test_resume_returns_the_identical_next_batch(prepared):
+    global_batch = 1024
+    ds = PretrainingDataset(prepared[0])
+    per_epoch = ds.num_samples // global_batch
+    run = ds.batches(global_batch)
+    states, batches = [], []
+    for _ in range(per_epoch + 2):
+        batches.append(next(run))
+        states.append(ds.state_dict())
+    assert states[per_epoch - 1]["epoch"] == 0 and states[per_epoch]["epoch"] == 1
+    # resume mid-epoch, at the epoch's end, and in the next epoch, on a fresh object
+    for k in (1, per_epoch - 1, per_epoch):
+        resumed = PretrainingDataset(prepared[0])
+        resumed.load_state_dict(json.loads(json.dumps(states[k])))
+        assert _equal(next(resumed.batches(global_batch)), batches[k + 1]), k
+    # resuming with two ranks instead of one continues with the same rows
+    r0, r1 = PretrainingDataset(prepared[0]), PretrainingDataset(prepared[0])
+    r0.load_state_dict(states[1])
+    r1.load_state_dict(states[1])
+    halves = next(r0.batches(global_batch, 0, 2)), next(r1.batches(global_batch, 1, 2))
+    assert _equal(batches[2], {k: torch.cat([halves[0][k], halves[1][k]]) for k in halves[0]})
+
+
+def test_resume_rejects_other_data(prepared):
+    ds = PretrainingDataset(prepared[0])
+    state = ds.state_dict()
+    with pytest.raises(CheckpointError, match="num_samples"):
+        ds.load_state_dict({**state, "num_samples": state["num_samples"] + 1})
+    with pytest.raises(CheckpointError, match="seed"):
+        PretrainingDataset(prepared[0], seed=7).load_state_dict(state)
+
+
+def test_pad_to_longest(prepared):
+    ds = PretrainingDataset(prepared[0], "held_out", pad_to_longest=True)
+    batch = next(ds.eval_batches(8))
+    assert batch["input_ids"].shape[1] == batch["attention_mask"].sum(1).max()
+
+
+# ---- whole-word masking and the prediction cap (small, in-process) ------------------------
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("small") / "wiki150.jsonl"
+    path.write_text("".join(_wiki_lines(150)), encoding="utf-8")
+    return path
+
+
+def _word_groups(ids: list[int], is_piece) -> list[list[int]]:
+    """Positions of each word of one row: a '##' piece belongs to the token before it."""
+    groups: list[list[int]] = []
+    for pos in range(1, len(ids)):
+        if is_piece(ids[pos]) and groups and groups[-1][-1] == pos - 1:
+            groups[-1].append(pos)
+        else:
+            groups.append([pos])
+    return groups
+
+
+def _partially_masked_words(ds: PretrainingDataset, tokenizer) -> tuple[int, int]:
+    """(words of several pieces masked whole, words masked only in part) over the data set."""
+    pieces = {i for t, i in tokenizer.vocab.items() if t.startswith("##")}
+    specials = {tokenizer.cls_id, tokenizer.sep_id}
+    whole = partial = 0
+    batch = _all_batches(ds)
+    for row in range(ds.num_samples):
+        ids = ds.instance(row)[0].tolist()
+        real = batch["masked_lm_weights"][row] > 0
+        masked = set(batch["masked_lm_positions"][row][real].tolist())
+        for group in _word_groups(ids, lambda t: t in pieces):
+            if ids[group[0]] in specials:
+                continue
+            hit = sum(p in masked for p in group)
+            whole += len(group) > 1 and hit == len(group)
+            partial += 0 < hit < len(group)
+    return whole, partial
+
+
+def test_whole_word_masking_masks_whole_words(small_file, vocab_file, tokenizer, tmp_path):
+    wwm = _config(tmp_path / "wwm", str(small_file), vocab_file, num_workers=0,
+                  do_whole_word_mask=True, dupe_factor=2)
+    prepare_pretraining_data(wwm, progress=False)
+    whole, partial = _partially_masked_words(PretrainingDataset(tmp_path / "wwm"), tokenizer)
+    assert partial == 0 and whole > 100
+    # the same check finds split words without whole-word masking
+    plain = _config(tmp_path / "plain", str(small_file), vocab_file, num_workers=0, dupe_factor=2)
+    prepare_pretraining_data(plain, progress=False)
+    assert _partially_masked_words(PretrainingDataset(tmp_path / "plain"), tokenizer)[1] > 50
+
+
+def test_max_predictions_caps_the_masks(small_file, vocab_file, tmp_path):
+    cfg = _config(tmp_path, str(small_file), vocab_file, num_workers=0)
+    cfg.max_predictions_per_seq = 5
+    prepare_pretraining_data(cfg, progress=False)
+    b = _all_batches(PretrainingDataset(tmp_path))
+    assert b["masked_lm_positions"].shape[1] == 5
+    predicted = b["masked_lm_weights"].sum(1)
+    maskable = b["attention_mask"].sum(1) - 3
+    capped = maskable * 0.15 >= 5.5  # round() would give 6 or more
+    assert capped.sum() > 100
+    assert torch.all(predicted[capped] == 5) and torch.all(predicted <= 5)
+
+
+# ---- input formats, determinism, atomic output --------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(small_file, vocab_file, tmp_path_factory) -> dict[str, np.ndarray]:
+    out = tmp_path_factory.mktemp("reference")
+    prepare_pretraining_data(_config(out, str(small_file), vocab_file, num_workers=2,
+                                     chunk_chars=20_000, held_out_fraction=0.1), progress=False)
+    return _stored(out)
+
+
+def _same_data(directory: Path, reference: dict[str, np.ndarray]) -> bool:
+    data = _stored(directory)
+    return data.keys() == reference.keys() and all(np.array_equal(data[k], reference[k]) for k in data)
+
+
+def test_plain_text_input_gives_the_same_data(reference, vocab_file, tmp_path):
+    # Google's layout: one or more sentences a line, a blank line between documents.
+    texts = [json.loads(line)["text"] for line in _wiki_lines(150)]
+    plain = tmp_path / "corpus.txt"
+    plain.write_text("\n\n".join("\n".join(p for p in t.split("\n") if p.strip()) for t in texts) + "\n",
+                     encoding="utf-8")
+    prepare_pretraining_data(_config(tmp_path / "out", str(plain), vocab_file, num_workers=0,
+                                     chunk_chars=20_000, held_out_fraction=0.1), progress=False)
+    assert _same_data(tmp_path / "out", reference)
+    assert read_manifest(tmp_path / "out")["splits"]["train"]["instances"] > 0
+
+
+def test_directory_and_list_input_give_the_same_data(reference, vocab_file, tmp_path):
+    lines = _wiki_lines(150)
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.jsonl").write_text("".join(lines[:60]), encoding="utf-8")
+    (corpus / "b.data").write_text("".join(lines[60:100]), encoding="utf-8")  # JSON by content
+    (corpus / "sub" / "c.json").write_text("".join(lines[100:]), encoding="utf-8")
+    (corpus / ".hidden.jsonl").write_text("not json\n", encoding="utf-8")
+    for name, spec in (("dir", str(corpus)),
+                       ("list", ",".join(str(corpus / n) for n in ("a.jsonl", "b.data", "sub/c.json"))),
+                       ("glob", str(corpus / "*"))):
+        prepare_pretraining_data(_config(tmp_path / name, spec, vocab_file, num_workers=0,
+                                         chunk_chars=20_000, held_out_fraction=0.1), progress=False)
+        assert _same_data(tmp_path / name, reference), name
+
+
+def test_plain_text_without_blank_lines_is_cut_into_bounded_documents(vocab_file, tmp_path, caplog):
+    texts = [json.loads(line)["text"] for line in _wiki_lines(40)]
+    plain = tmp_path / "one_block.txt"
+    plain.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cfg = _config(tmp_path / "out", str(plain), vocab_file, num_workers=0, chunk_chars=5_000)
+    summary = prepare_pretraining_data(cfg, progress=False)
+    total = sum(len(line.strip()) for t in texts for line in t.split("\n"))
+    # every document but the last holds at least 5,000 characters
+    assert 2 <= summary["docs"] <= total // 5_000 + 1 and summary["instances"] > 0
+    assert "cut here" in caplog.text
+
+
+def test_manifest_is_written_last(small_file, vocab_file, tmp_path, monkeypatch):
+    renamed: list[str] = []
+    real_replace = os.replace
+
+    def record(src, dst):
+        renamed.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", record)
+    prepare_pretraining_data(_config(tmp_path, str(small_file), vocab_file, num_workers=0,
+                                     shard_size=100), progress=False)
+    manifest = read_manifest(tmp_path)
+    shards = [s[k] for info in manifest["splits"].values() for s in info["shards"]
+              for k in ("tokens", "index")]
+    assert len(shards) >= 6 and renamed[-1] == "manifest.json"
+    assert set(shards) <= set(renamed[:-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(shards + ["manifest.json", "vocab.txt"])
+
+
+def test_crash_leaves_no_manifest(small_file, vocab_file, tmp_path, monkeypatch):
+    real = pretraining.create_chunk_instances
+
+    def crash_on_third(settings, chunk):
+        if chunk.index == 2:
+            raise RuntimeError("killed")
+        return real(settings, chunk)
+
+    monkeypatch.setattr(pretraining, "create_chunk_instances", crash_on_third)
+    cfg = _config(tmp_path, str(small_file), vocab_file, num_workers=0, shard_size=50,
+                  chunk_chars=10_000)
+    with pytest.raises(RuntimeError, match="killed"):
+        prepare_pretraining_data(cfg, progress=False)
+    assert any(tmp_path.glob("train-*.tokens.npy")) and not (tmp_path / "manifest.json").exists()
+    with pytest.raises(DataError, match="manifest"):
+        PretrainingDataset(tmp_path)
+    monkeypatch.setattr(pretraining, "create_chunk_instances", real)
+    with pytest.raises(ConfigError, match="overwrite"):
+        prepare_pretraining_data(cfg, progress=False)
+    cfg.overwrite = True
+    summary = prepare_pretraining_data(cfg, progress=False)
+    assert PretrainingDataset(tmp_path).num_samples == summary["splits"]["train"]["instances"]
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+def test_bad_inputs_name_file_and_line(vocab_file, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine."}\n{"text": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: .*'text'"):
+        prepare_pretraining_data(_config(tmp_path / "o", str(bad), vocab_file, num_workers=0),
+                                 progress=False)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine."}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken\.jsonl:2: not valid JSON"):
+        prepare_pretraining_data(_config(tmp_path / "o", str(broken), vocab_file, num_workers=0,
+                                         overwrite=True), progress=False)
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_pretraining_data(_config(tmp_path / "o", str(tmp_path / "missing.txt"), vocab_file),
+                                 progress=False)
+    with pytest.raises(ConfigError, match="masked_lm_prob"):
+        _config(tmp_path, str(bad), vocab_file, masked_lm_prob=1.5)
+    with pytest.raises(ConfigError, match="'dupe_factor' must be int"):
+        _config(tmp_path, str(bad), vocab_file, dupe_factor="10")
