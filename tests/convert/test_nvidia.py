@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,10 @@ def dle_state(hf_state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
     return out
 
 
-def write_dle(tmp_path: Path, payload, name: str = "ckpt_8601.pt") -> Path:
+def write_dle(tmp_path: Path, payload, name: str = "ckpt_8601.pt", legacy: bool = False) -> Path:
+    """`legacy`: the pre-1.6 (non-zip) format of torch.save that 2019-era DLE files have."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, tmp_path / name)
+    torch.save(payload, tmp_path / name, _use_new_zipfile_serialization=not legacy)
     (tmp_path / "bert_config.json").write_text(json.dumps(tiny_config(vocab_size=VOCAB).to_dict()))
     return tmp_path / name
 
@@ -121,15 +123,16 @@ class RunsCodeWhenUnpickled:
         return os.mkdir, (str(self.marker),)
 
 
-def test_data_loader_entry_is_not_unpickled(tmp_path, hf_pretraining):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_data_loader_entry_is_not_unpickled(tmp_path, hf_pretraining, legacy):
     """weights_only refuses a mid-training checkpoint's DataLoader; the fallback reads the model
     and runs none of the file's code."""
     marker = tmp_path / "code_ran"
     loader = torch.utils.data.DataLoader(PretrainingDataset(["/data/part_0.hdf5"]), batch_size=2)
     payload = pretraining_payload(dle_state(hf_pretraining.state_dict()), data_loader=loader,
                                   extra=RunsCodeWhenUnpickled(marker))
-    path = write_dle(tmp_path / "ckpt", payload)
-    with pytest.raises(Exception):  # the strict reader alone cannot read this file
+    path = write_dle(tmp_path / "ckpt", payload, legacy=legacy)
+    with pytest.raises(pickle.UnpicklingError):  # the strict reader alone cannot read this file
         torch.load(path, weights_only=True)
     compare_pretraining(path, hf_pretraining)
     assert not marker.exists()

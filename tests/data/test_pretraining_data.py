@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared
 
 from bertforge.data import pretraining
 from bertforge.data.pretraining import PrepareConfig, prepare_pretraining_data, read_manifest
 from bertforge.data.pretraining_dataset import PretrainingDataset
 from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.tokenization import WordPieceTokenizer
-from conftest import shared
 
 N_DOCS = 500
 SEQ = 128
@@ -95,14 +95,15 @@ def test_summary_and_manifest(prepared, vocab_file, train):
     assert summary["docs"] == with_text == N_DOCS
     assert summary["splits"]["train"]["docs"] + summary["splits"]["held_out"]["docs"] == N_DOCS
     assert 0.05 < summary["splits"]["held_out"]["docs"] / N_DOCS < 0.15
-    assert summary["instances"] == train.num_samples + PretrainingDataset(out, "held_out").num_samples
+    held_out = PretrainingDataset(out, "held_out")
+    assert summary["instances"] == train.num_samples + held_out.num_samples
     assert summary["instances"] > 8_000 and summary["peak_rss_mb"] > 0
     assert manifest["vocab"]["sha256"] == hashlib.sha256(vocab_file.read_bytes()).hexdigest()
     assert manifest["vocab"]["size"] == 30522 and manifest["token_dtype"] == "uint16"
     cfg = manifest["config"]
     assert (cfg["max_seq_length"], cfg["max_predictions_per_seq"], cfg["masked_lm_prob"],
             cfg["do_whole_word_mask"], cfg["random_seed"]) == (SEQ, MAX_PRED, 0.15, False, 12345)
-    for split, info in manifest["splits"].items():
+    for info in manifest["splits"].values():
         assert sum(s["instances"] for s in info["shards"]) == info["instances"]
         tokens = [np.load(out / s["tokens"], mmap_mode="r") for s in info["shards"]]
         assert sum(len(t) for t in tokens) == info["tokens"]
@@ -380,15 +381,16 @@ def reference(small_file, vocab_file, tmp_path_factory) -> dict[str, np.ndarray]
 
 def _same_data(directory: Path, reference: dict[str, np.ndarray]) -> bool:
     data = _stored(directory)
-    return data.keys() == reference.keys() and all(np.array_equal(data[k], reference[k]) for k in data)
+    return data.keys() == reference.keys() and all(
+        np.array_equal(data[k], reference[k]) for k in data)
 
 
 def test_plain_text_input_gives_the_same_data(reference, vocab_file, tmp_path):
     # Google's layout: one or more sentences a line, a blank line between documents.
     texts = [json.loads(line)["text"] for line in _wiki_lines(150)]
     plain = tmp_path / "corpus.txt"
-    plain.write_text("\n\n".join("\n".join(p for p in t.split("\n") if p.strip()) for t in texts) + "\n",
-                     encoding="utf-8")
+    documents = ["\n".join(p for p in t.split("\n") if p.strip()) for t in texts]
+    plain.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     prepare_pretraining_data(_config(tmp_path / "out", str(plain), vocab_file, num_workers=0,
                                      chunk_chars=20_000, held_out_fraction=0.1), progress=False)
     assert _same_data(tmp_path / "out", reference)
@@ -403,9 +405,8 @@ def test_directory_and_list_input_give_the_same_data(reference, vocab_file, tmp_
     (corpus / "b.data").write_text("".join(lines[60:100]), encoding="utf-8")  # JSON by content
     (corpus / "sub" / "c.json").write_text("".join(lines[100:]), encoding="utf-8")
     (corpus / ".hidden.jsonl").write_text("not json\n", encoding="utf-8")
-    for name, spec in (("dir", str(corpus)),
-                       ("list", ",".join(str(corpus / n) for n in ("a.jsonl", "b.data", "sub/c.json"))),
-                       ("glob", str(corpus / "*"))):
+    listed = ",".join(str(corpus / n) for n in ("a.jsonl", "b.data", "sub/c.json"))
+    for name, spec in (("dir", str(corpus)), ("list", listed), ("glob", str(corpus / "*"))):
         prepare_pretraining_data(_config(tmp_path / name, spec, vocab_file, num_workers=0,
                                          chunk_chars=20_000, held_out_fraction=0.1), progress=False)
         assert _same_data(tmp_path / name, reference), name
@@ -439,7 +440,9 @@ def test_manifest_is_written_last(small_file, vocab_file, tmp_path, monkeypatch)
               for k in ("tokens", "index")]
     assert len(shards) >= 6 and renamed[-1] == "manifest.json"
     assert set(shards) <= set(renamed[:-1])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(shards + ["manifest.json", "vocab.txt"])
+    # nothing else is left behind: no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        shards + ["manifest.json", "vocab.txt"])
 
 
 def test_crash_leaves_no_manifest(small_file, vocab_file, tmp_path, monkeypatch):

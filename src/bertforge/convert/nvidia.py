@@ -113,9 +113,12 @@ def model_state(obj, path: Path) -> dict[str, Tensor]:
     state = obj["model"] if wrapped else obj
     if not isinstance(state, dict) or not state or (
             not wrapped and not all(isinstance(v, Tensor) for v in state.values())):
-        found = f"keys {', '.join(map(str, obj))}" if isinstance(obj, dict) else type(obj).__name__
+        if isinstance(obj, dict):
+            found = f"keys {', '.join(map(str, obj))}" if obj else "an empty dict"
+        else:
+            found = f"a {type(obj).__name__}"
         raise CheckpointError(f"{path}: expected a state dict or {{'model': state_dict, ...}}; "
-                              f"found {found or 'an empty dict'}")
+                              f"found {found}")
     bad = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: the model state holds non-tensor entries: {', '.join(bad[:8])}")

@@ -46,11 +46,11 @@ Instances (Google's `create_instances_from_document`)
 
 Random next from a bounded pool
     Google draws the random document from the whole corpus held in memory. Here it comes from
-    the chunk being processed (the documents around it in the input, of the same split, about
-    `chunk_chars` of text: ~300 Wikipedia articles at the default 2**20). As in Google's code, 10 draws are
-    tried to get a different document; a chunk of one document falls back to itself. A final
-    chunk smaller than half of `chunk_chars` is merged into the one before, so only a corpus
-    (or held-out split) of one document meets that fallback.
+    the chunk being processed: the documents around it in the input, of the same split, about
+    `chunk_chars` characters of text (~300 Wikipedia articles at the default 2**20). As in
+    Google's code, 10 draws are tried to get a different document; a chunk of one document
+    falls back to itself. A final chunk smaller than half of `chunk_chars` is merged into the
+    one before, so only a corpus (or held-out split) of one document meets that fallback.
 
 Masking: dynamic, at load time (why)
     Google stores `dupe_factor` (10) copies of every instance, each with a static mask. Here
@@ -96,11 +96,12 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import sentencex
@@ -146,10 +147,13 @@ class PrepareConfig:
     `dupe_factor`: how many times instances are created from each document (see the module
     docstring: masks are dynamic, so 1 is the default, not Google's 10).
     `num_workers`: worker processes; None = os.cpu_count(); 0 = in this process.
-    `shard_size`: instances per output shard. `chunk_chars`: characters of text per unit of
-    work, which is also the pool that random-next segments are drawn from, and the longest
-    plain-text document kept whole (longer ones are cut, so that memory stays bounded). `language`: for sentence splitting
-    (an ISO 639 code sentencex knows; unknown codes fall back to its generic rules).
+    `held_out_fraction`: share of documents in the held-out split.
+    `shard_size`: instances per output shard.
+    `chunk_chars`: characters of text per unit of work; also the pool that random-next
+    segments are drawn from, and the longest plain-text document kept whole (longer ones are
+    cut, so that memory stays bounded).
+    `language`: for sentence splitting (an ISO 639 code sentencex knows; unknown codes fall
+    back to its generic rules).
     `overwrite`: replace a prepared data set already in `output_dir`.
     """
 
@@ -198,7 +202,8 @@ class PrepareConfig:
         ]
         for name, ok, want in checks:
             if not ok:
-                raise ConfigError(f"PrepareConfig: '{name}' must be {want}, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"PrepareConfig: '{name}' must be {want}, got {getattr(self, name)!r}")
         for name in ("input_file", "output_dir", "vocab_file"):
             if not getattr(self, name):
                 raise ConfigError(f"PrepareConfig: '{name}' is required")
@@ -286,7 +291,8 @@ def _json_documents(path: Path) -> Iterator[tuple[list[str], int]]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'text' field")
+                raise DataError(
+                    f"{path}:{lineno}: expected a JSON object with a string 'text' field")
             yield [s for s in (line.strip() for line in obj["text"].split("\n")) if s], len(raw)
 
 
@@ -385,8 +391,8 @@ def iter_chunks(files: Sequence[Path], cfg: PrepareConfig) -> Iterator[Chunk]:
     doc_id = 0
     for path in files:
         for lines, nbytes in iter_documents(path, cfg.chunk_chars):
-            split = "held_out" if lines and is_held_out(lines, cfg.held_out_fraction, cfg.random_seed) \
-                else "train"
+            held_out = bool(lines) and is_held_out(lines, cfg.held_out_fraction, cfg.random_seed)
+            split = "held_out" if held_out else "train"
             yield from chunkers[split].add(lines, doc_id if lines else None, nbytes)
             doc_id += bool(lines)
     for chunker in chunkers.values():
@@ -433,7 +439,8 @@ def _tokenizer(vocab_file: str, do_lower_case: bool) -> WordPieceTokenizer:
 
 
 def split_sentences(lines: Iterable[str], language: str) -> list[str]:
-    return [s for line in lines for s in (t.strip() for t in sentencex.segment(language, line)) if s]
+    """Sentences of a document's lines, stripped, empty ones dropped."""
+    return [s for line in lines for s in map(str.strip, sentencex.segment(language, line)) if s]
 
 
 def tokenize_documents(docs: Sequence[Sequence[str]], tokenizer: WordPieceTokenizer,
@@ -586,13 +593,14 @@ class SplitStats:
 class ShardWriter:
     """Buffers one split's instances and writes them as shards of `shard_size` instances."""
 
-    def __init__(self, directory: Path, split: str, shard_size: int, token_dtype: str):
+    _FIELDS = ("tokens", "lengths", "b_starts", "random_next", "doc_ids")
+
+    def __init__(self, directory: Path, split: str, shard_size: int):
         self.directory = directory
         self.split = split
         self.shard_size = shard_size
-        self.token_dtype = token_dtype
         self.stats = SplitStats()
-        self._parts: list[ChunkResult] = []
+        self._buffer: dict[str, list[np.ndarray]] = {name: [] for name in self._FIELDS}
         self._buffered = 0
 
     def add(self, result: ChunkResult) -> None:
@@ -601,7 +609,8 @@ class ShardWriter:
         self.stats.tokens += len(result.tokens)
         self.stats.source_tokens += result.source_tokens
         self.stats.random_next += int(result.random_next.sum())
-        self._parts.append(result)
+        for name in self._FIELDS:
+            self._buffer[name].append(getattr(result, name))
         self._buffered += len(result.lengths)
         while self._buffered >= self.shard_size:
             self._write(self.shard_size)
@@ -612,47 +621,42 @@ class ShardWriter:
         return self.stats
 
     def _write(self, count: int) -> None:
-        tokens, lengths, b_starts, random_next, docs = self._take(count)
+        """Write the first `count` buffered instances as the next shard; keep the rest."""
+        data = {name: np.concatenate(parts) for name, parts in self._buffer.items()}
+        lengths = data["lengths"][:count]
+        n_tokens = int(lengths.sum(dtype=np.int64))
+        tokens = data["tokens"][:n_tokens]
         index = np.zeros(count, dtype=INDEX_DTYPE)
         index["length"] = lengths
         index["start"] = np.cumsum(lengths, dtype=np.int64) - lengths
-        index["b_start"] = b_starts
-        index["random_next"] = random_next
-        index["doc"] = docs
+        index["b_start"] = data["b_starts"][:count]
+        index["random_next"] = data["random_next"][:count]
+        index["doc"] = data["doc_ids"][:count]
         tokens_path, index_path = shard_paths(self.directory, self.split, len(self.stats.shards))
         _atomic_write(tokens_path, lambda f: np.save(f, tokens))
         _atomic_write(index_path, lambda f: np.save(f, index))
         self.stats.shards.append({"tokens": tokens_path.name, "index": index_path.name,
-                                  "instances": count, "num_tokens": len(tokens)})
-
-    def _take(self, count: int) -> tuple[np.ndarray, ...]:
-        """Remove the first `count` buffered instances: (tokens, lengths, b_starts, random_next,
-        doc_ids), concatenated."""
-        cat = {name: np.concatenate([getattr(p, name) for p in self._parts])
-               for name in ("tokens", "lengths", "b_starts", "random_next", "doc_ids")}
-        cat["tokens"] = cat["tokens"].astype(self.token_dtype, copy=False)
-        n_tokens = int(cat["lengths"][:count].sum(dtype=np.int64))
-        rest = dataclasses.replace(
-            self._parts[0], tokens=cat["tokens"][n_tokens:], lengths=cat["lengths"][count:],
-            b_starts=cat["b_starts"][count:], random_next=cat["random_next"][count:],
-            doc_ids=cat["doc_ids"][count:])
-        self._parts = [rest] if len(rest.lengths) else []
+                                  "instances": count, "num_tokens": n_tokens})
+        self._buffer = {name: [data[name][n_tokens if name == "tokens" else count:]]
+                        for name in self._FIELDS}
         self._buffered -= count
-        return (cat["tokens"][:n_tokens], cat["lengths"][:count], cat["b_starts"][:count],
-                cat["random_next"][:count], cat["doc_ids"][:count])
 
 
-def _prepare_output_dir(directory: Path, overwrite: bool) -> None:
+def _prepare_output_dir(directory: Path, overwrite: bool, vocab_file: Path) -> None:
     """Create `directory`; refuse to mix with an earlier data set unless `overwrite`."""
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"output_dir: {directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     ours = [p for p in directory.iterdir()
-            if p.name in (MANIFEST, VOCAB) or p.name.endswith((".tokens.npy", ".index.npy"))
+            if p.name == MANIFEST or p.name.endswith((".tokens.npy", ".index.npy"))
             or (p.name.startswith(".") and ".tmp-" in p.name)]
     if ours and not overwrite:
         raise ConfigError(f"output_dir: {directory} already holds prepared data "
                           f"({ours[0].name}); set overwrite to replace it")
+    if not ours and (directory / VOCAB).is_file() and \
+            (directory / VOCAB).read_bytes() != Path(vocab_file).read_bytes():
+        raise ConfigError(f"output_dir: {directory} holds a different {VOCAB}, which the "
+                          "prepared data's copy of the vocabulary would replace")
     # The manifest goes first: a crash below must not leave it naming deleted shards.
     for p in sorted(ours, key=lambda p: p.name != MANIFEST):
         p.unlink()
@@ -660,8 +664,9 @@ def _prepare_output_dir(directory: Path, overwrite: bool) -> None:
 
 def vocab_info(vocab_file: Path) -> dict[str, Any]:
     """The manifest's description of the vocabulary: size is the largest id + 1."""
+    size = max(load_vocab(vocab_file).values()) + 1  # raises DataError if missing or bad
     return {"file": VOCAB, "sha256": hashlib.sha256(vocab_file.read_bytes()).hexdigest(),
-            "size": max(load_vocab(vocab_file).values()) + 1}
+            "size": size}
 
 
 def _run_chunks(chunks: Iterator[Chunk], settings: CreateSettings, num_workers: int
@@ -700,7 +705,9 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
 
     Summary keys: docs, instances, tokens (in instances, with [CLS]/[SEP]), source_tokens
     (WordPiece tokens of the documents), per-split counts under `splits`, seconds, docs_per_s,
-    peak_rss_mb (this process) and peak_rss_worker_mb (largest worker), output_dir.
+    peak_rss_mb (this process), peak_rss_worker_mb (the largest worker process), num_workers,
+    output_dir. Workers are spawned processes: a script that calls this with num_workers != 0
+    needs the usual `if __name__ == "__main__":` guard.
     """
     start = time.perf_counter()
     files = resolve_input_files(cfg.input_file)
@@ -708,14 +715,14 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
     vocab = vocab_info(vocab_file)
     token_dtype = "uint16" if vocab["size"] <= 65536 else "int32"
     out = Path(cfg.output_dir)
-    _prepare_output_dir(out, cfg.overwrite)
+    _prepare_output_dir(out, cfg.overwrite, vocab_file)
     _atomic_write(out / VOCAB, lambda f: f.write(vocab_file.read_bytes()))
     settings = CreateSettings(
         vocab_file=str(vocab_file.resolve()), do_lower_case=cfg.do_lower_case,
         max_seq_length=cfg.max_seq_length, short_seq_prob=cfg.short_seq_prob,
         dupe_factor=cfg.dupe_factor, random_seed=cfg.random_seed, language=cfg.language,
         token_dtype=token_dtype)
-    writers = {s: ShardWriter(out, s, cfg.shard_size, token_dtype) for s in SPLITS}
+    writers = {s: ShardWriter(out, s, cfg.shard_size) for s in SPLITS}
     num_workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
     total_bytes = sum(f.stat().st_size for f in files)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare pretraining data",
@@ -752,8 +759,8 @@ def _write_manifest(out: Path, cfg: PrepareConfig, vocab: dict[str, Any], token_
         "input_files": [str(f) for f in files],
         "vocab": vocab,
         "token_dtype": token_dtype,
-        "sentence_splitter": {"name": "sentencex", "version": importlib.metadata.version("sentencex"),
-                              "language": cfg.language},
+        "sentence_splitter": {"name": "sentencex", "language": cfg.language,
+                              "version": importlib.metadata.version("sentencex")},
         "splits": {s: {**_split_summary(st), "shards": st.shards} for s, st in stats.items()},
     }
     text = json.dumps(manifest, indent=2) + "\n"

@@ -34,8 +34,9 @@ grows with the data set.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,7 +194,7 @@ class PretrainingDataset:
         label_ids = np.zeros((n, p), dtype=np.int64)
         weights = np.zeros((n, p), dtype=np.float32)
         nsp = np.zeros(n, dtype=np.int64)
-        for row, (i, (ids, b_start, random_next, _)) in enumerate(zip(indices, rows)):
+        for row, (i, (ids, b_start, random_next, _)) in enumerate(zip(indices, rows, strict=True)):
             masked, pos, labels = self.mask(ids, epoch, int(i))
             input_ids[row, :len(ids)] = masked
             token_type_ids[row, b_start:len(ids)] = 1

@@ -603,12 +603,14 @@ def _is_cjk(cp: int) -> bool:
 def _is_punctuation(c: str) -> bool:
     # Google counts all non-alphanumeric ASCII as punctuation, e.g. "^", "$", "`".
     cp = ord(c)
-    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 \
-        or unicodedata.category(c).startswith("P")
+    return (33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126
+            or unicodedata.category(c).startswith("P"))
 
 
 def _clean_char(c: str) -> str:
     """Google's `_clean_text` and `_tokenize_chinese_chars` for one character."""
+    if " " < c < "\x7f":  # printable ASCII other than space: kept as is
+        return c
     cp = ord(c)
     if cp == 0 or cp == 0xFFFD or (c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cf")):
         return ""
