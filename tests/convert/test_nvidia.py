@@ -46,8 +46,9 @@ def dle_state(hf_state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
             value = out[prefix + key]
             extra = torch.randn((PADDED - VOCAB, *value.shape[1:]), generator=g)
             out[prefix + key] = torch.cat([value, extra])
-    if prefix + "cls.predictions.decoder.weight" in out:  # tied, as in DLE
-        out[prefix + "cls.predictions.decoder.weight"] = out[prefix + "bert.embeddings.word_embeddings.weight"]
+    decoder = prefix + "cls.predictions.decoder.weight"
+    if decoder in out:  # tied, as in DLE
+        out[decoder] = out[prefix + "bert.embeddings.word_embeddings.weight"]
     return out
 
 
@@ -79,7 +80,8 @@ def compare_pretraining(path: Path, theirs) -> None:
     with torch.no_grad():
         out, ref = model(**batch), theirs(**batch)
     mask = batch["attention_mask"].bool()
-    torch.testing.assert_close(out.mlm_logits[..., :VOCAB][mask], ref.prediction_logits[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.mlm_logits[..., :VOCAB][mask], ref.prediction_logits[mask],
+                               rtol=0, atol=1e-5)
     torch.testing.assert_close(out.nsp_logits, ref.seq_relationship_logits, rtol=0, atol=1e-5)
 
 
@@ -91,7 +93,8 @@ def hf_pretraining():
 @pytest.mark.parametrize("prefix", ["", "module."], ids=["plain", "ddp"])
 def test_pretraining_checkpoint_matches_transformers(tmp_path, hf_pretraining, prefix):
     state = dle_state(hf_pretraining.state_dict(), prefix)
-    assert any(".dense_act." in k for k in state) and state[f"{prefix}cls.predictions.bias"].shape == (PADDED,)
+    assert any(".dense_act." in k for k in state)
+    assert state[f"{prefix}cls.predictions.bias"].shape == (PADDED,)
     path = write_dle(tmp_path, pretraining_payload(state))
     compare_pretraining(path, hf_pretraining)
     # the padded rows are kept as they are, not zeroed or cut
@@ -160,7 +163,8 @@ def test_unpadded_vocab_mismatch_is_reported(tmp_path, hf_pretraining):
     state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
     ckpt = load_checkpoint(write_dle(tmp_path, {"model": state}))
     assert ckpt.config.vocab_size == VOCAB
-    with pytest.raises(CheckpointError, match=r"wrong shape .*word_embeddings\.weight: checkpoint \(120, 32\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"wrong shape .*word_embeddings\.weight: checkpoint \(120, 32\)"):
         load_into(build_model(ckpt.config, "pretraining"), ckpt)
 
 

@@ -139,11 +139,18 @@ def test_path_forms_resolve_to_the_same_prefix(tmp_path):
                  PRETRAINING / "bert_model.ckpt.data-00000-of-00001"):
         assert resolve_prefix(form) == prefix
     assert resolve_prefix(SQUAD) == SQUAD / "model.ckpt-7"  # through the `checkpoint` state file
+    assert load_checkpoint(prefix, format="tf").heads == {"pretraining"}
     assert detect_format(PRETRAINING / "bert_model.ckpt.index") == "tf"
     # a state file written on another machine names its absolute path: fall back to the basename
     copy = shutil.copytree(SQUAD, tmp_path / "moved")
     (copy / "checkpoint").write_text('model_checkpoint_path: "/content/out/model.ckpt-7"\n')
     assert resolve_prefix(copy) == copy / "model.ckpt-7"
+    # non-ASCII names: TensorFlow 2.21 writes UTF-8; protobuf's text format default octal-escapes
+    for suffix in (".index", ".data-00000-of-00003", ".data-00001-of-00003", ".data-00002-of-00003"):
+        (copy / f"model.ckpt-7{suffix}").rename(copy / f"modèle.ckpt-7{suffix}")
+    for written in ("modèle.ckpt-7", "mod\\303\\250le.ckpt-7"):
+        (copy / "checkpoint").write_text(f'model_checkpoint_path: "{written}"\n', encoding="utf-8")
+        assert resolve_prefix(copy) == copy / "modèle.ckpt-7"
 
 
 def test_partitioned_variable_is_refused_by_name():
@@ -300,15 +307,17 @@ def _block(entries: list[tuple[bytes, bytes]], compression: int = 0) -> bytes:
         body += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
     restarts = restarts or [0]
     body += struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
-    return bytes(body) + bytes([compression]) + struct.pack("<I", masked_crc(bytes(body) + bytes([compression])))
+    stored = bytes(body) + bytes([compression])
+    return stored + struct.pack("<I", masked_crc(stored))
 
 
 _TF_DTYPE = {np.dtype("float32"): 1, np.dtype("int64"): 9}
 
 
 def write_bundle(prefix: Path, tensors: dict[str, np.ndarray], *, compression: int = 0,
-                 overrides: dict[str, dict[str, int]] | None = None) -> None:
-    """A one-shard V2 bundle, as the format's description says (see tf_checkpoint's docstring)."""
+                 overrides: dict[str, dict[str, int]] | None = None, per_block: int = 1000) -> None:
+    """A one-shard V2 bundle, as the format's description says (see tf_checkpoint's docstring),
+    `per_block` table entries to a data block."""
     data, entries = bytearray(), []
     for name in sorted(tensors):
         raw = np.ascontiguousarray(tensors[name]).tobytes()
@@ -322,15 +331,21 @@ def write_bundle(prefix: Path, tensors: dict[str, np.ndarray], *, compression: i
         entries.append((name.encode(), entry))
         data += raw
     header = _pb_int(1, 1) + _pb_bytes(3, _pb_int(1, 1))
-    data_block = _block([(b"", header)] + entries, compression)
-    meta_block = _block([])
-    index_block = _block([(entries[-1][0], _varint(0) + _varint(len(data_block) - 5))])
-    meta_at = len(data_block)
-    index_at = meta_at + len(meta_block)
-    handles = (_varint(meta_at) + _varint(len(meta_block) - 5)
-               + _varint(index_at) + _varint(len(index_block) - 5))
+    table, index = b"", []
+    kvs = [(b"", header)] + entries
+    for start in range(0, len(kvs), per_block):
+        chunk = kvs[start:start + per_block]
+        block = _block(chunk, compression)
+        index.append((chunk[-1][0], _varint(len(table)) + _varint(len(block) - 5)))
+        table += block
+    meta_at = len(table)
+    table += _block([])
+    index_at = len(table)
+    table += _block(index)
+    handles = (_varint(meta_at) + _varint(index_at - meta_at - 5)
+               + _varint(index_at) + _varint(len(table) - index_at - 5))
     footer = handles.ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57)
-    Path(f"{prefix}.index").write_bytes(data_block + meta_block + index_block + footer)
+    Path(f"{prefix}.index").write_bytes(table + footer)
     Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
 
 
@@ -340,9 +355,11 @@ def _two_tensors() -> dict[str, np.ndarray]:
             "b/step": np.array([7, -9], dtype=np.int64)}
 
 
-def test_independent_writer_round_trip(tmp_path, reference_crc):
+@pytest.mark.parametrize("per_block", [1, 1000], ids=["block-per-entry", "one-block"])
+def test_independent_writer_round_trip(tmp_path, reference_crc, per_block):
+    """Also the multi-block table that only checkpoints with thousands of variables reach."""
     tensors = _two_tensors()
-    write_bundle(tmp_path / "x.ckpt", tensors)
+    write_bundle(tmp_path / "x.ckpt", tensors, per_block=per_block)
     ours = read_tf_checkpoint(tmp_path / "x.ckpt")
     assert {k: v.tobytes() for k, v in ours.items()} == {k: v.tobytes() for k, v in tensors.items()}
 
@@ -457,7 +474,8 @@ def test_kernels_are_transposed_and_output_weights_are_not():
     assert torch.equal(state["mlm.dense.weight"],
                        torch.from_numpy(theirs["cls/predictions/transform/dense/kernel"]).T)
     qkv = state["bert.encoder.layers.1.attention.qkv.weight"]
-    assert torch.equal(qkv[16:32], torch.from_numpy(theirs["bert/encoder/layer_1/attention/self/key/kernel"]).T)
+    key = torch.from_numpy(theirs["bert/encoder/layer_1/attention/self/key/kernel"])
+    assert torch.equal(qkv[16:32], key.T)  # rows H..2H of the fused projection are the key's
 
 
 def test_unknown_variable_is_reported_not_dropped(tmp_path):
@@ -470,7 +488,8 @@ def test_unknown_variable_is_reported_not_dropped(tmp_path):
     assert "bert/encoder/layer_0/attention/self/rotary/kernel" in ckpt.state
     assert "output_weights/adam_m" not in ckpt.state
     model = build_model(ckpt.config, "classification", num_labels=3)
-    with pytest.raises(CheckpointError, match=r"unexpected \(1\): bert/encoder/layer_0/attention/self/rotary/kernel"):
+    with pytest.raises(CheckpointError,
+                       match=r"unexpected \(1\): bert/encoder/layer_0/attention/self/rotary/kernel"):
         load_into(model, ckpt)
 
 

@@ -124,6 +124,8 @@ def detect_format(path: str | Path) -> str:
     """One of FORMATS, from the files at `path`; CheckpointError when none fits."""
     path = Path(path)
     if not path.exists():
+        if Path(f"{path}.index").is_file():  # a TensorFlow prefix such as bert_model.ckpt
+            return "tf"
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         if (path / NATIVE_META).is_file():

@@ -7,8 +7,9 @@ What DLE writes (PyTorch/LanguageModeling/BERT):
 - Its modeling.py names are Hugging Face's except that fused Linear+activation layers are called
   `dense_act` (intermediate, pooler, MLM transform); a model saved from inside DDP carries a
   `module.` prefix. Both are renamed here, then `hf.hf_to_native` does the rest.
-- Vocabulary padding: run_pretraining.py rounds vocab_size up to a multiple of 8 for tensor
-  cores, so bert_config.json says 30522 while the word embeddings and MLM bias have 30528 rows.
+- Vocabulary padding: DLE's scripts (run_pretraining.py, run_squad.py, ...) round vocab_size up
+  to a multiple of 8 for tensor cores, so bert_config.json says 30522 while the word embeddings
+  and MLM bias have 30528 rows.
   We adopt the checkpoint's row count as `config.vocab_size` (logged) instead of cutting rows:
   the model is then exactly the one DLE trained, MLM softmax included, and the extra rows are
   never looked up since the tokenizer produces ids below the vocab file's size.
@@ -40,7 +41,7 @@ from bertforge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-VOCAB_PAD_MULTIPLE = 8  # DLE's run_pretraining.py pads the vocabulary to a multiple of this
+VOCAB_PAD_MULTIPLE = 8  # DLE's scripts pad the vocabulary to a multiple of this
 
 
 # ---- reading the file safely ---------------------------------------------------------------

@@ -16,29 +16,30 @@ Table layout, from the end of the file:
                         the unshared key suffix, the value
 The index block maps the last key of each data block to that block's handle.
 
-Supported: every dtype numpy can hold (float16/32/64, int8-64, uint8-64, bool) plus bfloat16
-(returned as its raw uint16 bits; `read_torch` views it as torch.bfloat16); any number of data
-shards; snappy-compressed index blocks are refused with a clear error (TensorFlow writes its
-bundles uncompressed). Not supported, with an error naming the variable: variables saved in
-slices (partitioned variables), big-endian bundles. String tensors are listed but never read
-(no BERT weight is a string).
+Supported: float16/32/64, int8/16/32/64, uint8/16/32/64, bool, and bfloat16 (returned as its
+raw uint16 bits; `read_torch` views it as torch.bfloat16); any number of data shards; prefix-
+compressed keys and any number of table blocks. Refused with a clear error: snappy-compressed
+table blocks (TensorFlow writes bundles uncompressed), variables saved in slices (partitioned
+variables; the error names them), big-endian bundles, other dtypes. String tensors are listed
+but never read (no BERT weight is a string).
 
 Checksums: with the `google-crc32c` package installed (its C implementation), every index block
 and every tensor read is checked against its masked crc32c, as TensorFlow does. Without it
-the reader still works and says so once in the log; corruption is then caught only where it
+the reader still works and says so in the log; corruption is then caught only where it
 breaks the structure (sizes, offsets, magic).
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import logging
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -75,6 +76,7 @@ _DTYPES: dict[int, tuple[str, np.dtype | None]] = {
     17: ("uint16", np.dtype("<u2")), 19: ("float16", np.dtype("<f2")),
     22: ("uint32", np.dtype("<u4")), 23: ("uint64", np.dtype("<u8")),
 }
+_DTYPES_BY_NAME = dict(_DTYPES.values())
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,7 @@ def _table_entries(table: bytes, where: str) -> list[tuple[bytes, bytes]]:
         offset, size, _ = _block_handle(handle, 0, where)
         entries.extend(_block_entries(_read_block(table, offset, size, where), where))
     keys = [k for k, _ in entries]
-    if any(a >= b for a, b in zip(keys, keys[1:])):
+    if any(a >= b for a, b in itertools.pairwise(keys)):
         raise CheckpointError(f"{where}: index keys are not in order; the index is corrupt")
     return entries
 
@@ -324,6 +326,15 @@ def resolve_prefix(path: str | Path) -> Path:
     raise CheckpointError(f"TensorFlow checkpoint not found: no {path}.index")
 
 
+def _unescape_text_proto(text: str, source: Path) -> str:
+    """A text-format protobuf string: C escapes, non-ASCII as UTF-8 or octal-escaped bytes."""
+    escaped = text.encode("utf-8").decode("ascii", "backslashreplace")
+    try:
+        return ast.literal_eval(f'b"{escaped}"').decode("utf-8", errors="replace")
+    except (SyntaxError, ValueError):
+        raise CheckpointError(f"{source}: cannot parse the path {text!r}") from None
+
+
 def _prefix_in_directory(directory: Path) -> Path:
     state = directory / "checkpoint"
     if state.is_file():
@@ -331,7 +342,7 @@ def _prefix_in_directory(directory: Path) -> Path:
         m = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
         if m is None:
             raise CheckpointError(f"{state}: no model_checkpoint_path line in this state file")
-        named = Path(ast.literal_eval(f'b"{m.group(1)}"').decode("utf-8"))
+        named = Path(_unescape_text_proto(m.group(1), state))
         prefix = named if named.is_absolute() else directory / named
         # A state file written on another machine names that machine's absolute path.
         if not Path(f"{prefix}.index").is_file() and Path(f"{directory / named.name}.index").is_file():
@@ -396,7 +407,7 @@ class TFCheckpointReader:
 
     def check_data_files(self, names: list[str] | None = None) -> None:
         """Fail early, naming them, if data shards that `names` (default: all) need are missing."""
-        shards = {self.variables[n].shard for n in (names or list(self.variables))}
+        shards = {self.variables[n].shard for n in (self.variables if names is None else names)}
         missing = [self.data_file(s).name for s in sorted(shards)
                    if s < self.num_shards and not self.data_file(s).is_file()]
         if missing:
@@ -458,8 +469,6 @@ class TFCheckpointReader:
                                       "is corrupt")
         return buf
 
-
-_DTYPES_BY_NAME = {name: dtype for name, dtype in _DTYPES.values()}
 
 
 def list_variables(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
