@@ -46,6 +46,7 @@ class Command:
     path: tuple[str, ...]
     help: str
     build: Callable[[], tuple[type, Callable[[Any, Any], int | None]]]  # -> (config class, handler)
+    positional: bool = False  # required fields are positional arguments (convert SRC DST)
 
 
 # ---- the commands ------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def _glue(mode: str):
 
 
 def _evaluate_squad():
-    from bertforge.evaluate.squad import EvaluateArgs, evaluate_files
+    from bertforge.tasks.squad import EvaluateArgs, evaluate_files
 
     def handler(cfg, _ns):
         evaluate_files(cfg)
@@ -133,13 +134,14 @@ COMMANDS = [
     Command(("finetune", "glue"), "fine-tune on a GLUE task, evaluate, write submissions", _glue("finetune")),
     Command(("predict", "squad"), "predict SQuAD answers with a fine-tuned checkpoint", _squad("predict")),
     Command(("predict", "glue"), "write GLUE test-set submission files", _glue("predict")),
-    Command(("evaluate", "squad"), "official SQuAD v1.1 EM/F1 of a predictions file", _evaluate_squad),
+    Command(("evaluate", "squad"), "official SQuAD v1.1 EM/F1 of a predictions file", _evaluate_squad,
+            positional=True),
     Command(("evaluate", "glue"), "GLUE dev-set metrics of a fine-tuned checkpoint", _glue("evaluate")),
     Command(("pretrain",), "pretrain BERT (MLM + NSP, LAMB) from prepared shards", _pretrain),
     Command(("prepare", "pretraining"), "turn raw text into pretraining shards", _prepare),
     Command(("convert",), "convert a checkpoint (Google TF, HF, NVIDIA DLE, bertforge) to HF or bertforge",
-            _convert),
-    Command(("info",), "print a checkpoint's config, parameter count and dtype", _info),
+            _convert, positional=True),
+    Command(("info",), "print a checkpoint's config, parameter count and dtype", _info, positional=True),
     Command(("benchmark",), "measure training/inference speed (optionally against Hugging Face)", _benchmark),
 ]
 
@@ -258,10 +260,9 @@ def _find_command(argv: list[str]) -> tuple[Command | None, list[str]]:
         if token.startswith("-"):
             break
         words.append(token)
-    for n in (2, 1):
-        for c in COMMANDS:
-            if tuple(words[:n]) == c.path:
-                return c, argv[n:]
+    for c in COMMANDS:
+        if tuple(words[:len(c.path)]) == c.path:
+            return c, argv[len(c.path):]
     return None, argv
 
 
@@ -275,7 +276,7 @@ def _build_parser(command: Command, cls: type):
     parser = ArgumentParser(prog="bertforge " + " ".join(command.path), description=command.help,
                             epilog=epilog, exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe (see configs/)")
-    parser.add_class_arguments(cls, None, as_positional=True)
+    parser.add_class_arguments(cls, None, as_positional=command.positional)
     return parser
 
 

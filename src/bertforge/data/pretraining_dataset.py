@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertforge.data.pretraining import MANIFEST, VOCAB, read_manifest
+from bertforge.data.pretraining import MANIFEST, SPLITS, VOCAB, read_manifest
 from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.tokenization import SPECIAL_TOKENS, load_vocab
 
@@ -78,11 +78,14 @@ class PretrainingDataset:
         self.max_predictions_per_seq: int = cfg["max_predictions_per_seq"]
         self.masked_lm_prob: float = cfg["masked_lm_prob"]
         self.do_whole_word_mask: bool = cfg["do_whole_word_mask"]
+        self.do_lower_case: bool = cfg["do_lower_case"]
+        self.vocab_file = self.data_dir / VOCAB
         self.seed: int = cfg["random_seed"] if seed is None else seed
+        # in every random stream, so that the splits' sample i do not share masks
+        self._split_tag = SPLITS.index(split)
         self.pad_to_longest = pad_to_longest
-        self._shard_names = [(s["tokens"], s["index"]) for s in manifest["splits"][split]["shards"]]
-        counts = [s["instances"] for s in manifest["splits"][split]["shards"]]
-        self._ends = np.cumsum(counts, dtype=np.int64)
+        self._shards: list[dict[str, Any]] = manifest["splits"][split]["shards"]
+        self._ends = np.cumsum([s["instances"] for s in self._shards], dtype=np.int64)
         self._init_vocab(self.data_dir / VOCAB)
         self._open_shards()
         self._epoch = 0
@@ -106,18 +109,27 @@ class PretrainingDataset:
         self._random_ids = np.setdiff1d(np.arange(size), special)
 
     def _open_shards(self) -> None:
+        """Memory-map every shard, checking it holds what the manifest says."""
         self._tokens, self._index = [], []
-        for tokens_name, index_name in self._shard_names:
-            for name in (tokens_name, index_name):
+        for shard in self._shards:
+            for name in (shard["tokens"], shard["index"]):
                 if not (self.data_dir / name).is_file():
                     raise DataError(f"{self.data_dir / MANIFEST} names {name}, which is missing")
-            self._tokens.append(np.load(self.data_dir / tokens_name, mmap_mode="r"))
-            self._index.append(np.load(self.data_dir / index_name, mmap_mode="r"))
+            tokens = np.load(self.data_dir / shard["tokens"], mmap_mode="r")
+            index = np.load(self.data_dir / shard["index"], mmap_mode="r")
+            if len(tokens) != shard["num_tokens"] or len(index) != shard["instances"]:
+                raise DataError(f"{self.data_dir / shard['tokens']}: holds {len(tokens)} tokens "
+                                f"and {len(index)} instances; {MANIFEST} says "
+                                f"{shard['num_tokens']} and {shard['instances']}")
+            self._tokens.append(tokens)
+            self._index.append(index)
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps would pickle as copies of the data: reopen them in the new process.
+        # The epoch permutation (4 bytes a sample) is recomputed there too.
         state = self.__dict__.copy()
         del state["_tokens"], state["_index"]
+        state["_order_cache"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -148,7 +160,7 @@ class PretrainingDataset:
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masked copy of sample i's ids for `epoch`: (masked ids (L,), positions (n,) sorted,
         original ids at those positions (n,)), n <= max_predictions_per_seq."""
-        rng = np.random.default_rng([self.seed, _MASK_STREAM, epoch, i])
+        rng = np.random.default_rng([self.seed, _MASK_STREAM, self._split_tag, epoch, i])
         candidates = np.flatnonzero(~self._unmaskable[input_ids])
         num_to_predict = min(self.max_predictions_per_seq,
                              max(1, round(len(candidates) * self.masked_lm_prob)))
@@ -216,7 +228,7 @@ class PretrainingDataset:
         if self._order_cache is None or self._order_cache[0] != epoch:
             dtype = np.int32 if self.num_samples < 2**31 else np.int64
             order = np.arange(self.num_samples, dtype=dtype)
-            np.random.default_rng([self.seed, _ORDER_STREAM, epoch]).shuffle(order)
+            np.random.default_rng([self.seed, _ORDER_STREAM, self._split_tag, epoch]).shuffle(order)
             self._order_cache = (epoch, order)
         return self._order_cache[1]
 

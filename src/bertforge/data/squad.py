@@ -25,10 +25,11 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence, TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -87,13 +88,15 @@ def load_json(path: str | Path, what: str = "JSON file") -> Any:
         with path.open(encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        raise DataError(
+            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def split_whitespace(text: str) -> tuple[list[str], np.ndarray]:
-    """Google's `read_squad_examples` word split: words and char_to_word_offset (int32, len(text))."""
+    """Google's `read_squad_examples` word split: the words, and char_to_word_offset
+    (int32, one entry per character of `text`)."""
     matches = list(_WORD.finditer(text))
     words = [m.group() for m in matches]
     starts = np.fromiter((m.start() for m in matches), dtype=np.int64, count=len(matches))
@@ -102,7 +105,7 @@ def split_whitespace(text: str) -> tuple[list[str], np.ndarray]:
     return words, offsets.astype(np.int32)
 
 
-def read_squad_examples(path: str | Path, is_training: bool
+def read_squad_examples(path: str | Path, is_training: bool, articles: slice | None = None
                         ) -> tuple[list[SquadExample], list[Problem]]:
     """Read a SQuAD v1.1 file into examples, plus the questions skipped as problems.
 
@@ -110,6 +113,7 @@ def read_squad_examples(path: str | Path, is_training: bool
     `answer_start` (Google's "Could not find answer") or that has no answer is skipped. Without
     it every question is kept and positions are filled only where the first answer is found.
     Either way, questions about an empty context and repeated question ids are skipped.
+    `articles` keeps only those entries of the file's 'data' list (e.g. slice(0, 38)).
     """
     path = Path(path)
     data = load_json(path, "SQuAD file")
@@ -118,7 +122,8 @@ def read_squad_examples(path: str | Path, is_training: bool
     examples: list[SquadExample] = []
     problems: list[Problem] = []
     seen: set[str] = set()
-    for a, article in enumerate(data["data"]):
+    for a in range(len(data["data"]))[articles or slice(None)]:
+        article = data["data"][a]
         for p, paragraph in enumerate(_field(article, "paragraphs", list, path, f"data[{a}]")):
             where = f"data[{a}].paragraphs[{p}]"
             context = _field(paragraph, "context", str, path, where)
@@ -135,7 +140,7 @@ def read_squad_examples(path: str | Path, is_training: bool
                 seen.add(example.qas_id)
                 examples.append(example)
     if problems:
-        logger.warning("%s: skipped %d of %d questions (first: %s: %s)", path, len(problems),
+        logger.info("%s: skipped %d of %d questions (first: %s: %s)", path, len(problems),
                        len(problems) + len(examples), problems[0].qas_id, problems[0].message)
     return examples, problems
 
@@ -147,12 +152,12 @@ def _field(obj: Any, key: str, kind: type, path: Path, where: str) -> Any:
         raise DataError(f"{path}: {where} has no '{key}'")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise DataError(f"{path}: {where}.{key} must be a {_JSON_NAMES[kind]}, "
+        raise DataError(f"{path}: {where}.{key} must be {_JSON_NAMES[kind]}, "
                         f"got {type(value).__name__}")
     return value
 
 
-_JSON_NAMES = {list: "list", str: "string", int: "integer"}
+_JSON_NAMES = {list: "a list", str: "a string", int: "an integer"}
 
 
 def _read_question(qa: Any, context: str, doc_tokens: list[str], char_to_word: np.ndarray,
@@ -162,7 +167,8 @@ def _read_question(qa: Any, context: str, doc_tokens: list[str], char_to_word: n
     question = _field(qa, "question", str, path, where)
     answers: list[Answer] = []
     # Files to predict on may come without answers; training needs them.
-    raw_answers = _field(qa, "answers", list, path, where) if is_training or "answers" in qa else []
+    needs_answers = is_training or "answers" in qa
+    raw_answers = _field(qa, "answers", list, path, where) if needs_answers else []
     for i, answer in enumerate(raw_answers):
         text = _field(answer, "text", str, path, f"{where}.answers[{i}]")
         start = _field(answer, "answer_start", int, path, f"{where}.answers[{i}]")
@@ -309,14 +315,20 @@ class _Window:
 
 def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer: WordPieceTokenizer,
                                  max_seq_length: int = 384, doc_stride: int = 128,
-                                 max_query_length: int = 64, progress: bool = True
-                                 ) -> SquadFeatures:
+                                 max_query_length: int = 64, is_training: bool = False,
+                                 progress: bool = True) -> SquadFeatures:
     """Google's `convert_examples_to_features`: sliding windows over the WordPiece context.
 
-    Gold positions are computed for every example that has `start_position` (training
-    examples always do); windows that do not hold the answer point at [CLS] (0). An example
-    whose context has no sub-tokens at all gets no window (and later an empty prediction).
+    Gold positions are computed for every example that has `start_position`; windows that do
+    not hold the answer point at [CLS] (0), as do all windows of an example without one, which
+    `is_training` forbids (read training files with `read_squad_examples(is_training=True)`).
+    An example whose context has no sub-tokens at all gets no window (and later predicts "").
     """
+    if is_training:
+        unlocated = [e.qas_id for e in examples if e.start_position is None]
+        if unlocated:
+            raise ValueError(f"{len(unlocated)} training example(s) have no answer position "
+                             f"(first: {unlocated[0]}); read them with is_training=True")
     if max_seq_length - max_query_length - 3 < 1:
         raise ConfigError(f"max_seq_length ({max_seq_length}) must exceed max_query_length "
                           f"({max_query_length}) + 3 to leave room for the context")

@@ -14,8 +14,9 @@ import logging
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bertforge.data.squad import load_json
 from bertforge.errors import DataError

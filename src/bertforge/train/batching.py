@@ -38,7 +38,15 @@ def trim_padding(batch: dict[str, torch.Tensor], multiple: int = PAD_MULTIPLE) -
 
 
 def to_tensors(arrays: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v[index])) for k, v in arrays.items()}
+    """Rows `index` of each array; compactly stored integers (int8/int32 features) become int64,
+    the index type embeddings and losses take."""
+    out = {}
+    for k, v in arrays.items():
+        rows = np.ascontiguousarray(v[index])
+        if rows.dtype.kind in "iu" and rows.dtype != np.int64:
+            rows = rows.astype(np.int64)
+        out[k] = torch.from_numpy(rows)
+    return out
 
 
 @dataclass
