@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     setup_logging(int(os.environ.get("RANK", 0)))
+    if not sys.stderr.isatty():
+        # Progress bars in a log file: one line every 30 s, not one per update.
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         cls, handler = command.build()
         parser = _build_parser(command, cls)
