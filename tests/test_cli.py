@@ -55,9 +55,19 @@ def test_unknown_command(capsys):
     (["--train.learning_rate", "1"], ["--train.learning_rate", "1"]),
     (["--predict_file", "x.json", "--doc_stride", "64"], ["--data.predict_file", "x.json", "--data.doc_stride", "64"]),
     (["--unknown_flag", "1"], ["--unknown_flag", "1"]),
+    (["--use_tpu=False", "--iterations_per_loop", "1000", "--do_train"], ["--do_train=true"]),
+    (["--save_checkpoints_steps", "500"], ["--train.save_every", "500"]),
+    (["--fp16"], ["--runtime.precision=fp16"]),
+    (["--amp", "--bf16=false"], ["--runtime.precision=fp16"]),
+    (["--version_2_with_negative=False"], []),
 ])
 def test_reference_flag_names(argv, expected):
     assert normalize_argv(argv, SquadRun) == expected
+
+
+def test_squad2_flag_is_refused(capsys):
+    assert main(["finetune", "squad", "--version_2_with_negative=True"]) == 2
+    assert "SQuAD 2.0 (unanswerable questions) is not supported" in capsys.readouterr().err
 
 
 def test_google_style_command_line_parses(tmp_path, capsys):

@@ -14,7 +14,6 @@ user errors into one clear message and exit status 2, without a traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -34,10 +33,22 @@ ALIASES = {
     "task": "task_name",
     "predict_batch_size": "eval_batch_size",
     "num_steps_per_checkpoint": "save_every",
+    "save_checkpoints_steps": "save_every",
+    "log_freq": "log_every",
     "resume_from_checkpoint": "resume",
     "output_file": "output_dir",
-    "no_compile": None,  # handled as the negation of --compile
 }
+# Reference-script switches that name a precision (NVIDIA: --fp16 / --amp / --bf16).
+PRECISION_SWITCHES = {"fp16": "fp16", "amp": "fp16", "bf16": "bf16", "tf32": "tf32"}
+# Reference flags that mean nothing here (TPU settings, NVIDIA's launcher and logging knobs):
+# accepted with a warning, so existing command lines run.
+IGNORED_FLAGS = {
+    "use_tpu", "tpu_name", "tpu_zone", "gcp_project", "master", "num_tpu_cores", "iterations_per_loop",
+    "verbose_logging", "allreduce_post_accumulation", "allreduce_post_accumulation_fp16", "json-summary",
+    "disable_progress_bar", "skip_checkpoint", "local_rank", "cache_dir", "use_env", "eval_batch_size_tpu",
+}
+# Reference flags whose only supported value is the default; anything else is an error.
+UNSUPPORTED = {"version_2_with_negative": ("false", "SQuAD 2.0 (unanswerable questions) is not supported")}
 BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "t", "f", "y", "n"}
 
 
@@ -201,6 +212,25 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
             out.append(token)
             continue
         name, eq, value = token[2:].partition("=")
+        if name in IGNORED_FLAGS or name in UNSUPPORTED:
+            if not eq and i < len(argv) and not argv[i].startswith("--"):
+                value = argv[i]
+                i += 1
+            elif not eq:
+                value = "true"
+            if name in UNSUPPORTED and _bool_word(value) != UNSUPPORTED[name][0]:
+                from bertforge.errors import ConfigError
+                raise ConfigError(f"--{name}={value}: {UNSUPPORTED[name][1]}")
+            if name in IGNORED_FLAGS:
+                log.warning("--%s is a reference-script flag with no meaning here; ignored", name)
+            continue
+        if name in PRECISION_SWITCHES and name not in aliases and "runtime.precision" in aliases:
+            if not eq and i < len(argv) and argv[i].lower() in BOOL_WORDS:
+                value = argv[i]
+                i += 1
+            if not eq or _bool_word(value) == "true":
+                out.append(f"--runtime.precision={PRECISION_SWITCHES[name]}")
+            continue
         negated = False
         if name not in aliases:
             for prefix in ("no-", "no_", "no"):

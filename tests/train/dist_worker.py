@@ -87,9 +87,6 @@ def main(jobs_file: str) -> None:
 
 # ---- the launcher side ---------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 @dataclass
 class Launch:
     returncode: int

@@ -73,7 +73,7 @@ class EvaluateArgs:
     predictions_file: str
     """JSON object: question id -> answer text."""
     output_file: str | None = None
-    """Also write the scores here as JSON."""
+    """Where to write the scores as JSON (default: <predictions_file stem>_eval.json beside it)."""
 
 
 # ---- training loss -------------------------------------------------------------------------
@@ -243,6 +243,8 @@ def evaluate_files(args: EvaluateArgs) -> dict:
     predictions = metric.load_predictions(args.predictions_file)
     scores = metric.evaluate(args.data_file, predictions)
     print(json.dumps(scores))
-    if args.output_file:
-        write_json(Path(args.output_file), scores)
+    pred = Path(args.predictions_file)
+    out = Path(args.output_file) if args.output_file else pred.with_name(f"{pred.stem}_eval.json")
+    write_json(out, scores)
+    log.info("scores written to %s", out)
     return scores
