@@ -3,15 +3,18 @@
 Two halves:
 
 - the worker (`main`): this file is the script torchrun starts (or a plain subprocess, for one
-  process). It runs the command lines of a jobs file through `bertforge.cli.main`, one after
-  the other in the same process, and writes each job's exit status and error output to
-  `<results>/rank<r>.json`. A job can ask to be killed (SIGKILL, no cleanup, as a crashed node
-  or an OOM kill) right after its k-th training checkpoint is complete, or in the middle of
-  writing it (after part of the files are written, before the directory is renamed into place).
+  process). It runs the command line of a job file through `bertforge.cli.main` and writes its
+  exit status and error output to `<results>/rank<r>.json`. A job can ask to be killed
+  (SIGKILL, no cleanup, as a crashed node or an OOM kill) right after its k-th training
+  checkpoint is complete, or in the middle of writing it (after part of the files are written,
+  before the directory is renamed into place).
 - the launcher side, imported by the tests: `launch` starts the worker, and small builders for
   the tiny model and the data the runs use.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py JOBS.json
+    python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py JOB.json
+
+One job per launch: a process group cannot safely be created again in the same processes
+unless every rank has finished with the previous one.
 """
 
 from __future__ import annotations
@@ -70,19 +73,33 @@ def run_job(job: Job) -> dict:
 
     if job.kill_at_save is not None:
         _kill_at_save(job.kill_at_save, job.kill_when)
-    stderr = io.StringIO()
-    # The CLI prints user errors to sys.stderr (captured here); log lines go to the real stderr.
-    with contextlib.redirect_stderr(stderr):
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(_Tee(sys.stderr, captured)):
         code = cli_main(job.argv)
-    return {"exit_code": code, "stderr": stderr.getvalue()}
+    return {"exit_code": code, "stderr": captured.getvalue()}
 
 
-def main(jobs_file: str) -> None:
-    spec = json.loads(Path(jobs_file).read_text())
-    rank = int(os.environ.get("RANK", 0))
-    results = [run_job(Job(**job)) for job in spec["jobs"]]
-    out = Path(spec["results"]) / f"rank{rank}.json"
-    out.write_text(json.dumps(results, indent=2))
+class _Tee(io.TextIOBase):
+    """Writes to several streams: the job's error output is both shown and kept."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def main(job_file: str) -> None:
+    spec = json.loads(Path(job_file).read_text())
+    result = run_job(Job(**spec["job"]))
+    out = Path(spec["results"]) / f"rank{os.environ.get('RANK', 0)}.json"
+    out.write_text(json.dumps(result, indent=2))
 
 
 # ---- the launcher side ---------------------------------------------------------------------
@@ -92,22 +109,22 @@ class Launch:
     returncode: int
     output: str
     """stdout and stderr of the launch (torchrun's and every rank's)."""
-    results: list[list[dict]] = field(default_factory=list)
-    """Per rank, per job: {"exit_code", "stderr"}; missing ranks (killed) are absent."""
+    results: list[dict] = field(default_factory=list)
+    """Per rank: {"exit_code", "stderr"}; ranks that did not finish (killed) are absent."""
 
     def check(self) -> "Launch":
         assert self.returncode == 0, f"launch failed ({self.returncode}):\n{self.output[-6000:]}"
         return self
 
 
-def launch(jobs: list[Job], workdir: Path, nproc: int = 1, timeout: float = 300) -> Launch:
-    """Run `jobs` in `nproc` worker processes (torchrun for more than one)."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def launch(job: Job, workdir: Path, nproc: int = 1, timeout: float = 300) -> Launch:
+    """Run `job` in `nproc` worker processes (torchrun for more than one), in `workdir`."""
+    workdir.mkdir(parents=True)
     results = workdir / "results"
-    results.mkdir(exist_ok=True)
-    jobs_file = workdir / "jobs.json"
-    jobs_file.write_text(json.dumps({"jobs": [asdict(j) for j in jobs], "results": str(results)}))
-    worker = [str(Path(__file__).resolve()), str(jobs_file)]
+    results.mkdir()
+    job_file = workdir / "job.json"
+    job_file.write_text(json.dumps({"job": asdict(job), "results": str(results)}))
+    worker = [str(Path(__file__).resolve()), str(job_file)]
     if nproc == 1:
         cmd = [sys.executable, *worker]
     else:

@@ -27,6 +27,7 @@ import math
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,8 @@ NOISE_ONLY = {
 @dataclass
 class Runs:
     root: Path
-    two_ranks: Launch
+    bad_batch: Launch
+    """Two ranks, global batch 6, 4 per device."""
 
     def __truediv__(self, name: str) -> Path:
         return self.root / name
@@ -84,26 +86,26 @@ def predict_argv(squad_file: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, vocab_file, squad_dev_file) -> Runs:
-    """All runs of this module: the two-process ones in one torchrun launch, then the
-    one-process ones in this process."""
+    """All runs of this module: the two-process ones through torchrun, the one-process ones in
+    this process."""
     root = tmp_path_factory.mktemp("distributed")
     write_tiny_config(root / "tiny.json", dropout=0.0)
     prepare_wiki_pretraining(shared("text", "wiki_summaries_en.jsonl"), vocab_file,
                              root / "pretraining-data")
-    squad = lambda out: squad_train_argv(root, vocab_file, squad_dev_file, out)  # noqa: E731
+    squad = partial(squad_train_argv, root, vocab_file, squad_dev_file)
     global_8 = ["--global_batch_size", "8", "--train_batch_size", "4"]
-    two = launch([
-        Job(squad("squad-2x4") + global_8 + ["--do_predict"] + predict_argv(squad_dev_file)),
-        Job(pretrain_argv(root, "pretrain-2x4") + global_8),
-        Job(squad("squad-bad-batch") + ["--global_batch_size", "6", "--train_batch_size", "4"]),
-    ], root / "torchrun", nproc=2, timeout=400).check()
+    launch(Job(squad("squad-2x4") + global_8 + ["--do_predict"] + predict_argv(squad_dev_file)),
+           root / "launch-squad", nproc=2).check()
+    launch(Job(pretrain_argv(root, "pretrain-2x4") + global_8), root / "launch-pretrain", nproc=2).check()
+    bad = launch(Job(squad("squad-bad-batch") + ["--global_batch_size", "6", "--train_batch_size", "4"]),
+                 root / "launch-bad-batch", nproc=2).check()  # the worker records the exit status
     run_cli(squad("squad-1x8") + ["--train_batch_size", "8"])
     run_cli(squad("squad-1x4x2") + global_8)
     run_cli(pretrain_argv(root, "pretrain-1x8") + ["--train_batch_size", "8"])
     run_cli(pretrain_argv(root, "pretrain-1x4x2") + global_8)
     run_cli(["predict", "squad", "--init_checkpoint", str(root / "squad-2x4"), "--max_seq_length", "128",
              "--device", "cpu", "--output_dir", str(root / "predict-1")] + predict_argv(squad_dev_file))
-    return Runs(root, two)
+    return Runs(root, bad)
 
 
 # ---- comparing weights ---------------------------------------------------------------------
@@ -152,8 +154,8 @@ def assert_same_training(runs: Runs, names: list[str], task: str, steps: int, lr
               f"({d.worst_tensor[1]}), noise-only tensors |w| <= {d.noise_max:.1e}")
         assert d.model <= 1e-6, d
         assert d.worst_tensor[0] <= 1e-5, d
-        # Every trained tensor moves by about lr per step (Adam/LAMB); these stayed at noise level.
-        assert d.noise_max <= 1e-2 * lr * steps, d
+        # A trained tensor moves by about lr per step (Adam, LAMB); these stayed far below.
+        assert d.noise_max <= 0.1 * lr * steps, d
         # Same samples in every step: the logged losses (global sums / global counts) agree.
         ref_loss = [r["loss"] for r in read_metrics(reference) if "seq_per_s" in r]
         other_loss = [r["loss"] for r in read_metrics(runs / other) if "seq_per_s" in r]
@@ -220,12 +222,11 @@ def test_two_rank_prediction_equals_one_rank(runs, squad_dev_file):
 
 @pytest.mark.slow
 def test_global_batch_not_divisible_on_two_ranks(runs):
-    for rank_results in runs.two_ranks.results:
-        bad = rank_results[2]
-        assert bad["exit_code"] == 2
-        assert "global batch 6 is not divisible by train_batch_size 4 x 2 device(s) = 8" in bad["stderr"]
-        assert "Traceback" not in bad["stderr"]
-    assert len(runs.two_ranks.results) == 2
+    assert len(runs.bad_batch.results) == 2
+    for rank in runs.bad_batch.results:
+        assert rank["exit_code"] == 2
+        assert "global batch 6 is not divisible by train_batch_size 4 x 2 device(s) = 8" in rank["stderr"]
+        assert "Traceback" not in rank["stderr"]
 
 
 def test_global_batch_not_divisible_on_one_rank(tmp_path, vocab_file, squad_dev_file, capsys):

@@ -86,9 +86,18 @@ def run(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -
     if cfg.data.data_dir is None:
         raise ConfigError("--data_dir is required: the GLUE task's directory")
     cfg.train.validate()
+    data.get_task(cfg.data.task_name)  # an unknown task fails before the device is set up
+    runtime = Runtime(cfg.runtime, dist_info)
+    try:
+        return _run(cfg, runtime, progress)
+    finally:
+        runtime.close()
+
+
+def _run(cfg: GlueRun, runtime: Runtime, progress: bool) -> dict:
     task = data.get_task(cfg.data.task_name)
     out = Path(cfg.output_dir)
-    runtime = Runtime(cfg.runtime, dist_info)
+    accumulation = cfg.train.accumulation_for(runtime.world_size)  # fail before any work
     seed_everything(cfg.train.seed)
     loaded = load_model(cfg.model, "classification", num_labels=task.num_labels,
                         unpad=cfg.runtime.unpad, require_head=not cfg.do_train)
@@ -98,7 +107,6 @@ def run(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -
     if cfg.do_train:
         features = data.encode_examples(data.read_split(task, cfg.data.data_dir, "train"),
                                         loaded.tokenizer, cfg.data.max_seq_length, task)
-        accumulation = cfg.train.accumulation_for(runtime.world_size)
         plan = StepPlan(cfg.train.train_batch_size, accumulation, runtime.world_size)
         loader = ArrayStepLoader(_arrays(features), plan, runtime.dist.rank, cfg.train.seed)
         steps = total_steps(cfg.train, loader.steps_per_epoch)
@@ -138,5 +146,4 @@ def run(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -
             if runtime.is_main:
                 path = data.write_submission(out, task, logits, split.name, indices=features.guids)
                 log.info("submission written to %s", path)
-    runtime.close()
     return results

@@ -147,8 +147,16 @@ def run(cfg: PretrainRun, dist_info: DistInfo = DistInfo(), progress: bool = Tru
     cfg.train.validate()
     if cfg.train.max_steps is None:
         raise ConfigError("pretraining runs for --max_steps optimizer steps; give --max_steps")
-    out = Path(cfg.output_dir)
     runtime = Runtime(cfg.runtime, dist_info)
+    try:
+        return _run(cfg, runtime, progress)
+    finally:
+        runtime.close()
+
+
+def _run(cfg: PretrainRun, runtime: Runtime, progress: bool) -> dict:
+    out = Path(cfg.output_dir)
+    accumulation = cfg.train.accumulation_for(runtime.world_size)  # fail before any work
     seed_everything(cfg.train.seed)
     train_set = PretrainingDataset(cfg.data.input_dir, "train")
     model_args = cfg.model
@@ -160,22 +168,25 @@ def run(cfg: PretrainRun, dist_info: DistInfo = DistInfo(), progress: bool = Tru
     if train_set.max_seq_length > loaded.config.max_position_embeddings:
         raise ConfigError(f"the data's max_seq_length {train_set.max_seq_length} exceeds the model's "
                           f"max_position_embeddings {loaded.config.max_position_embeddings}")
-    accumulation = cfg.train.accumulation_for(runtime.world_size)
     plan = StepPlan(cfg.train.train_batch_size, accumulation, runtime.world_size)
     loader = PretrainStepLoader(train_set, plan, runtime.dist.rank)
     log.info("pretraining%s: %d instances of length <= %d; %s", " phase 2" if cfg.phase2 else "",
              train_set.num_samples, train_set.max_seq_length, cfg.data.input_dir)
     log_batch_plan(cfg.train, runtime, accumulation, cfg.train.max_steps, loader.steps_per_epoch)
-    eval_fn = None
     heldout = PretrainingDataset(cfg.data.input_dir, "held_out")
-    if heldout.num_samples:
-        def eval_fn(step: int) -> dict:
-            result = evaluate_heldout(loaded.model, heldout, runtime, cfg.data.eval_batch_size,
-                                      cfg.data.max_eval_samples)
-            return {**result, "lr": trainer.schedule.get_last_lr()[0]}
+
+    def evaluate(step: int) -> dict:
+        result = evaluate_heldout(loaded.model, heldout, runtime, cfg.data.eval_batch_size,
+                                  cfg.data.max_eval_samples)
+        return {**result, "lr": trainer.lr}
+
+    has_heldout = heldout.num_samples > 0
+    if not has_heldout:
+        log.warning("%s has no held-out instances: no MLM/NSP accuracy will be reported", cfg.data.input_dir)
     trainer = Trainer(loaded.model, PretrainLoss(), loader, cfg.train, runtime, out, cfg.train.max_steps,
                       accumulation, optimizer=cfg.optimizer, schedule="poly", schedule_power=cfg.schedule_power,
-                      eval_fn=eval_fn, eval_every=cfg.data.eval_every or (cfg.train.max_steps if eval_fn else None),
+                      eval_fn=evaluate if has_heldout else None,
+                      eval_every=(cfg.data.eval_every or cfg.train.max_steps) if has_heldout else None,
                       progress=progress)
     result = trainer.fit()
     summary = {"steps": result.steps, "seconds": result.seconds, "samples": result.samples,
@@ -186,5 +197,4 @@ def run(cfg: PretrainRun, dist_info: DistInfo = DistInfo(), progress: bool = Tru
                     extra={"task": "pretraining", "phase": 2 if cfg.phase2 else 1, "steps": trainer.step})
         write_json(out / "train_summary.json", summary)
         log.info("pretraining done: %s", json.dumps(summary))
-    runtime.close()
     return summary

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -156,6 +155,15 @@ def run(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = True) 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     runtime = Runtime(cfg.runtime, dist_info)
+    try:
+        return _run(cfg, runtime, progress)
+    finally:
+        runtime.close()
+
+
+def _run(cfg: SquadRun, runtime: Runtime, progress: bool) -> dict:
+    out = Path(cfg.output_dir)
+    accumulation = cfg.train.accumulation_for(runtime.world_size)  # fail before any work
     seed_everything(cfg.train.seed)
     loaded = load_model(cfg.model, "qa", unpad=cfg.runtime.unpad, require_head=not cfg.do_train)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -170,7 +178,6 @@ def run(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = True) 
             report_problems(problems, cfg.data.train_file, out, "train_problems.json")
         features = data.convert_examples_to_features(examples, tokenizer, is_training=True,
                                                      progress=progress and runtime.is_main, **settings)
-        accumulation = cfg.train.accumulation_for(runtime.world_size)
         plan = StepPlan(cfg.train.train_batch_size, accumulation, runtime.world_size)
         loader = ArrayStepLoader(_model_arrays(features, True), plan, runtime.dist.rank, cfg.train.seed)
         steps = total_steps(cfg.train, loader.steps_per_epoch)
@@ -190,7 +197,6 @@ def run(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = True) 
 
     if cfg.do_predict:
         results.update(predict_and_evaluate(cfg, model, tokenizer, runtime, out, progress))
-    runtime.close()
     return results
 
 

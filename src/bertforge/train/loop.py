@@ -15,10 +15,12 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -109,6 +111,12 @@ class Trainer:
                                        schedule, schedule_power)
         self.scaler = runtime.grad_scaler()
         self.step = 0
+        self.grad_norm: Tensor | None = None  # of the latest update, before clipping
+        # Every rank starts from the same weights (seeded before the model was built); from here
+        # each rank draws its own dropout masks, deterministically from (seed, rank). A resumed
+        # run restores the generators' states instead.
+        torch.manual_seed(int(np.random.SeedSequence([args.seed, runtime.dist.rank]).generate_state(1)[0]))
+        self.lr = self.schedule.get_last_lr()[0]  # the rate of the latest update, for the log
         self.metrics = MetricsLog(output_dir / "metrics.jsonl" if runtime.is_main else None)
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -178,7 +186,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
         applied = True
         if self.scaler is not None:
             scale = self.scaler.get_scale()
@@ -193,7 +201,12 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.schedule.step()
+        self.lr = self.schedule.get_last_lr()[0]
+        with warnings.catch_warnings():
+            # The schedule follows the step count even when fp16 skipped the update; torch's
+            # warning about stepping it before the optimizer does not apply.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.schedule.step()
         return applied
 
     # ---- the loop ------------------------------------------------------------------------
@@ -207,6 +220,7 @@ class Trainer:
                             checkpoints.checkpoint_root(self.output_dir))
             else:
                 self.resume(found)
+                self.metrics.write({"event": "resume", "step": self.step, "checkpoint": str(found)})
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    desc="train", unit="step", dynamic_ncols=True)
@@ -265,9 +279,11 @@ class Trainer:
         terms = {f"{k}_loss": totals[i] / max(den[k], 1.0) for i, k in enumerate(keys)}
         loss = sum(terms.values())
         record = {"step": self.step, "loss": loss, **(terms if len(terms) > 1 else {}),
-                  "lr": self.schedule.get_last_lr()[0], "seq_per_s": samples / max(seconds, 1e-9),
+                  "lr": self.lr, "seq_per_s": samples / max(seconds, 1e-9),
                   "tokens_per_s": tokens / max(seconds, 1e-9),
                   "epoch": self.step / getattr(self.loader, "steps_per_epoch", math.inf)}
+        if self.grad_norm is not None:
+            record["grad_norm"] = float(self.grad_norm)
         if self.scaler is not None:
             record["loss_scale"] = self.scaler.get_scale()
         if not math.isfinite(loss):

@@ -1,0 +1,199 @@
+"""Optimizers and learning-rate schedules against independent implementations: LAMB as written
+in You et al. (2019), the schedules' closed forms, and which parameters are decayed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bertforge.model import build_model
+from bertforge.runconfig import RuntimeArgs, TrainArgs
+from bertforge.tasks.glue import ClassificationLoss
+from bertforge.train.batching import ArrayStepLoader, StepPlan
+from bertforge.train.loop import Trainer
+from bertforge.train.optim import Lamb, build_optimizer, build_schedule, lr_multiplier, param_groups
+from bertforge.train.runtime import Runtime
+from helpers import random_batch, tiny_config
+
+# ---- LAMB ----------------------------------------------------------------------------------
+
+
+def lamb_reference(weights: list[np.ndarray], grads: list[list[np.ndarray]], lrs: list[float],
+                   adapt: list[bool], weight_decay: float, betas=(0.9, 0.999), eps=1e-6) -> list[np.ndarray]:
+    """LAMB (You et al. 2019, Algorithm 2, with Adam's bias correction), one tensor at a time.
+    grads[t][i] is tensor i's gradient at step t + 1. Tensors with adapt=False (biases,
+    LayerNorm) get no weight decay and a trust ratio of 1. Where ||w|| or ||r|| is 0 the ratio
+    is 1, as in NVIDIA's FusedLAMB and Google's TF LAMB (the paper's phi(0) = 0 would freeze a
+    zero-initialised tensor for good)."""
+    b1, b2 = betas
+    out = []
+    for i, w in enumerate(weights):
+        w = w.astype(np.float64).copy()
+        m, v = np.zeros_like(w), np.zeros_like(w)
+        decay = weight_decay if adapt[i] else 0.0
+        for t, (step_grads, lr) in enumerate(zip(grads, lrs), start=1):
+            g = step_grads[i]
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            r = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + decay * w
+            w_norm, r_norm = np.linalg.norm(w), np.linalg.norm(r)
+            trust = w_norm / r_norm if adapt[i] and w_norm > 0 and r_norm > 0 else 1.0
+            w = w - lr * trust * r
+        out.append(w)
+    return out
+
+
+class Toy(nn.Module):
+    """2-D and 3-D weights, biases, a LayerNorm, and an all-zero weight (trust ratio 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(6, 5)
+        self.norm = nn.LayerNorm(5)
+        self.kernel = nn.Parameter(torch.randn(3, 4, 2))
+        self.zero = nn.Linear(5, 3)
+        nn.init.zeros_(self.zero.weight)
+
+
+def test_lamb_matches_the_paper_formula():
+    torch.manual_seed(0)
+    model = Toy().double()
+    for p in model.parameters():  # LayerNorm starts at 1/0: give every tensor its own values
+        if p is not model.zero.weight:
+            p.data.normal_()
+    params = list(model.parameters())
+    initial = [p.detach().numpy().copy() for p in params]
+    weight_decay = 0.01
+    optimizer = build_optimizer(model, "lamb", 1e-2, weight_decay, torch.device("cpu"))
+    assert isinstance(optimizer, Lamb)
+    rng = np.random.default_rng(1)
+    grads, lrs = [], [1e-2, 5e-3, 2e-2, 1e-3, 8e-3, 1e-2]
+    for lr in lrs:
+        step_grads = [rng.normal(scale=rng.choice([1e-4, 1e-2, 1.0]), size=p.shape) for p in params]
+        for p, g in zip(params, step_grads):
+            p.grad = torch.from_numpy(g)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        grads.append(step_grads)
+    adapt = [p.ndim > 1 for p in params]
+    expected = lamb_reference(initial, grads, lrs, adapt, weight_decay)
+    for p, want in zip(params, expected):
+        np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12, atol=1e-15)
+    # the trust ratio was at work: a plain Adam step would have ended elsewhere
+    dense = params[0].detach().numpy()
+    assert not np.allclose(dense, lamb_reference([initial[0]], [[g[0]] for g in grads], lrs, [False], 0.0)[0])
+
+
+def test_lamb_in_float32_matches_the_reference_to_float_precision():
+    torch.manual_seed(0)
+    w = torch.randn(16, 8)
+    g = [torch.randn(16, 8) * 1e-2 for _ in range(5)]
+    p = nn.Parameter(w.clone())
+    optimizer = Lamb([{"params": [p], "weight_decay": 0.01, "adapt": True}], lr=1e-2, weight_decay=0.01)
+    for grad in g:
+        p.grad = grad.clone()
+        optimizer.step()
+    want = lamb_reference([w.double().numpy()], [[x.double().numpy()] for x in g], [1e-2] * 5, [True], 0.01)[0]
+    np.testing.assert_allclose(p.detach().double().numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+# ---- which parameters decay ------------------------------------------------------------------
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """By what the parameters are, not by their shape: biases and LayerNorm parameters."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            if param_name == "bias" or isinstance(module, nn.LayerNorm):
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names
+
+
+@pytest.mark.parametrize("head", ["pretraining", "qa", "classification"])
+def test_no_weight_decay_on_biases_and_layernorm(head):
+    model = build_model(tiny_config(), head)
+    groups = param_groups(model, 0.01)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    decayed = {by_id[id(p)] for p in groups[0]["params"]}
+    skipped = {by_id[id(p)] for p in groups[1]["params"]}
+    assert (groups[0]["weight_decay"], groups[0]["adapt"]) == (0.01, True)
+    assert (groups[1]["weight_decay"], groups[1]["adapt"]) == (0.0, False)
+    assert skipped == no_decay_names(model)
+    assert decayed == set(by_id.values()) - skipped
+    assert "bert.embeddings.word_embeddings.weight" in decayed
+
+
+def test_adamw_groups_decay_only_matrices():
+    """With zero gradients an AdamW step is weight decay alone: w <- w (1 - lr wd) for the
+    decayed group, nothing for biases and LayerNorm."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), "qa")
+    lr, wd = 1e-2, 0.1
+    optimizer = build_optimizer(model, "adamw", lr, wd, torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [wd, 0.0]
+    assert all(g["betas"] == (0.9, 0.999) and g["eps"] == 1e-6 for g in optimizer.param_groups)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    skipped = no_decay_names(model)
+    for name, p in model.named_parameters():
+        if name in skipped:
+            assert torch.equal(p, before[name]), name
+        else:
+            torch.testing.assert_close(p.detach(), before[name] * (1 - lr * wd), rtol=1e-6, atol=0)
+
+
+# ---- schedules -------------------------------------------------------------------------------
+
+
+def closed_form(step: int, total: int, warmup: int, kind: str, power: float = 0.5) -> float:
+    """Multiplier of the peak rate for the update after `step` updates: linear warmup from 0,
+    then linear (Google, Hugging Face) or polynomial (NVIDIA's PolyWarmUpScheduler) decay to 0."""
+    if step < warmup:
+        return step / warmup
+    remaining = (total - step) / (total - warmup)
+    return remaining if kind == "linear" else remaining ** power
+
+
+@pytest.mark.parametrize("kind, power", [("linear", 1.0), ("poly", 0.5), ("poly", 2.0)])
+@pytest.mark.parametrize("total, warmup_proportion", [(12, 0.25), (10, 0.0), (7, 0.5)])
+def test_schedules_match_closed_forms(kind, power, total, warmup_proportion):
+    warmup = math.floor(warmup_proportion * total)
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.3)
+    schedule = build_schedule(optimizer, total, warmup_proportion, kind, power)
+    for step in range(total + 1):
+        want = 0.3 * closed_form(step, total, warmup, kind, power)
+        assert lr_multiplier(step, total, warmup, kind, power) == pytest.approx(want / 0.3, abs=1e-15)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(want, abs=1e-15), step
+        optimizer.step()
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_trainer_logs_the_learning_rate_each_step_used(tmp_path):
+    """metrics.jsonl's lr at step k is the rate of update k: peak x closed_form(k - 1)."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    arrays = {k: v.numpy() for k, v in random_batch(config, 32, 16).items()}
+    arrays["labels"] = np.arange(32) % 2
+    total, peak = 5, 1e-3
+    args = TrainArgs(train_batch_size=4, learning_rate=peak, warmup_proportion=0.4, max_steps=total,
+                     log_every=1)
+    trainer = Trainer(build_model(config, "classification"), ClassificationLoss(regression=False),
+                      ArrayStepLoader(arrays, StepPlan(4, 1, 1), rank=0, seed=0), args,
+                      Runtime(RuntimeArgs(device="cpu")), tmp_path, total, accumulation=1, progress=False)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["lr"] for r in records}
+    assert logged == pytest.approx({k: peak * closed_form(k - 1, total, 2, "linear") for k in range(1, total + 1)},
+                                   abs=1e-15)

@@ -1,0 +1,137 @@
+"""Mixed precision in the training loop, on the CPU: fp16 autocast with dynamic loss scaling
+(an overflow skips the update, halves the scale, is logged, and leaves the weights as they
+were) and bf16 autocast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bertforge.model import build_model
+from bertforge.runconfig import RuntimeArgs, TrainArgs
+from bertforge.tasks.squad import SpanLoss
+from bertforge.train.batching import ArrayStepLoader, StepPlan
+from bertforge.train.loop import Trainer
+from bertforge.train.runtime import Runtime
+from helpers import random_batch, tiny_config
+
+STEPS, POISONED_STEP = 4, 3
+
+
+def span_arrays(n: int = 64, seq: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random SQuAD-like features: ids, ragged lengths, answer spans inside the sequence."""
+    config = tiny_config()
+    batch = {k: v.numpy() for k, v in random_batch(config, n, seq, seed=seed).items()}
+    rng = np.random.default_rng(seed)
+    lengths = batch["attention_mask"].sum(1)
+    start = rng.integers(0, lengths)
+    batch["start_positions"] = start
+    batch["end_positions"] = np.minimum(start + rng.integers(0, 3, size=n), lengths - 1)
+    return batch
+
+
+class PoisonedSpanLoss(SpanLoss):
+    """The SQuAD span loss, except that in the chosen steps one weight's gradient is +inf
+    (as a fp16 overflow in the backward pass leaves it). One micro-batch per step."""
+
+    def __init__(self, param: nn.Parameter, steps: tuple[int, ...]):
+        self.steps = steps
+        self.calls = 0
+        param.register_hook(lambda g: torch.full_like(g, float("inf")) if self.calls in self.steps else g)
+
+    def loss_sums(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        self.calls += 1
+        return super().loss_sums(model, batch)
+
+
+def make_trainer(out: Path, precision: str, poisoned: tuple[int, ...] = (), steps: int = STEPS,
+                 save_every: int | None = None, resume: bool = False, snapshots: list | None = None) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), "qa", unpad=True)
+    args = TrainArgs(train_batch_size=8, learning_rate=1e-3, warmup_proportion=0.0, max_steps=steps,
+                     log_every=1, save_every=save_every, resume=resume)
+    runtime = Runtime(RuntimeArgs(device="cpu", precision=precision))
+    loader = ArrayStepLoader(span_arrays(), StepPlan(8, 1, 1), rank=0, seed=0)
+
+    def snapshot(step: int) -> dict:
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {}
+
+    return Trainer(model, PoisonedSpanLoss(model.qa_outputs.weight, poisoned), loader, args, runtime, out,
+                   steps, accumulation=1, eval_fn=snapshot if snapshots is not None else None,
+                   eval_every=1, progress=False)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def first_loss(out: Path) -> float:
+    return next(r["loss"] for r in metrics(out) if "seq_per_s" in r)
+
+
+def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
+    snapshots: list[dict] = []
+    trainer = make_trainer(tmp_path, "fp16", poisoned=(POISONED_STEP,), snapshots=snapshots)
+    assert trainer.scaler is not None
+    initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = [initial] + snapshots  # after[k]: the weights after step k
+
+    records = metrics(tmp_path)
+    skips = [r for r in records if r.get("event") == "fp16_overflow_skip"]
+    assert skips == [{"event": "fp16_overflow_skip", "step": POISONED_STEP, "scale": 65536.0,
+                      "new_scale": 32768.0}]
+    scales = {r["step"]: r["loss_scale"] for r in records if "loss_scale" in r}
+    assert scales == {1: 65536.0, 2: 65536.0, 3: 32768.0, 4: 32768.0}
+    for step in range(1, STEPS + 1):
+        assert same(after[step], after[step - 1]) == (step == POISONED_STEP), step
+    for name, w in trainer.model.state_dict().items():
+        assert torch.isfinite(w).all(), name
+        assert w.dtype == torch.float32, name  # fp32 master weights
+    # The skipped step left the optimizer state alone too: Adam took STEPS - 1 steps.
+    adam_steps = {float(s["step"]) for s in trainer.optimizer.state.values()}
+    assert adam_steps == {STEPS - 1.0}
+
+
+def test_fp16_loss_scale_is_restored_on_resume(tmp_path):
+    first = make_trainer(tmp_path, "fp16", poisoned=(1,), save_every=STEPS)
+    first.fit()
+    assert first.scaler.get_scale() == 32768.0
+    resumed = make_trainer(tmp_path, "fp16", save_every=STEPS, resume=True)
+    resumed.fit()  # finds the step-4 checkpoint: nothing left to train
+    assert resumed.step == STEPS
+    assert resumed.scaler.get_scale() == 32768.0
+    assert same(resumed.model.state_dict(), first.model.state_dict())
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_steps_train_in_low_precision(tmp_path, precision, dtype):
+    """A few steps in `precision`: autocast really runs the model in `dtype` (the loss differs
+    from fp32's at that precision), the fp32 weights train and stay finite."""
+    reference = make_trainer(tmp_path / "fp32", "fp32")
+    reference.fit()
+    trainer = make_trainer(tmp_path / precision, precision)
+    assert (trainer.scaler is not None) == (precision == "fp16")
+    ones = torch.ones(1, 8, dtype=torch.long)
+    with trainer.rt.autocast():
+        start, _ = trainer.model(ones, ones, ones)
+    assert start.dtype == dtype
+    initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    low, full = first_loss(tmp_path / precision), first_loss(tmp_path / "fp32")
+    assert low != full
+    assert low == pytest.approx(full, rel=2e-2)
+    assert not [r for r in metrics(tmp_path / precision) if "event" in r]  # no overflow skips
+    for name, w in trainer.model.state_dict().items():
+        assert w.dtype == torch.float32 and torch.isfinite(w).all(), name
+    assert not same(initial, trainer.model.state_dict())
