@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bertforge.errors import ConfigError
+from bertforge.fileio import read_json
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
 
@@ -119,13 +120,7 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        data = read_json(path, "config file", ConfigError)
         return cls.from_dict(data, source=str(path))
 
     @classmethod

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from bertforge.config import BertConfig, find_config_file, resolve_config
 from bertforge.convert import hf as hfmap
 from bertforge.errors import BertforgeError, CheckpointError, ConfigError
+from bertforge.fileio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +198,7 @@ def _vocab_near(path: Path) -> Path | None:
 
 
 def _load_native(path: Path) -> Checkpoint:
-    meta_path = path / NATIVE_META
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    meta = read_json(path / NATIVE_META, NATIVE_META, CheckpointError)
     weights = path / NATIVE_WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{path}: native checkpoint without {NATIVE_WEIGHTS}")

@@ -8,7 +8,6 @@ key and value are concatenated into bertforge's fused `qkv` projection.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
+from bertforge.fileio import read_json
 
 # bertforge name -> Hugging Face name, inside `bert.` (backbone) ...
 _EMBEDDINGS = {
@@ -165,12 +165,9 @@ def find_weights(directory: Path) -> Path | None:
 def read_hf_config(directory: Path) -> tuple[BertConfig, dict]:
     """The BertConfig of a Hugging Face directory, and the raw dict (for labels and architecture)."""
     path = directory / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no config.json beside the weights")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    raw = read_json(path, "config.json beside the weights", CheckpointError)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
     if raw.get("model_type", "bert") != "bert":
         raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}; bertforge reads BERT ('bert') only")
     return BertConfig.from_dict(raw, source=str(path)), raw

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +25,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from bertforge.errors import ConfigError, DataError
+from bertforge.fileio import atomic_write_text
 from bertforge.tokenization import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -491,18 +490,5 @@ def write_submission(path_or_dir: str | Path, task: str | GlueTask,
     if target.suffix != ".tsv":
         target = target / s.submission_file
     lines = ["index\tprediction\n"] + [f"{i}\t{name}\n" for i, name in zip(indices, names)]
-    _write_atomic(target, "".join(lines))
+    atomic_write_text(target, "".join(lines))
     return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

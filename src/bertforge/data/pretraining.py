@@ -111,6 +111,7 @@ import sentencex
 from tqdm.auto import tqdm
 
 from bertforge.errors import ConfigError, DataError
+from bertforge.fileio import atomic_write, read_json
 from bertforge.tokenization import WordPieceTokenizer, load_vocab
 
 logger = logging.getLogger(__name__)
@@ -573,16 +574,6 @@ def shard_paths(directory: Path, split: str, number: int) -> tuple[Path, Path]:
     return directory / f"{stem}.tokens.npy", directory / f"{stem}.index.npy"
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file in the same directory, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class SplitStats:
     docs: int = 0
@@ -636,8 +627,8 @@ class ShardWriter:
         index["random_next"] = data["random_next"][:count]
         index["doc"] = data["doc_ids"][:count]
         tokens_path, index_path = shard_paths(self.directory, self.split, len(self.stats.shards))
-        _atomic_write(tokens_path, lambda f: np.save(f, tokens))
-        _atomic_write(index_path, lambda f: np.save(f, index))
+        atomic_write(tokens_path, lambda f: np.save(f, tokens))
+        atomic_write(index_path, lambda f: np.save(f, index))
         self.stats.shards.append({"tokens": tokens_path.name, "index": index_path.name,
                                   "instances": count, "num_tokens": n_tokens})
         self._buffer = {name: [data[name][n_tokens if name == "tokens" else count:]]
@@ -719,7 +710,7 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
     token_dtype = "uint16" if vocab["size"] <= 65536 else "int32"
     out = Path(cfg.output_dir)
     _prepare_output_dir(out, cfg.overwrite, vocab_file)
-    _atomic_write(out / VOCAB, lambda f: f.write(vocab_file.read_bytes()))
+    atomic_write(out / VOCAB, lambda f: f.write(vocab_file.read_bytes()))
     settings = CreateSettings(
         vocab_file=str(vocab_file.resolve()), do_lower_case=cfg.do_lower_case,
         max_seq_length=cfg.max_seq_length, short_seq_prob=cfg.short_seq_prob,
@@ -767,7 +758,7 @@ def _write_manifest(out: Path, cfg: PrepareConfig, vocab: dict[str, Any], token_
         "splits": {s: {**_split_summary(st), "shards": st.shards} for s, st in stats.items()},
     }
     text = json.dumps(manifest, indent=2) + "\n"
-    _atomic_write(out / MANIFEST, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(out / MANIFEST, lambda f: f.write(text.encode("utf-8")))
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -776,10 +767,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{directory}: no {MANIFEST}; not prepared pretraining data "
                         "(or preparation did not finish)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    manifest = read_json(path, MANIFEST, DataError)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: not a {FORMAT} manifest of version {FORMAT_VERSION}")
     return manifest

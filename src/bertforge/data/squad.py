@@ -18,12 +18,9 @@ whitespace words) shared by every question about that context.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bertforge.errors import ConfigError, DataError
+from bertforge.fileio import atomic_write_json, read_json
 from bertforge.tokenization import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -81,17 +79,7 @@ class Problem:
 
 def load_json(path: str | Path, what: str = "JSON file") -> Any:
     """Parse a JSON file; a missing or malformed file raises DataError with line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return read_json(path, what, DataError)
 
 
 def split_whitespace(text: str) -> tuple[list[str], np.ndarray]:
@@ -707,17 +695,6 @@ def write_predictions(out_dir: str | Path, predictions: dict[str, str],
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "predictions.json", out / "nbest_predictions.json"
     for path, content in zip(paths, (predictions, nbest)):
-        _write_json_atomic(path, content)
+        # A crash mid-write must not leave a truncated file that looks like a result.
+        atomic_write_json(path, content, indent=4)
     return paths
-
-
-def _write_json_atomic(path: Path, content: Any) -> None:
-    # A crash mid-write must not leave a truncated file that looks like a result.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(content, indent=4, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

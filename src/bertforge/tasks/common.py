@@ -3,17 +3,15 @@ output directory, JSON results, and the start-of-run summary of the batch arithm
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 from bertforge.config import BertConfig, resolve_config
 from bertforge.convert.checkpoint import Checkpoint, load_checkpoint, load_into
 from bertforge.errors import ConfigError
+from bertforge.fileio import atomic_write_json
 from bertforge.model import BertPreTrainedModel, build_model, count_parameters
 from bertforge.runconfig import ModelArgs, TrainArgs
 from bertforge.tokenization import WordPieceTokenizer
@@ -107,12 +105,6 @@ def json_safe(value):
 
 def write_json(path: Path, data) -> Path:
     """Atomically (temp file + rename), so a crash never leaves half a results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if is_dataclass(data):
         data = asdict(data)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(json_safe(data), f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, json_safe(data))

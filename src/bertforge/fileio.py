@@ -1,0 +1,55 @@
+"""Reading JSON with errors that name the file and the line, and writing files atomically.
+
+Atomic writes go to a temporary file in the same directory, are flushed to disk, and are then
+renamed over the target: a crash leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from bertforge.errors import BertforgeError, DataError
+
+
+def read_json(path: str | Path, what: str = "JSON file",
+              error: type[BertforgeError] = DataError) -> Any:
+    """Parse a JSON file; a missing, non-UTF-8 or malformed file raises `error`."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(f)` on a temporary binary file beside `path`, fsync it, rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
