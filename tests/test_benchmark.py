@@ -49,7 +49,8 @@ def test_train_mode_reports_speed_flops_memory_and_losses(task):
     # synthetic data has no padding: every token is real
     assert r["real_token_fraction"] == 1.0
     assert ours["tokens_per_s"] == pytest.approx(32 * ours["seq_per_s"])
-    assert r["precision"] == "fp32" and r["device_type"] == "cpu" and _positive_finite(r["matmul_peak_tflops"])
+    assert r["precision"] == "fp32" and r["device_type"] == "cpu"
+    assert _positive_finite(r["matmul_peak_tflops"])
     assert "real tokens only" in r["flops_counted"]
     assert "hf" not in r and "speedup_vs_hf" not in r
     if task == "pretraining":
@@ -187,7 +188,8 @@ def test_flops_count_real_tokens_only():
     cfg = tiny_config()
     args = BenchmarkArgs(bert_model="tiny", seq_length=40, task="qa")
     model = BertForQuestionAnswering(cfg, unpad=False).eval()
-    alone = sum(_counted_forward_flops(model, **random_batch(cfg, batch=1, seq=n, min_len=n)) for n in (7, 31))
+    alone = sum(_counted_forward_flops(model, **random_batch(cfg, batch=1, seq=n, min_len=n))
+                for n in (7, 31))
     assert batch_flops(cfg, args, [7, 31], training=False) == alone
 
 
@@ -233,15 +235,34 @@ def test_grouped_cpu_inference_equals_one_pass(monkeypatch, unpad):
     cfg = tiny_config(max_position_embeddings=64)
     model = BertForQuestionAnswering(cfg, unpad=unpad).eval()
     batch = random_batch(cfg, batch=7, seq=20, seed=4)
-    monkeypatch.setattr(bert_module, "CPU_GROUP_TOKENS", 40)  # 2 sequences a group: 4 groups
-    assert bert_module._cpu_inference_group(batch["input_ids"]) == 2
+    monkeypatch.setattr(bert_module, "CPU_GROUP_TOKENS", 40)
+    real = batch["attention_mask"] if unpad else None
+    assert len(bert_module._cpu_inference_groups(batch["input_ids"], real)) == 1  # gradients on
     with torch.inference_mode():
+        groups = bert_module._cpu_inference_groups(batch["input_ids"], real)
         grouped = model(**batch)
+    assert len(groups) > 2 and groups[0].start == 0 and groups[-1].stop == 7
+    assert all(a.stop == b.start for a, b in zip(groups, groups[1:]))  # consecutive, all covered
     with torch.enable_grad():
         one_pass = model(**batch)
     mask = batch["attention_mask"].bool()
     for a, b in zip(grouped, one_pass):
         torch.testing.assert_close(a[mask], b.detach()[mask], rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_inference_groups_count_real_tokens_when_unpadding():
+    ids = torch.zeros(6, 100, dtype=torch.long)
+    mask = (torch.arange(100)[None] < torch.tensor([30, 30, 30, 30, 100, 10])[:, None]).long()
+    with torch.inference_mode():
+        padded = bert_module._cpu_inference_groups(ids, None)
+        real = bert_module._cpu_inference_groups(ids, mask)
+    assert len(padded) == 1  # 600 tokens: one group
+    assert len(real) == 1
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bert_module, "CPU_GROUP_TOKENS", 100)
+        groups = bert_module._cpu_inference_groups(ids, mask)
+        assert groups == [slice(0, 3), slice(3, 4), slice(4, 5), slice(5, 6)]
+        assert len(bert_module._cpu_inference_groups(ids, None)) == 6
 
 
 def test_padded_unpadded_and_hf_agree_on_varied_lengths():

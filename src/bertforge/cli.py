@@ -231,10 +231,11 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
             if not eq or _bool_word(value) == "true":
                 out.append(f"--runtime.precision={PRECISION_SWITCHES[name]}")
             continue
+        name = _spelled_as_field(name, aliases)
         negated = False
         if name not in aliases:
             for prefix in ("no-", "no_", "no"):
-                stem = name[len(prefix):]
+                stem = _spelled_as_field(name[len(prefix):], aliases)
                 if name.startswith(prefix) and stem in aliases and aliases[stem][1]:
                     name, negated = stem, True
                     break
@@ -258,6 +259,12 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
         else:
             out.append(f"--{dotted}")
     return out
+
+
+def _spelled_as_field(name: str, aliases: dict) -> str:
+    """--compare-hf is --compare_hf: dashes for underscores, where that names a field."""
+    underscored = name.replace("-", "_")
+    return underscored if name not in aliases and underscored in aliases else name
 
 
 def _bool_word(value: str) -> str:

@@ -34,7 +34,6 @@ def length_order(attention_mask: np.ndarray) -> np.ndarray:
     return np.argsort(-attention_mask.sum(axis=1), kind="stable")
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int, runtime: Runtime,
             forward: Forward, desc: str = "predict", progress: bool = True) -> tuple[np.ndarray, ...]:
     """Run `forward(model, batch)` over all rows of `arrays`; returns its outputs as float32
@@ -44,10 +43,21 @@ def predict(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int,
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     mine = batches[runtime.dist.rank::runtime.world_size]
     model.eval()
+    # Outside inference mode: parameters moved inside it would become inference tensors,
+    # which a later training step cannot use.
     model.to(runtime.device)
     if runtime.compile and not _is_compiled(model):
         compile_layers(model)
-    outputs: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
+    outputs = _predict_batches(model, arrays, mine, runtime, forward, desc, progress)
+    gathered = _gather(outputs, runtime)
+    return _assemble(gathered, n)
+
+
+@torch.inference_mode()
+def _predict_batches(model: nn.Module, arrays: Mapping[str, np.ndarray], mine: list[np.ndarray],
+                     runtime: Runtime, forward: Forward, desc: str, progress: bool
+                     ) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
+    outputs = []
     bar = tqdm(total=len(mine), desc=desc, unit="batch", disable=not (progress and runtime.is_main),
                dynamic_ncols=True)
     for idx in mine:
@@ -59,8 +69,7 @@ def predict(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int,
         outputs.append((idx, tuple(o.float().cpu().numpy() for o in out)))
         bar.update(1)
     bar.close()
-    gathered = _gather(outputs, runtime)
-    return _assemble(gathered, n)
+    return outputs
 
 
 def _is_compiled(model: nn.Module) -> bool:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -205,7 +206,7 @@ class Trainer:
         with warnings.catch_warnings():
             # The schedule follows the step count even when fp16 skipped the update; torch's
             # warning about stepping it before the optimizer does not apply.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.schedule.step()
         return applied
 
