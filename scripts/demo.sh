@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on bundled data, from a fresh clone: installs bertforge (CPU torch) into .venv,
-# fine-tunes the real pretrained MiniLM-L6 on SQuAD v1.1 (dev articles 1-2), predicts and scores
+# fine-tunes the real pretrained MiniLM-L6 on SQuAD v1.1 (dev articles 1-9), predicts and scores
 # articles 38-39 with the official metric. Minutes on a laptop CPU. Output: runs/squad_demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
