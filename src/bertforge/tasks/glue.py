@@ -87,11 +87,8 @@ def run(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -
         raise ConfigError("--data_dir is required: the GLUE task's directory")
     cfg.train.validate()
     data.get_task(cfg.data.task_name)  # an unknown task fails before the device is set up
-    runtime = Runtime(cfg.runtime, dist_info)
-    try:
+    with Runtime(cfg.runtime, dist_info) as runtime:
         return _run(cfg, runtime, progress)
-    finally:
-        runtime.close()
 
 
 def _run(cfg: GlueRun, runtime: Runtime, progress: bool) -> dict:

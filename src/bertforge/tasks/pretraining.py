@@ -147,11 +147,8 @@ def run(cfg: PretrainRun, dist_info: DistInfo = DistInfo(), progress: bool = Tru
     cfg.train.validate()
     if cfg.train.max_steps is None:
         raise ConfigError("pretraining runs for --max_steps optimizer steps; give --max_steps")
-    runtime = Runtime(cfg.runtime, dist_info)
-    try:
+    with Runtime(cfg.runtime, dist_info) as runtime:
         return _run(cfg, runtime, progress)
-    finally:
-        runtime.close()
 
 
 def _run(cfg: PretrainRun, runtime: Runtime, progress: bool) -> dict:

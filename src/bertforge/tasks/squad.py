@@ -154,11 +154,8 @@ def run(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = True) 
     cfg.train.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runtime = Runtime(cfg.runtime, dist_info)
-    try:
+    with Runtime(cfg.runtime, dist_info) as runtime:
         return _run(cfg, runtime, progress)
-    finally:
-        runtime.close()
 
 
 def _run(cfg: SquadRun, runtime: Runtime, progress: bool) -> dict:

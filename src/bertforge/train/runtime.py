@@ -135,6 +135,13 @@ class Runtime:
         if self.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # The process group goes down on errors too, so torchrun's other ranks are not left waiting.
+        self.close()
+
 
 def seed_everything(seed: int) -> None:
     """The same seed on every rank: identical initial weights; data order comes from the
