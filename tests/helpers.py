@@ -31,3 +31,14 @@ def random_batch(config: BertConfig, batch: int = 4, seq: int = 16, seed: int = 
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
     return {"input_ids": input_ids * mask, "token_type_ids": token_type_ids * mask,
             "attention_mask": mask}
+
+
+def assert_same_qa_logits(ours, theirs, batch: dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+    """Our QA model's start/end logits equal a transformers BertForQuestionAnswering's at every
+    real (non-padding) position."""
+    with torch.no_grad():
+        start, end = ours(**batch)
+        ref = theirs(**batch)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(start[mask], ref.start_logits[mask], rtol=0, atol=atol)
+    torch.testing.assert_close(end[mask], ref.end_logits[mask], rtol=0, atol=atol)

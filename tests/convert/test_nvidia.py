@@ -16,7 +16,7 @@ import transformers
 from bertforge.convert.checkpoint import detect_format, load_checkpoint, load_into
 from bertforge.errors import CheckpointError
 from bertforge.model import build_model
-from helpers import hf_config, random_batch, tiny_config
+from helpers import assert_same_qa_logits, hf_config, random_batch, tiny_config
 
 VOCAB = 99  # bert_config.json's size; DLE pads the embeddings to 104 rows
 PADDED = 104
@@ -149,12 +149,7 @@ def test_squad_checkpoint_matches_transformers(tmp_path):
     model = build_model(ckpt.config, "qa").eval()
     load_into(model, ckpt, require_head=True)
     batch = random_batch(tiny_config(vocab_size=VOCAB), seq=16, seed=1)
-    with torch.no_grad():
-        start, end = model(**batch)
-        ref = theirs(**batch)
-    mask = batch["attention_mask"].bool()
-    torch.testing.assert_close(start[mask], ref.start_logits[mask], rtol=0, atol=1e-5)
-    torch.testing.assert_close(end[mask], ref.end_logits[mask], rtol=0, atol=1e-5)
+    assert_same_qa_logits(model, theirs, batch)
 
 
 def test_unpadded_vocab_mismatch_is_reported(tmp_path, hf_pretraining):

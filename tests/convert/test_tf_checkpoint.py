@@ -27,7 +27,7 @@ from bertforge.convert.tf_checkpoint import (
 )
 from bertforge.errors import CheckpointError
 from bertforge.model import build_model
-from helpers import random_batch
+from helpers import assert_same_qa_logits, random_batch
 
 TF = Path(__file__).resolve().parents[1] / "fixtures" / "tf"
 PRETRAINING, SQUAD, CLASSIFIER = TF / "uncased_L-2_H-16_A-2", TF / "squad_sharded", TF / "classifier"
@@ -450,12 +450,7 @@ def test_squad_checkpoint_matches_transformers():
     theirs = transformers_model(SQUAD, transformers.BertForQuestionAnswering)
     assert ckpt.heads == {"qa"} and ckpt.do_lower_case is None
     batch = random_batch(ckpt.config, seq=16, seed=1)
-    with torch.no_grad():
-        start, end = model(**batch)
-        ref = theirs(**batch)
-    mask = batch["attention_mask"].bool()
-    torch.testing.assert_close(start[mask], ref.start_logits[mask], rtol=0, atol=1e-5)
-    torch.testing.assert_close(end[mask], ref.end_logits[mask], rtol=0, atol=1e-5)
+    assert_same_qa_logits(model, theirs, batch)
 
 
 def test_classifier_checkpoint_matches_transformers():

@@ -15,7 +15,7 @@ from bertforge.model import (
     build_model,
 )
 from bertforge.tokenization import WordPieceTokenizer
-from helpers import hf_config, random_batch, tiny_config
+from helpers import assert_same_qa_logits, hf_config, random_batch, tiny_config
 
 
 def _from_hf(ours, theirs):
@@ -133,12 +133,7 @@ def test_parity_question_answering_head():
     theirs = transformers.BertForQuestionAnswering(hf_config(cfg)).eval()
     ours = _from_hf(BertForQuestionAnswering(cfg), theirs)
     batch = random_batch(cfg, batch=3, seq=9)
-    with torch.no_grad():
-        start, end = ours(**batch)
-        ref = theirs(**batch)
-    mask = batch["attention_mask"].bool()
-    torch.testing.assert_close(start[mask], ref.start_logits[mask], rtol=0, atol=1e-5)
-    torch.testing.assert_close(end[mask], ref.end_logits[mask], rtol=0, atol=1e-5)
+    assert_same_qa_logits(ours, theirs, batch)
 
 
 @pytest.mark.parametrize("num_labels", [1, 3])
