@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -154,8 +154,7 @@ class Trainer:
 
     def _train_step(self, micro_batches: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], dict[str, float], bool]:
         """-> (summed loss terms, global denominators, whether the update was applied)."""
-        keys = None
-        local = {}
+        local: dict[str, float] = {}
         for batch in micro_batches:
             for k, v in self.task.denominators(batch).items():
                 local[k] = local.get(k, 0.0) + float(v)
@@ -291,8 +290,3 @@ class Trainer:
             log.warning("step %d: loss is %s", self.step, loss)
         self.metrics.write(record)
         return record
-
-
-def iterate_forever(loader: Iterable):
-    while True:
-        yield from loader

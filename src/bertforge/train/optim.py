@@ -16,7 +16,7 @@ import math
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -117,10 +117,3 @@ def build_schedule(optimizer: Optimizer, total_steps: int, warmup_proportion: fl
                    kind: ScheduleName = "linear", power: float = 0.5) -> LambdaLR:
     warmup = int(math.floor(warmup_proportion * total_steps))
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, warmup, kind, power))
-
-
-def global_grad_norm(params: list[Tensor]) -> Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
