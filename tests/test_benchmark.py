@@ -267,7 +267,7 @@ def test_cpu_inference_groups_count_real_tokens_when_unpadding():
 
 def test_padded_unpadded_and_hf_agree_on_varied_lengths():
     import transformers
-    from bertforge.convert.hf import native_to_hf
+    from bertforge.checkpoint import native_to_hf
     from helpers import hf_config
 
     cfg = tiny_config()

@@ -397,7 +397,7 @@ class Contender:
 
 
 def _ours(cfg: BenchmarkArgs, runtime: Runtime, config: BertConfig, ckpt) -> Contender:
-    from bertforge.convert.checkpoint import load_into
+    from bertforge.checkpoint import load_into
     from bertforge.tasks.squad import SpanLoss, span_logits
 
     head = "qa" if cfg.task == "qa" else "pretraining"
@@ -455,7 +455,7 @@ def _hf(cfg: BenchmarkArgs, runtime: Runtime, config: BertConfig, ours: nn.Modul
         import transformers
     except ImportError:
         raise ConfigError("--compare-hf needs Hugging Face transformers: pip install transformers") from None
-    from bertforge.convert.hf import native_to_hf
+    from bertforge.checkpoint import native_to_hf
 
     cls = transformers.BertForQuestionAnswering if cfg.task == "qa" else transformers.BertForPreTraining
     model = cls(transformers.BertConfig(**config.to_dict(), attn_implementation="sdpa"))
@@ -615,7 +615,7 @@ def device_name(device: torch.device) -> str:
 def _model_config(cfg: BenchmarkArgs):
     """(config, checkpoint or None)."""
     if cfg.init_checkpoint:
-        from bertforge.convert.checkpoint import load_checkpoint
+        from bertforge.checkpoint import load_checkpoint
         ckpt = load_checkpoint(cfg.init_checkpoint)
         return ckpt.config, ckpt
     return resolve_config(cfg.bert_model), None

@@ -123,12 +123,12 @@ def _prepare():
 
 
 def _convert():
-    from bertforge.convert.cli import ConvertArgs, convert
+    from bertforge.checkpoint.commands import ConvertArgs, convert
     return ConvertArgs, lambda cfg, _ns: convert(cfg)
 
 
 def _info():
-    from bertforge.convert.cli import InfoArgs, info
+    from bertforge.checkpoint.commands import InfoArgs, info
     return InfoArgs, lambda cfg, _ns: info(cfg)
 
 

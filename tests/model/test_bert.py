@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers
 
-from bertforge.convert.checkpoint import Checkpoint, load_checkpoint, load_into
-from bertforge.convert.hf import hf_to_native
+from bertforge.checkpoint import Checkpoint, load_checkpoint, load_into
+from bertforge.checkpoint import hf_to_native
 from bertforge.model import (
     BertEncoderOnly, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
     build_model,

@@ -10,7 +10,7 @@ Two layouts of the hidden states run through the same layers:
   Only attention needs to know the layout (`Padded` / `Unpadded` below); it runs per sequence
   too, through the fastest exact kernel the device has (`unpadded_attention`).
 Parameter names follow Google's / Hugging Face's so that checkpoint key maps stay short
-(`bertforge.convert.hf` holds the map); query, key and value are one fused projection.
+(`bertforge.checkpoint.hf` holds the map); query, key and value are one fused projection.
 """
 
 from __future__ import annotations

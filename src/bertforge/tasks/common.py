@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 from bertforge.config import BertConfig, resolve_config
-from bertforge.convert.checkpoint import Checkpoint, load_checkpoint, load_into
+from bertforge.checkpoint import Checkpoint, load_checkpoint, load_into
 from bertforge.errors import ConfigError
 from bertforge.fileio import atomic_write_json
 from bertforge.model import BertPreTrainedModel, build_model, count_parameters

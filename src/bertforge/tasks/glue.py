@@ -11,7 +11,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertforge.convert.checkpoint import save_native
+from bertforge.checkpoint import save_native
 from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertforge.convert.checkpoint import save_native
+from bertforge.checkpoint import save_native
 from bertforge.data.pretraining_dataset import PretrainingDataset
 from bertforge.errors import ConfigError
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs

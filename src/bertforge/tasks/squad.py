@@ -12,7 +12,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertforge.convert.checkpoint import save_native
+from bertforge.checkpoint import save_native
 from bertforge.data import squad as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric

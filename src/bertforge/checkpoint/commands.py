@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bertforge.convert.checkpoint import load_checkpoint, save_checkpoint_as
+from bertforge.checkpoint.load import load_checkpoint
+from bertforge.checkpoint.save import save_checkpoint_as
 from bertforge.errors import ConfigError
 
 

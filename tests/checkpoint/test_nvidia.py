@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from bertforge.convert.checkpoint import detect_format, load_checkpoint, load_into
+from bertforge.checkpoint import detect_format, load_checkpoint, load_into
 from bertforge.errors import CheckpointError
 from bertforge.model import build_model
 from helpers import assert_same_qa_logits, hf_config, random_batch, tiny_config

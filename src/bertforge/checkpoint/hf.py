@@ -1,4 +1,6 @@
-"""Hugging Face BERT checkpoints <-> bertforge's parameter names.
+"""Hugging Face BERT checkpoints: the map between their parameter names and bertforge's, and
+reading and writing their directories (`config.json` + `model.safetensors` or
+`pytorch_model.bin`, sharded or not).
 
 Hugging Face names (`bert.encoder.layer.0.attention.self.query.weight`, `cls.predictions...`)
 are also the hub through which Google TF and NVIDIA DLE checkpoints are imported: their readers
@@ -8,15 +10,24 @@ key and value are concatenated into bertforge's fused `qkv` projection.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
+from bertforge.checkpoint.common import (
+    Checkpoint, atomic_dir_write, config_beside, read_safetensors, read_torch_file, vocab_beside,
+)
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
 from bertforge.fileio import read_json
+
+log = logging.getLogger(__name__)
 
 # bertforge name -> Hugging Face name, inside `bert.` (backbone) ...
 _EMBEDDINGS = {
@@ -162,6 +173,28 @@ def find_weights(directory: Path) -> Path | None:
     return None
 
 
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """One weights file, or a sharded checkpoint through its index JSON."""
+    if path.name.endswith(".index.json"):
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: not a valid shard index ({e})") from None
+        state: dict[str, Tensor] = {}
+        for shard in sorted(set(index.values())):
+            shard_path = path.parent / shard
+            if not shard_path.is_file():
+                raise CheckpointError(f"{path}: shard {shard} is missing")
+            state.update(read_weights(shard_path))
+        return state
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    state = read_torch_file(path)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict)")
+    return state
+
+
 def read_hf_config(directory: Path) -> tuple[BertConfig, dict]:
     """The BertConfig of a Hugging Face directory, and the raw dict (for labels and architecture)."""
     path = directory / "config.json"
@@ -181,3 +214,52 @@ def hf_labels(raw: dict) -> list[str] | None:
         return [str(id2label[k]) for k in sorted(id2label, key=int)]
     except (ValueError, TypeError):
         return None
+
+
+def load_hf(path: Path, config: str | Path | BertConfig | None = None) -> Checkpoint:
+    """A Hugging Face directory, or one weights file of it, as a bertforge Checkpoint."""
+    weights = find_weights(path) if path.is_dir() else path
+    directory = path if path.is_dir() else path.parent
+    labels, do_lower_case = None, None
+    if config is None and (directory / "config.json").is_file():
+        cfg, raw = read_hf_config(directory)
+        labels = hf_labels(raw)
+    else:
+        cfg = config_beside(path, config, "Hugging Face")
+    tok_cfg = directory / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        try:
+            do_lower_case = json.loads(tok_cfg.read_text(encoding="utf-8")).get("do_lower_case")
+        except json.JSONDecodeError:
+            log.warning("%s: not valid JSON; ignoring it", tok_cfg)
+    state = hf_to_native(read_weights(weights), source=str(weights))
+    return Checkpoint(cfg, state, path, "hf", labels=labels, vocab_file=vocab_beside(path),
+                      do_lower_case=do_lower_case)
+
+
+def save_hf(ckpt: Checkpoint, out_dir: Path) -> Path:
+    """Write `ckpt` in transformers' layout: model.safetensors, config.json (with the
+    architecture of its head and its labels), tokenizer_config.json, vocab.txt."""
+    head = ckpt.head
+    hf_state = native_to_hf({k: v.contiguous() for k, v in ckpt.state.items()})
+    if head == "base":  # transformers' BertModel keeps its weights without the `bert.` prefix
+        hf_state = {k.removeprefix("bert."): v for k, v in hf_state.items()}
+    cfg = ckpt.config.to_hf_dict(ARCHITECTURES[head])
+    if ckpt.labels:
+        cfg["id2label"] = {str(i): label for i, label in enumerate(ckpt.labels)}
+        cfg["label2id"] = {label: i for i, label in enumerate(ckpt.labels)}
+    elif ckpt.num_labels:
+        cfg["num_labels"] = ckpt.num_labels
+
+    def write(tmp: Path) -> None:
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if ckpt.do_lower_case is not None:
+            (tmp / "tokenizer_config.json").write_text(json.dumps(
+                {"do_lower_case": ckpt.do_lower_case, "tokenizer_class": "BertTokenizer",
+                 "model_max_length": ckpt.config.max_position_embeddings}, indent=2) + "\n")
+        if ckpt.vocab_file is not None:
+            shutil.copyfile(ckpt.vocab_file, tmp / "vocab.txt")
+
+    atomic_dir_write(out_dir, write, last="model.safetensors")  # detection looks for the weights
+    return out_dir

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from torch import Tensor
 
+from bertforge.checkpoint.common import Checkpoint, config_beside, infer_do_lower_case, vocab_beside
+from bertforge.checkpoint.hf import hf_to_native
+from bertforge.checkpoint.tf_checkpoint import TFCheckpointReader
 from bertforge.config import BertConfig
-from bertforge.convert import hf as hfmap
-from bertforge.convert.checkpoint import Checkpoint, _config_near, _vocab_near
-from bertforge.convert.tf_checkpoint import TFCheckpointReader
 from bertforge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -95,23 +95,11 @@ def google_to_hf(name: str) -> str | None:
     return None
 
 
-def infer_do_lower_case(path: Path) -> bool | None:
-    """Casing from Google's release names (`uncased_L-12_H-768_A-12`, `multi_cased_L-12_...`,
-    `wwm_uncased_...`) in the checkpoint's directory or file name; None when neither says.
-    Parent directories are not read: their names describe the user's layout, not the model."""
-    directory = path if path.is_dir() else path.parent
-    for name in (directory.name, path.name):
-        words = set(re.split(r"[^a-z0-9]+", name.lower()))
-        if ("uncased" in words) != ("cased" in words):
-            return "uncased" in words
-    return None
-
-
 def load_tf_checkpoint(path: str | Path, config: str | Path | BertConfig | None = None) -> Checkpoint:
     """A Google TF checkpoint (prefix, `.index`, or directory) as a bertforge Checkpoint."""
     path = Path(path)
     reader = TFCheckpointReader(path)
-    cfg = _config_near(path, config, "TensorFlow")
+    cfg = config_beside(path, config, "TensorFlow")
     wanted = [n for n, v in reader.variables.items()
               if not is_training_state(n) and v.dtype != "string"]
     reader.check_data_files(wanted)
@@ -135,9 +123,9 @@ def load_tf_checkpoint(path: str | Path, config: str | Path | BertConfig | None 
     if do_lower_case is not None:
         log.info("%s: do_lower_case=%s, inferred from the name %r", path, do_lower_case,
                  (path if path.is_dir() else path.parent).name)
-    return Checkpoint(cfg, hfmap.hf_to_native(state, source=str(reader.prefix)), path, "tf",
-                      vocab_file=_vocab_near(path), do_lower_case=do_lower_case)
+    return Checkpoint(cfg, hf_to_native(state, source=str(reader.prefix)), path, "tf",
+                      vocab_file=vocab_beside(path), do_lower_case=do_lower_case)
 
 
-__all__ = ["google_to_hf", "is_training_state", "infer_do_lower_case", "load_tf_checkpoint",
+__all__ = ["google_to_hf", "is_training_state", "load_tf_checkpoint",
            "OPTIMIZER_SLOTS", "BOOKKEEPING"]

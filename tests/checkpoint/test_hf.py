@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from bertforge.convert.checkpoint import (
+from bertforge.checkpoint import (
     detect_format, load_checkpoint, load_into, save_checkpoint_as, save_native,
 )
 from bertforge.errors import CheckpointError

@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bertforge.checkpoint.common import (
+    Checkpoint, config_beside, infer_do_lower_case, read_torch_file, state_dict_of, vocab_beside,
+)
+from bertforge.checkpoint.hf import hf_to_native
 from bertforge.config import BertConfig
-from bertforge.convert import hf as hfmap
-from bertforge.convert.checkpoint import Checkpoint, _config_near, _vocab_near, read_torch_file
-from bertforge.convert.google import infer_do_lower_case
 from bertforge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -108,24 +109,6 @@ def read_dle_file(path: Path) -> dict:
         return obj
 
 
-def model_state(obj, path: Path) -> dict[str, Tensor]:
-    """The model's state dict inside a DLE checkpoint object (or the object itself)."""
-    wrapped = isinstance(obj, dict) and "model" in obj
-    state = obj["model"] if wrapped else obj
-    if not isinstance(state, dict) or not state or (
-            not wrapped and not all(isinstance(v, Tensor) for v in state.values())):
-        if isinstance(obj, dict):
-            found = f"keys {', '.join(map(str, obj))}" if obj else "an empty dict"
-        else:
-            found = f"a {type(obj).__name__}"
-        raise CheckpointError(f"{path}: expected a state dict or {{'model': state_dict, ...}}; "
-                              f"found {found}")
-    bad = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: the model state holds non-tensor entries: {', '.join(bad[:8])}")
-    return state
-
-
 # ---- names ---------------------------------------------------------------------------------
 
 
@@ -171,12 +154,12 @@ def load_nvidia_checkpoint(path: str | Path, config: str | Path | BertConfig | N
     weights = _weights_file(path)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint not found: {weights}")
-    state = dle_to_hf(model_state(read_dle_file(weights), weights))
-    native = hfmap.hf_to_native(state, source=str(weights))
-    cfg = adopt_padded_vocab(_config_near(path, config, "NVIDIA DLE"), native, str(weights))
-    return Checkpoint(cfg, native, path, "nvidia", vocab_file=_vocab_near(path),
+    state = dle_to_hf(state_dict_of(read_dle_file(weights), weights))
+    native = hf_to_native(state, source=str(weights))
+    cfg = adopt_padded_vocab(config_beside(path, config, "NVIDIA DLE"), native, str(weights))
+    return Checkpoint(cfg, native, path, "nvidia", vocab_file=vocab_beside(path),
                       do_lower_case=infer_do_lower_case(path))
 
 
-__all__ = ["load_nvidia_checkpoint", "read_dle_file", "model_state", "dle_to_hf",
+__all__ = ["load_nvidia_checkpoint", "read_dle_file", "dle_to_hf",
            "adopt_padded_vocab", "VOCAB_PAD_MULTIPLE"]

@@ -20,9 +20,9 @@ import pytest
 import torch
 import transformers
 
-from bertforge.convert import google, tf_checkpoint
-from bertforge.convert.checkpoint import detect_format, load_checkpoint, load_into
-from bertforge.convert.tf_checkpoint import (
+from bertforge.checkpoint import common, google, tf_checkpoint
+from bertforge.checkpoint import detect_format, load_checkpoint, load_into
+from bertforge.checkpoint.tf_checkpoint import (
     TFCheckpointReader, list_variables, read_tf_checkpoint, resolve_prefix,
 )
 from bertforge.errors import CheckpointError
@@ -494,7 +494,7 @@ def test_unknown_variable_is_reported_not_dropped(tmp_path):
     ("chinese_L-12_H-768_A-12", None), ("multilingual_L-12_H-768_A-12", None), ("squad_out", None),
 ])
 def test_casing_from_googles_release_names(tmp_path, name, lower):
-    assert google.infer_do_lower_case(tmp_path / name / "bert_model.ckpt") is lower
+    assert common.infer_do_lower_case(tmp_path / name / "bert_model.ckpt") is lower
 
 
 def test_training_state_names():

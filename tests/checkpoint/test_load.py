@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bertforge.convert.checkpoint import detect_format, load_checkpoint
+from bertforge.checkpoint import detect_format, load_checkpoint
 from bertforge.errors import CheckpointError
 from conftest import FIXTURES
 

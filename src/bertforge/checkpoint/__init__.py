@@ -1,0 +1,19 @@
+"""Checkpoints in every format bertforge reads, and its own.
+
+Layout (each format module imports only `common`, and `hf`'s name map where it maps through
+Hugging Face names):
+- `common`:        the `Checkpoint` dataclass, weight-file readers, config/vocab/casing lookup.
+- `native`, `hf`, `google` (+ `tf_checkpoint`, the TF bundle reader), `nvidia`: one per format.
+- `load`:          format detection, `load_checkpoint`, `load_into`.
+- `save`:          `save_checkpoint_as` (native or Hugging Face).
+- `commands`:      the `convert` and `info` commands.
+"""
+
+from bertforge.checkpoint.common import Checkpoint
+from bertforge.checkpoint.hf import hf_to_native, native_to_hf
+from bertforge.checkpoint.load import LoadReport, detect_format, load_checkpoint, load_into
+from bertforge.checkpoint.native import save_native
+from bertforge.checkpoint.save import save_checkpoint_as
+
+__all__ = ["Checkpoint", "LoadReport", "detect_format", "hf_to_native", "load_checkpoint", "load_into",
+           "native_to_hf", "save_checkpoint_as", "save_native"]

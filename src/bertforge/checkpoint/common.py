@@ -1,0 +1,169 @@
+"""What every checkpoint format shares: the `Checkpoint` each reader returns, the readers of weight
+files with their clear errors, what is looked up beside a checkpoint (config, vocabulary, casing),
+and the atomic directory write both writers use.
+
+The format modules (`native`, `hf`, `google`, `nvidia`) import from here and from nowhere else
+in this package, except that formats read through Hugging Face names use `hf`'s name map.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from bertforge.config import BertConfig, find_config_file, resolve_config
+from bertforge.errors import CheckpointError
+
+
+@dataclass
+class Checkpoint:
+    """Weights in bertforge names with what is known about them."""
+
+    config: BertConfig
+    """The architecture the weights belong to."""
+    state: dict[str, Tensor]
+    """Tensors by bertforge parameter name (`bert.encoder.layers.0.attention.qkv.weight`, ...)."""
+    source: Path
+    """Where the checkpoint was read from (a directory, a weights file or a TF prefix)."""
+    format: str
+    """The format it was read as: native, hf, tf or nvidia."""
+    labels: list[str] | None = None
+    """Class names of a classification head, in output order, when the checkpoint records them."""
+    vocab_file: Path | None = None
+    """The vocab.txt beside the checkpoint, if there is one."""
+    do_lower_case: bool | None = None
+    """Whether the model is uncased; None when nothing says."""
+    meta: dict = field(default_factory=dict)
+    """The bertforge.json of a native checkpoint (empty for other formats)."""
+
+    @property
+    def heads(self) -> set[str]:
+        """Which heads the weights include: pretraining, qa, classification."""
+        found = set()
+        if "mlm.bias" in self.state or "nsp.weight" in self.state:
+            found.add("pretraining")
+        if "qa_outputs.weight" in self.state:
+            found.add("qa")
+        if "classifier.weight" in self.state:
+            found.add("classification")
+        return found
+
+    @property
+    def head(self) -> str:
+        """The one head to record when writing: the only head present, else pretraining when
+        present (a pretraining checkpoint fine-tuned in place keeps its MLM head), else base."""
+        heads = self.heads
+        if len(heads) == 1:
+            return next(iter(heads))
+        return "pretraining" if "pretraining" in heads else "base"
+
+    @property
+    def num_labels(self) -> int | None:
+        w = self.state.get("classifier.weight")
+        return None if w is None else int(w.shape[0])
+
+
+# ---- reading weight files ----------------------------------------------------------------
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({e}); is it truncated or "
+                              "not a safetensors file?") from None
+
+
+def read_torch_file(path: Path) -> object:
+    """The unpickled object of a PyTorch file (`pytorch_model.bin`, DLE `.pt`), loaded with
+    weights_only=True so that a malicious file cannot run code."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({msg}); is it truncated, "
+                              "or not a PyTorch checkpoint?") from None
+
+
+def state_dict_of(obj: object, path: Path) -> dict[str, Tensor]:
+    """The model's state dict in an unpickled PyTorch file: the object itself, or its `model`
+    entry (`{'model': state_dict, ...}`, as NVIDIA's and many other training scripts save)."""
+    wrapped = isinstance(obj, dict) and "model" in obj
+    state = obj["model"] if wrapped else obj
+    if not isinstance(state, dict) or not state or (
+            not wrapped and not all(isinstance(v, Tensor) for v in state.values())):
+        if isinstance(obj, dict):
+            found = f"keys {', '.join(map(str, obj))}" if obj else "an empty dict"
+        else:
+            found = f"a {type(obj).__name__}"
+        raise CheckpointError(f"{path}: expected a state dict or {{'model': state_dict, ...}}; "
+                              f"found {found}")
+    bad = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: the model state holds non-tensor entries: {', '.join(bad[:8])}")
+    return state
+
+
+# ---- what lies beside a checkpoint -------------------------------------------------------
+
+
+def _directory(path: Path) -> Path:
+    return path if path.is_dir() else path.parent
+
+
+def config_beside(path: Path, config: str | Path | BertConfig | None, what: str) -> BertConfig:
+    """The config given explicitly (a BertConfig, preset or file), else the one in the
+    checkpoint's directory; `what` names the format in the error when there is none."""
+    if isinstance(config, BertConfig):
+        return config
+    if config is not None:
+        return resolve_config(config)
+    found = find_config_file(_directory(path))
+    if found is None:
+        raise CheckpointError(f"{path}: {what} checkpoint has no bert_config.json/config.json beside it; "
+                              "pass one with --bert_config_file")
+    return BertConfig.from_json(found)
+
+
+def vocab_beside(path: Path) -> Path | None:
+    vocab = _directory(path) / "vocab.txt"
+    return vocab if vocab.is_file() else None
+
+
+def infer_do_lower_case(path: Path) -> bool | None:
+    """Casing from Google's release names (`uncased_L-12_H-768_A-12`, `multi_cased_L-12_...`,
+    `wwm_uncased_...`) in the checkpoint's directory or file name; None when neither says.
+    Parent directories are not read: their names describe the user's layout, not the model."""
+    for name in (_directory(path).name, path.name):
+        words = set(re.split(r"[^a-z0-9]+", name.lower()))
+        if ("uncased" in words) != ("cased" in words):
+            return "uncased" in words
+    return None
+
+
+# ---- writing -----------------------------------------------------------------------------
+
+
+def atomic_dir_write(out_dir: Path, write: Callable[[Path], None], last: str | None = None) -> None:
+    """Call `write(tmp)` on a temporary directory inside `out_dir`, then move each file it wrote
+    into `out_dir` with os.replace, `last` (the file that marks the checkpoint complete) last:
+    a crash never leaves a half-written weights file under its final name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
+        tmp_path = Path(tmp)
+        write(tmp_path)
+        names = sorted(p.name for p in tmp_path.iterdir())
+        names.sort(key=lambda n: n == last)
+        for name in names:
+            os.replace(tmp_path / name, out_dir / name)

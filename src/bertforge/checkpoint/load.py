@@ -1,0 +1,151 @@
+"""Reading a checkpoint of any format: detection from what is on disk, `load_checkpoint`, and
+`load_into`, which puts the weights into a model all or nothing.
+
+Formats (see docs/checkpoints.md for what each holds):
+- native:  bertforge's own directory (`bertforge.json` marks it); what training runs write.
+- hf:      a Hugging Face directory or weights file (safetensors or pytorch_model.bin, sharded or
+           not).
+- tf:      a Google TensorFlow checkpoint (`bert_model.ckpt.index` + `.data-*`), read without
+           TensorFlow.
+- nvidia:  an NVIDIA DeepLearningExamples `.pt` file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bertforge.checkpoint.common import Checkpoint
+from bertforge.checkpoint.google import load_tf_checkpoint
+from bertforge.checkpoint.hf import WEIGHT_FILES, find_weights, load_hf
+from bertforge.checkpoint.native import NATIVE_META, load_native
+from bertforge.checkpoint.nvidia import load_nvidia_checkpoint
+from bertforge.config import BertConfig
+from bertforge.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("native", "hf", "tf", "nvidia")
+
+
+# ---- detection ---------------------------------------------------------------------------
+
+
+def detect_format(path: str | Path) -> str:
+    """One of FORMATS, from the files at `path`; CheckpointError when none fits."""
+    path = Path(path)
+    if not path.exists():
+        if Path(f"{path}.index").is_file():  # a TensorFlow prefix such as bert_model.ckpt
+            return "tf"
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        if (path / NATIVE_META).is_file():
+            return "native"
+        if find_weights(path) is not None:
+            return "hf"
+        if list(path.glob("*.ckpt.index")) or list(path.glob("*.index")):
+            return "tf"
+        pts = sorted(path.glob("*.pt"))
+        if len(pts) == 1:
+            return "nvidia"
+        raise CheckpointError(
+            f"{path}: no checkpoint in this directory (looked for {NATIVE_META}, "
+            f"{', '.join(WEIGHT_FILES)}, a TensorFlow *.ckpt.index, or one DLE *.pt file)")
+    name = path.name
+    if name.endswith(".index") or ".ckpt" in name:
+        return "tf"
+    if name.endswith((".safetensors", ".bin", ".index.json")):
+        return "hf"
+    if name.endswith((".pt", ".pth")):
+        return "nvidia"
+    raise CheckpointError(f"{path}: unknown checkpoint file type (expected a directory, *.safetensors, "
+                          "*.bin, *.pt, or a TensorFlow *.ckpt prefix / *.ckpt.index)")
+
+
+# ---- loading -----------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path, config: str | Path | BertConfig | None = None,
+                    format: str = "auto") -> Checkpoint:
+    """Read a checkpoint of any supported format into bertforge names.
+
+    `config` (a BertConfig, preset name or config file) is needed only where the checkpoint has
+    none beside it (TF and DLE checkpoints usually come with a bert_config.json next to them).
+    """
+    path = Path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: {', '.join(FORMATS)}")
+    if fmt == "native":
+        return load_native(path)
+    if fmt == "hf":
+        return load_hf(path, config)
+    if fmt == "tf":
+        return load_tf_checkpoint(path, config)
+    return load_nvidia_checkpoint(path, config)
+
+
+# ---- putting weights into a model --------------------------------------------------------
+
+BACKBONE_PREFIXES = ("bert.embeddings.", "bert.encoder.")
+HEAD_PREFIXES = ("bert.pooler.", "mlm.", "nsp.", "qa_outputs.", "classifier.")
+
+
+@dataclass
+class LoadReport:
+    initialized: list[str]  # head tensors the checkpoint lacks, left freshly initialised
+    dropped: list[str]  # tensors of heads the model does not have
+
+
+def load_into(model: nn.Module, ckpt: Checkpoint, require_head: bool = False) -> LoadReport:
+    """Copy `ckpt` into `model`, all or nothing.
+
+    Errors (one message listing every offending tensor): a backbone tensor (embeddings, encoder)
+    missing, any tensor of the wrong shape, a tensor that belongs to no known part of BERT.
+    Allowed and reported: head tensors the checkpoint lacks (fine-tuning from a pretrained
+    encoder initialises the new head), and tensors of heads the model does not have (a
+    pretraining checkpoint's MLM/NSP head when fine-tuning). `require_head=True` (prediction,
+    evaluation) makes a missing head an error too.
+    """
+    own = model.state_dict()
+    state = ckpt.state
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    bad_missing = [k for k in missing if require_head or k.startswith(BACKBONE_PREFIXES)]
+    unknown = [k for k in unexpected if not k.startswith(HEAD_PREFIXES)]
+    if bad_missing or unknown or misshaped:
+        lines = [f"checkpoint {ckpt.source} ({ckpt.format}) does not fit the model "
+                 f"({type(model).__name__}, {_describe(ckpt.config)}):"]
+        for title, items in (("missing", bad_missing), ("unexpected", unknown), ("wrong shape", misshaped)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + _short_list(items))
+        if bad_missing and not [k for k in bad_missing if k.startswith(BACKBONE_PREFIXES)]:
+            lines.append("  the checkpoint has no trained head for this task: fine-tune it first "
+                         "(--do_train) or pass a fine-tuned checkpoint")
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for key, value in state.items():
+            if key in own:
+                own[key].copy_(value)
+    report = LoadReport(initialized=missing, dropped=unexpected)
+    if missing:
+        log.info("initialised fresh (not in %s): %s", ckpt.source, _short_list(missing))
+    if unexpected:
+        log.info("not used from %s: %s", ckpt.source, _short_list(unexpected))
+    return report
+
+
+def _describe(config: BertConfig) -> str:
+    return (f"L={config.num_hidden_layers} H={config.hidden_size} A={config.num_attention_heads} "
+            f"V={config.vocab_size}")
+
+
+def _short_list(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
