@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import torch
+import transformers
 
 from bertforge.config import BertConfig
+
+HF_CLASSES = {
+    "base": transformers.BertModel,
+    "pretraining": transformers.BertForPreTraining,
+    "qa": transformers.BertForQuestionAnswering,
+    "classification": transformers.BertForSequenceClassification,
+}
 
 
 def tiny_config(**overrides) -> BertConfig:
@@ -16,8 +24,21 @@ def tiny_config(**overrides) -> BertConfig:
 
 def hf_config(config: BertConfig, **extra):
     """The same architecture as a transformers BertConfig."""
-    import transformers
     return transformers.BertConfig(**config.to_dict(), **extra)
+
+
+def hf_checkpoint(tmp_path, head: str, name: str = "hf", safe: bool = True, **cfg_extra):
+    """A tiny transformers model with `head` (base, pretraining, qa, classification), every
+    tensor made distinctive, saved by transformers' own `save_pretrained` to tmp_path/name.
+    Returns (directory, model)."""
+    torch.manual_seed(1)
+    model = HF_CLASSES[head](hf_config(tiny_config(), **cfg_extra))
+    with torch.no_grad():  # LayerNorms included
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = tmp_path / name
+    model.save_pretrained(out, safe_serialization=safe)
+    return out, model
 
 
 def random_batch(config: BertConfig, batch: int = 4, seq: int = 16, seed: int = 0,

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
 
 from bertforge.checkpoint import (
@@ -15,31 +14,13 @@ from bertforge.checkpoint import (
 )
 from bertforge.errors import CheckpointError
 from bertforge.model import BertForQuestionAnswering, BertForSequenceClassification, build_model
-from helpers import hf_config, random_batch, tiny_config
+from helpers import HF_CLASSES, hf_checkpoint, random_batch, tiny_config
 
-HF_CLASSES = {
-    "base": transformers.BertModel,
-    "pretraining": transformers.BertForPreTraining,
-    "qa": transformers.BertForQuestionAnswering,
-    "classification": transformers.BertForSequenceClassification,
-}
-
-
-def _hf_dir(tmp_path, head, name="hf", safe=True, **cfg_extra):
-    torch.manual_seed(1)
-    cfg = tiny_config()
-    model = HF_CLASSES[head](hf_config(cfg, **cfg_extra))
-    with torch.no_grad():  # make every tensor distinctive, LayerNorms included
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    out = tmp_path / name
-    model.save_pretrained(out, safe_serialization=safe)
-    return out, model
 
 
 @pytest.mark.parametrize("head", ["base", "pretraining", "qa", "classification"])
 def test_hf_native_hf_round_trip_is_bit_exact(tmp_path, head):
-    src, _ = _hf_dir(tmp_path, head, **({"num_labels": 3} if head == "classification" else {}))
+    src, _ = hf_checkpoint(tmp_path, head, **({"num_labels": 3} if head == "classification" else {}))
     ckpt = load_checkpoint(src)
     assert ckpt.format == "hf"
     native = save_checkpoint_as(ckpt, tmp_path / "native", to="native")
@@ -58,7 +39,7 @@ def test_hf_native_hf_round_trip_is_bit_exact(tmp_path, head):
 
 def test_hf_pytorch_model_bin_without_bert_prefix(tmp_path):
     """A BertModel saved as pytorch_model.bin: names without `bert.`."""
-    src, theirs = _hf_dir(tmp_path, "base", safe=False)
+    src, theirs = hf_checkpoint(tmp_path, "base", safe=False)
     weights = src / "model.safetensors"
     if weights.exists():  # transformers 5 always writes safetensors; make the .bin by hand
         state = load_file(str(weights))
@@ -77,7 +58,7 @@ def test_hf_pytorch_model_bin_without_bert_prefix(tmp_path):
 
 
 def test_classification_labels_survive_conversion(tmp_path):
-    src, _ = _hf_dir(tmp_path, "classification", num_labels=2,
+    src, _ = hf_checkpoint(tmp_path, "classification", num_labels=2,
                      id2label={0: "not_equivalent", 1: "equivalent"},
                      label2id={"not_equivalent": 0, "equivalent": 1})
     ckpt = load_checkpoint(src)
@@ -101,7 +82,7 @@ def test_native_save_load_round_trip(tmp_path):
 
 
 def test_pretraining_checkpoint_into_qa_model_initialises_head(tmp_path):
-    src, _ = _hf_dir(tmp_path, "pretraining")
+    src, _ = hf_checkpoint(tmp_path, "pretraining")
     model = BertForQuestionAnswering(tiny_config())
     report = load_into(model, load_checkpoint(src))
     assert report.initialized == ["qa_outputs.weight", "qa_outputs.bias"]
@@ -109,13 +90,13 @@ def test_pretraining_checkpoint_into_qa_model_initialises_head(tmp_path):
 
 
 def test_missing_head_is_an_error_when_required(tmp_path):
-    src, _ = _hf_dir(tmp_path, "base")
+    src, _ = hf_checkpoint(tmp_path, "base")
     with pytest.raises(CheckpointError, match="no trained head"):
         load_into(BertForQuestionAnswering(tiny_config()), load_checkpoint(src), require_head=True)
 
 
 def test_mismatch_lists_missing_unexpected_and_misshaped(tmp_path):
-    src, _ = _hf_dir(tmp_path, "pretraining")
+    src, _ = hf_checkpoint(tmp_path, "pretraining")
     state = load_file(str(src / "model.safetensors"))
     del state["bert.encoder.layer.1.output.dense.weight"]
     state["bert.encoder.layer.0.attention.self.extra.weight"] = torch.zeros(2)
@@ -130,7 +111,7 @@ def test_mismatch_lists_missing_unexpected_and_misshaped(tmp_path):
 
 
 def test_truncated_safetensors(tmp_path):
-    src, _ = _hf_dir(tmp_path, "base")
+    src, _ = hf_checkpoint(tmp_path, "base")
     weights = src / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read safetensors file"):
@@ -146,7 +127,7 @@ def test_directory_without_checkpoint(tmp_path):
 
 
 def test_hf_config_with_unknown_key_names_it(tmp_path):
-    src, _ = _hf_dir(tmp_path, "base")
+    src, _ = hf_checkpoint(tmp_path, "base")
     cfg = json.loads((src / "config.json").read_text())
     cfg["hidden_sizes"] = 3
     (src / "config.json").write_text(json.dumps(cfg))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from bertforge.checkpoint.load import load_checkpoint
-from bertforge.checkpoint.save import save_checkpoint_as
+from bertforge.checkpoint.save import prepare_destination, save_checkpoint_as
 from bertforge.errors import ConfigError
 
 
@@ -33,7 +33,8 @@ class ConvertArgs:
     format: Literal["auto", "native", "hf", "tf", "nvidia"] = "auto"
     """Force the source format instead of detecting it."""
     force: bool = False
-    """Overwrite files in a non-empty destination."""
+    """Replace the checkpoint in a non-empty destination (its checkpoint files are removed first;
+    any other file there is an error, never deleted)."""
 
 
 @dataclass
@@ -49,8 +50,7 @@ class InfoArgs:
 
 def convert(args: ConvertArgs) -> Path:
     dst = Path(args.dst)
-    if dst.exists() and any(dst.iterdir()) and not args.force:
-        raise ConfigError(f"{dst} exists and is not empty; pass --force to overwrite its files")
+    prepare_destination(dst, args.force)  # refuse before the (slow) read of the source
     ckpt = load_checkpoint(args.src, config=args.bert_model, format=args.format)
     if args.vocab_file:
         if not Path(args.vocab_file).is_file():
@@ -58,7 +58,7 @@ def convert(args: ConvertArgs) -> Path:
         ckpt.vocab_file = Path(args.vocab_file)
     if args.do_lower_case is not None:
         ckpt.do_lower_case = args.do_lower_case
-    out = save_checkpoint_as(ckpt, dst, to=args.to)
+    out = save_checkpoint_as(ckpt, dst, to=args.to, overwrite=args.force)
     print(f"converted {ckpt.format} checkpoint {args.src} -> {args.to} {out} "
           f"({sum(v.numel() for v in ckpt.state.values()) / 1e6:.1f}M values"
           f"{', no vocab.txt: pass --vocab_file' if ckpt.vocab_file is None else ''})")

@@ -154,13 +154,15 @@ def infer_do_lower_case(path: Path) -> bool | None:
 
 # ---- writing -----------------------------------------------------------------------------
 
+TMP_PREFIX = ".tmp-"  # the temporary directory of a write in progress (or interrupted)
+
 
 def atomic_dir_write(out_dir: Path, write: Callable[[Path], None], last: str | None = None) -> None:
     """Call `write(tmp)` on a temporary directory inside `out_dir`, then move each file it wrote
     into `out_dir` with os.replace, `last` (the file that marks the checkpoint complete) last:
     a crash never leaves a half-written weights file under its final name."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=TMP_PREFIX) as tmp:
         tmp_path = Path(tmp)
         write(tmp_path)
         names = sorted(p.name for p in tmp_path.iterdir())

@@ -1,23 +1,75 @@
 """Writing a loaded checkpoint in bertforge's format or Hugging Face's (the second half of
-`bertforge convert`)."""
+`bertforge convert`), into a directory that holds nothing else.
+
+A conversion over an earlier one (`--force`) first removes the earlier checkpoint's files: a
+file left behind (a native `bertforge.json` beside new Hugging Face weights, an old vocab.txt)
+would change how the directory is read. Only files a checkpoint consists of are removed; any
+other entry makes the conversion refuse, naming it, so a user's own files are never deleted.
+"""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
-from bertforge.checkpoint.common import Checkpoint
-from bertforge.checkpoint.hf import save_hf
-from bertforge.checkpoint.native import save_native_checkpoint
+from bertforge.checkpoint.common import TMP_PREFIX, Checkpoint
+from bertforge.checkpoint.hf import WEIGHT_FILES, save_hf
+from bertforge.checkpoint.native import NATIVE_CONFIG, NATIVE_META, NATIVE_WEIGHTS, save_native_checkpoint
 from bertforge.errors import ConfigError
 
 TARGETS = ("native", "hf")
 
+# Files of a checkpoint directory in any format bertforge reads or writes (tokenizer files
+# included: transformers' save_pretrained writes them beside the weights).
+CHECKPOINT_FILES = frozenset({
+    NATIVE_META, NATIVE_CONFIG, NATIVE_WEIGHTS, *WEIGHT_FILES, "bert_config.json", "vocab.txt",
+    "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
+})
+_SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
 
-def save_checkpoint_as(ckpt: Checkpoint, out_dir: str | Path, to: str = "native") -> Path:
-    """Write a loaded checkpoint in bertforge's format or Hugging Face's."""
+
+def _is_checkpoint_entry(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir():
+        return path.name in CHECKPOINT_FILES or _SHARD.fullmatch(path.name) is not None
+    return path.name.startswith(TMP_PREFIX)  # left by an interrupted write
+
+
+def prepare_destination(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The entries an earlier checkpoint left in `out_dir`, to remove before writing there.
+
+    ConfigError when `out_dir` is not empty and `overwrite` is False, or when it holds anything
+    that is not part of a checkpoint (named in the message). Removes nothing itself."""
+    if not out_dir.exists():
+        return []
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} exists and is not a directory")
+    entries = sorted(out_dir.iterdir())
+    if not entries:
+        return []
+    if not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; pass --force to replace the "
+                          "checkpoint in it")
+    foreign = [p.name for p in entries if not _is_checkpoint_entry(p)]
+    if foreign:
+        raise ConfigError(f"{out_dir} holds entries that are not part of a checkpoint: "
+                          f"{', '.join(foreign)}; bertforge does not delete them: move them away "
+                          "or choose another destination")
+    return entries
+
+
+def save_checkpoint_as(ckpt: Checkpoint, out_dir: str | Path, to: str = "native",
+                       overwrite: bool = False) -> Path:
+    """Write a loaded checkpoint in bertforge's format or Hugging Face's into `out_dir`.
+    `overwrite` replaces an earlier checkpoint there (see the module docstring)."""
     if to not in TARGETS:
         raise ConfigError(f"--to must be 'native' or 'hf', got {to!r}")
     out_dir = Path(out_dir)
+    for entry in prepare_destination(out_dir, overwrite):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     if to == "native":
         return save_native_checkpoint(ckpt, out_dir)
     return save_hf(ckpt, out_dir)
