@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +150,50 @@ def test_real_minilm_converts_to_hf_and_back(tmp_path):
     for key, value in original.items():
         assert torch.equal(result[key], value), key
     shutil.rmtree(tmp_path / "native")
+
+
+@pytest.mark.parametrize("entry", ["../outside/weights.safetensors", "absolute", "../../../../etc/passwd",
+                                   "sub/../../outside/weights.safetensors"])
+def test_shard_index_entry_outside_the_directory_is_refused(tmp_path, entry):
+    """A shard index is data from the checkpoint's author: it must not open files elsewhere,
+    even when the file there is a perfectly good checkpoint."""
+    src, _ = hf_checkpoint(tmp_path, "base")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(src / "model.safetensors", outside / "weights.safetensors")
+    if entry == "absolute":
+        entry = str(outside / "weights.safetensors")
+    names = load_file(str(outside / "weights.safetensors"))
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {name: entry for name in names}}))
+    with pytest.raises(CheckpointError, match="leaves the checkpoint directory") as err:
+        load_checkpoint(src)
+    assert repr(entry) in str(err.value) and "model.safetensors.index.json" in str(err.value)
+
+
+def test_shard_index_naming_an_index_is_refused(tmp_path):
+    src, _ = hf_checkpoint(tmp_path, "base")
+    (src / "model.safetensors").unlink()
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"embeddings.word_embeddings.weight": "model.safetensors.index.json"}}))
+    with pytest.raises(CheckpointError, match=r"shard 'model\.safetensors\.index\.json' is not a "
+                                              r"\.safetensors or \.bin file"):
+        load_checkpoint(src)
+
+
+def test_sharded_checkpoint_whose_shards_link_elsewhere_loads(tmp_path):
+    """The Hugging Face cache's layout: shard names inside the snapshot directory are symlinks
+    into a blobs directory beside it. Only the names in the index are checked, not link targets."""
+    src, theirs = hf_checkpoint(tmp_path, "base")
+    theirs.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    sharded = tmp_path / "sharded"
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for i, shard in enumerate(shards):
+        shutil.move(shard, blobs / f"blob{i}")
+        shard.symlink_to(Path("..") / "blobs" / f"blob{i}")
+    ckpt, reference = load_checkpoint(sharded), load_checkpoint(src)
+    assert ckpt.state.keys() == reference.state.keys()
+    assert all(torch.equal(ckpt.state[k], reference.state[k]) for k in ckpt.state)

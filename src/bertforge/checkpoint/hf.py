@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from safetensors.torch import save_file
@@ -173,18 +173,33 @@ def find_weights(directory: Path) -> Path | None:
     return None
 
 
+def _shard_path(index_path: Path, shard: object) -> Path:
+    """Where a shard index's entry points, refusing any entry that could name a file outside
+    the index's directory. The check is on the name, not on where symlinks lead: the Hugging
+    Face cache links every snapshot file into a `blobs` directory beside the snapshot."""
+    if not isinstance(shard, str) or not shard:
+        raise CheckpointError(f"{index_path}: weight_map entry {shard!r} is not a file name")
+    posix, windows = PurePosixPath(shard), PureWindowsPath(shard)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in windows.parts:
+        raise CheckpointError(f"{index_path}: shard {shard!r} leaves the checkpoint directory; "
+                              "an index may only name files beside it")
+    if not shard.endswith((".safetensors", ".bin")):
+        raise CheckpointError(f"{index_path}: shard {shard!r} is not a .safetensors or .bin file")
+    return index_path.parent / shard
+
+
 def read_weights(path: Path) -> dict[str, Tensor]:
     """One weights file, or a sharded checkpoint through its index JSON."""
     if path.name.endswith(".index.json"):
         try:
             index = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            shards = sorted({_shard_path(path, shard) for shard in index.values()})
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{path}: not a valid shard index ({e})") from None
         state: dict[str, Tensor] = {}
-        for shard in sorted(set(index.values())):
-            shard_path = path.parent / shard
+        for shard_path in shards:
             if not shard_path.is_file():
-                raise CheckpointError(f"{path}: shard {shard} is missing")
+                raise CheckpointError(f"{path}: shard {shard_path.relative_to(path.parent)} is missing")
             state.update(read_weights(shard_path))
         return state
     if path.suffix == ".safetensors":
