@@ -70,3 +70,32 @@ def test_bad_json_names_line(tmp_path):
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="tiny, mini, small, medium, base, large"):
         resolve_config("huge")
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("initializer_range", NAN, "'initializer_range' must be a positive finite number, got nan"),
+    ("initializer_range", INF, "'initializer_range' must be a positive finite number, got inf"),
+    ("initializer_range", -0.02, "'initializer_range' must be a positive finite number, got -0.02"),
+    ("initializer_range", 0, "'initializer_range' must be a positive finite number, got 0.0"),
+    ("layer_norm_eps", 0, "'layer_norm_eps' must be a positive finite number, got 0.0"),
+    ("layer_norm_eps", -1e-12, "'layer_norm_eps' must be a positive finite number, got -1e-12"),
+    ("layer_norm_eps", NAN, "'layer_norm_eps' must be a positive finite number, got nan"),
+    ("layer_norm_eps", INF, "'layer_norm_eps' must be a positive finite number, got inf"),
+    ("hidden_dropout_prob", NAN, r"'hidden_dropout_prob' must be in \[0, 1\), got nan"),
+    ("attention_probs_dropout_prob", 1.0, r"'attention_probs_dropout_prob' must be in \[0, 1\), got 1.0"),
+    ("classifier_dropout", -0.1, r"'classifier_dropout' must be in \[0, 1\), got -0.1"),
+    ("classifier_dropout", INF, r"'classifier_dropout' must be in \[0, 1\), got inf"),
+])
+def test_non_finite_and_out_of_range_floats_are_named(tmp_path, key, value, message):
+    """JSON files may hold NaN and Infinity (Python's json reads and writes them)."""
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps(dict(GOOGLE_BASE, **{key: value})))
+    assert ("NaN" in path.read_text()) == (value != value)  # the literal really is in the file
+    with pytest.raises(ConfigError, match=message) as err:
+        BertConfig.from_json(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(ConfigError, match=message):
+        BertConfig(**{key: value})

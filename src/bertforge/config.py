@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,15 @@ class BertConfig:
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(
                 f"{source}: 'hidden_act' is {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
+        # Written so that NaN fails too: every comparison with NaN is False.
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             p = getattr(self, name)
             if p is not None and not 0.0 <= p < 1.0:
                 raise ConfigError(f"{source}: '{name}' must be in [0, 1), got {p}")
+        for name in ("initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{source}: '{name}' must be a positive finite number, got {float(value)}")
 
     # ---- reading -------------------------------------------------------------------------
 
