@@ -32,6 +32,7 @@ _IGNORED_KEYS = frozenset({
     "pooler_num_attention_heads", "pooler_num_fc_layers", "pooler_size_per_head", "pooler_type",
     "tokenizer_class", "prefix", "task_specific_params", "output_past", "torchscript",
     "_attn_implementation_autoset", "attn_implementation", "_attn_implementation",
+    "output_all_encoded_layers",  # NVIDIA DLE's BertConfig writes this output option
 })
 
 # Keys that are only fine with one value: anything else would be a different model.

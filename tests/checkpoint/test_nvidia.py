@@ -171,3 +171,31 @@ def test_not_a_checkpoint(tmp_path):
     good.write_bytes(good.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="cannot read PyTorch checkpoint"):
         load_checkpoint(good)
+
+
+@pytest.mark.parametrize("names,config_vocab", [("dle", PADDED), ("dle", VOCAB), ("hf", VOCAB)],
+                         ids=["dle-names-padded-config", "dle-names-google-config", "hf-names"])
+def test_run_squad_output_directory(tmp_path, names, config_vocab):
+    """DLE's run_squad.py saves `{"model": state_dict}` as pytorch_model.bin, and beside it the
+    bert_config.json of its own BertConfig: vocab_size already padded, plus a key of its own."""
+    theirs = randomized(transformers.BertForQuestionAnswering(hf_config(tiny_config(vocab_size=VOCAB))))
+    state = dle_state(theirs.state_dict()) if names == "dle" else dict(theirs.state_dict())
+    out = tmp_path / "squad_output"
+    out.mkdir()
+    torch.save({"model": state}, out / "pytorch_model.bin")
+    cfg = tiny_config(vocab_size=config_vocab)
+    (out / "bert_config.json").write_text(json.dumps({
+        "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "hidden_size": cfg.hidden_size, "initializer_range": 0.02,
+        "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
+        "num_attention_heads": cfg.num_attention_heads, "num_hidden_layers": cfg.num_hidden_layers,
+        "type_vocab_size": cfg.type_vocab_size, "vocab_size": config_vocab,
+        "output_all_encoded_layers": False}))
+    batch = random_batch(tiny_config(vocab_size=VOCAB), seq=16, seed=2)
+    for path in (out, out / "pytorch_model.bin"):
+        ckpt = load_checkpoint(path)
+        assert ckpt.heads == {"qa"}
+        assert ckpt.config.vocab_size == (PADDED if names == "dle" else VOCAB)
+        model = build_model(ckpt.config, "qa").eval()
+        load_into(model, ckpt, require_head=True)
+        assert_same_qa_logits(model, theirs, batch)

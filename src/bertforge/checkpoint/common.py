@@ -8,6 +8,8 @@ in this package, except that formats read through Hugging Face names use `hf`'s 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import pickle
 import re
@@ -24,6 +26,8 @@ from torch import Tensor
 
 from bertforge.config import BertConfig, find_config_file, resolve_config
 from bertforge.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,6 +154,29 @@ def infer_do_lower_case(path: Path) -> bool | None:
         if ("uncased" in words) != ("cased" in words):
             return "uncased" in words
     return None
+
+
+VOCAB_PAD_MULTIPLE = 8  # NVIDIA DLE's scripts pad the vocabulary to a multiple of this
+
+
+def adopt_padded_vocab(config: BertConfig, state: dict[str, Tensor], source: str) -> BertConfig:
+    """`config` with vocab_size set to the word embeddings' row count when the checkpoint is
+    DLE-padded (rows = vocab_size rounded up to a multiple of 8); unchanged otherwise.
+
+    The rows are kept, not cut: the model is then exactly the one that was trained, MLM softmax
+    included, and the extra rows are never looked up (the tokenizer's ids stay below the vocab
+    file's size)."""
+    embeddings = state.get("bert.embeddings.word_embeddings.weight")
+    if embeddings is None or embeddings.shape[0] == config.vocab_size:
+        return config
+    rows = int(embeddings.shape[0])
+    padded = -(-config.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+    if rows != padded:
+        return config  # not DLE's padding: load_into reports the mismatch
+    log.info("%s: vocabulary padded to a multiple of %d (%d rows for vocab_size %d); using "
+             "vocab_size=%d. Ids from %d up are never produced by the tokenizer",
+             source, VOCAB_PAD_MULTIPLE, rows, config.vocab_size, rows, config.vocab_size)
+    return dataclasses.replace(config, vocab_size=rows)
 
 
 # ---- writing -----------------------------------------------------------------------------

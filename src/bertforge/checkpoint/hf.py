@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bertforge.checkpoint.common import (
-    Checkpoint, atomic_dir_write, config_beside, read_safetensors, read_torch_file, vocab_beside,
+    Checkpoint, adopt_padded_vocab, atomic_dir_write, config_beside, read_safetensors, read_torch_file,
+    state_dict_of, vocab_beside,
 )
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
@@ -76,9 +77,13 @@ ARCHITECTURES = {
 
 
 def _canonical_hf_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Add the `bert.` prefix where a BertModel checkpoint lacks it; old gamma/beta names."""
+    """Hugging Face names from their dialects: the `bert.` prefix a BertModel checkpoint lacks,
+    pytorch-pretrained-BERT's LayerNorm gamma/beta, the `module.` prefix of a model saved from
+    inside DistributedDataParallel, and NVIDIA DLE's `dense_act` (its fused Linear+activation
+    layers: intermediate, pooler, MLM transform)."""
     out = {}
     for key, value in state.items():
+        key = key.removeprefix("module.").replace(".dense_act.", ".dense.")
         key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
         key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
         if key.startswith(("embeddings.", "encoder.", "pooler.")):
@@ -204,10 +209,8 @@ def read_weights(path: Path) -> dict[str, Tensor]:
         return state
     if path.suffix == ".safetensors":
         return read_safetensors(path)
-    state = read_torch_file(path)
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict)")
-    return state
+    # NVIDIA DLE's run_squad.py saves {"model": state_dict} under this very name.
+    return state_dict_of(read_torch_file(path), path)
 
 
 def read_hf_config(directory: Path) -> tuple[BertConfig, dict]:
@@ -248,6 +251,7 @@ def load_hf(path: Path, config: str | Path | BertConfig | None = None) -> Checkp
         except json.JSONDecodeError:
             log.warning("%s: not valid JSON; ignoring it", tok_cfg)
     state = hf_to_native(read_weights(weights), source=str(weights))
+    cfg = adopt_padded_vocab(cfg, state, str(weights))
     return Checkpoint(cfg, state, path, "hf", labels=labels, vocab_file=vocab_beside(path),
                       do_lower_case=do_lower_case)
 

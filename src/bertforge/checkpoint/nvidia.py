@@ -6,7 +6,7 @@ What DLE writes (PyTorch/LanguageModeling/BERT):
   run_glue.py: `{'model': state_dict}`. A bare state dict is accepted too.
 - Its modeling.py names are Hugging Face's except that fused Linear+activation layers are called
   `dense_act` (intermediate, pooler, MLM transform); a model saved from inside DDP carries a
-  `module.` prefix. Both are renamed here, then `hf.hf_to_native` does the rest.
+  `module.` prefix. `hf.hf_to_native` reads both as dialects of Hugging Face names.
 - Vocabulary padding: DLE's scripts (run_pretraining.py, run_squad.py, ...) round vocab_size up
   to a multiple of 8 for tensor cores, so bert_config.json says 30522 while the word embeddings
   and MLM bias have 30528 rows.
@@ -24,25 +24,22 @@ the file is executed, and only the `model` entry is used.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import pickle
 import types
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from bertforge.checkpoint.common import (
-    Checkpoint, config_beside, infer_do_lower_case, read_torch_file, state_dict_of, vocab_beside,
+    Checkpoint, adopt_padded_vocab, config_beside, infer_do_lower_case, read_torch_file, state_dict_of,
+    vocab_beside,
 )
 from bertforge.checkpoint.hf import hf_to_native
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
-
-VOCAB_PAD_MULTIPLE = 8  # DLE's scripts pad the vocabulary to a multiple of this
 
 
 # ---- reading the file safely ---------------------------------------------------------------
@@ -109,34 +106,6 @@ def read_dle_file(path: Path) -> dict:
         return obj
 
 
-# ---- names ---------------------------------------------------------------------------------
-
-
-def dle_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """DLE names -> Hugging Face names: no `module.` prefix, `dense_act` -> `dense`."""
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").replace(".dense_act.", ".dense.")
-        out[key] = value
-    return out
-
-
-def adopt_padded_vocab(config: BertConfig, state: dict[str, Tensor], source: str) -> BertConfig:
-    """`config` with vocab_size set to the word embeddings' row count when the checkpoint is
-    DLE-padded (rows = vocab_size rounded up to a multiple of 8); unchanged otherwise."""
-    embeddings = state.get("bert.embeddings.word_embeddings.weight")
-    if embeddings is None or embeddings.shape[0] == config.vocab_size:
-        return config
-    rows = int(embeddings.shape[0])
-    padded = -(-config.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
-    if rows != padded:
-        return config  # not DLE's padding: load_into reports the mismatch
-    log.info("%s: vocabulary padded to a multiple of %d (%d rows for vocab_size %d); using "
-             "vocab_size=%d. Ids from %d up are never produced by the tokenizer",
-             source, VOCAB_PAD_MULTIPLE, rows, config.vocab_size, rows, config.vocab_size)
-    return dataclasses.replace(config, vocab_size=rows)
-
-
 def _weights_file(path: Path) -> Path:
     if not path.is_dir():
         return path
@@ -154,12 +123,10 @@ def load_nvidia_checkpoint(path: str | Path, config: str | Path | BertConfig | N
     weights = _weights_file(path)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint not found: {weights}")
-    state = dle_to_hf(state_dict_of(read_dle_file(weights), weights))
-    native = hf_to_native(state, source=str(weights))
+    native = hf_to_native(state_dict_of(read_dle_file(weights), weights), source=str(weights))
     cfg = adopt_padded_vocab(config_beside(path, config, "NVIDIA DLE"), native, str(weights))
     return Checkpoint(cfg, native, path, "nvidia", vocab_file=vocab_beside(path),
                       do_lower_case=infer_do_lower_case(path))
 
 
-__all__ = ["load_nvidia_checkpoint", "read_dle_file", "dle_to_hf",
-           "adopt_padded_vocab", "VOCAB_PAD_MULTIPLE"]
+__all__ = ["load_nvidia_checkpoint", "read_dle_file"]
