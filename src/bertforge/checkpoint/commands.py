@@ -19,7 +19,8 @@ class ConvertArgs:
     """Convert a checkpoint (format detected: bertforge, Hugging Face, Google TF, NVIDIA DLE)."""
 
     src: str
-    """The checkpoint: a directory, a weights file, or a TF checkpoint prefix (bert_model.ckpt)."""
+    """The checkpoint: a directory, a weights file, a TF checkpoint prefix (bert_model.ckpt), or a
+    Hugging Face Hub model id (bert-base-uncased, user/model)."""
     dst: str
     """The output directory."""
     to: Literal["native", "hf"] = "native"
@@ -42,6 +43,7 @@ class InfoArgs:
     """Print what a checkpoint holds."""
 
     checkpoint: str
+    """A checkpoint directory, weights file, TF checkpoint prefix, or Hugging Face Hub model id."""
     bert_model: str | None = None
     """The bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
     json: bool = False

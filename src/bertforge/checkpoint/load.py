@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bertforge.checkpoint import hub
 from bertforge.checkpoint.common import Checkpoint
 from bertforge.checkpoint.google import load_tf_checkpoint
 from bertforge.checkpoint.hf import WEIGHT_FILES, find_weights, load_hf
@@ -73,10 +74,12 @@ def load_checkpoint(path: str | Path, config: str | Path | BertConfig | None = N
                     format: str = "auto") -> Checkpoint:
     """Read a checkpoint of any supported format into bertforge names.
 
-    `config` (a BertConfig, preset name or config file) is needed only where the checkpoint has
-    none beside it (TF and DLE checkpoints usually come with a bert_config.json next to them).
+    `path` is a local path, or (as a string, when no such path exists) a Hugging Face Hub model
+    id such as "bert-base-uncased" or "user/model", fetched into the Hugging Face cache (see
+    `hub`). `config` (a BertConfig, preset name or config file) is needed only where the
+    checkpoint has none beside it (TF and DLE checkpoints usually come with a bert_config.json).
     """
-    path = Path(path)
+    path = _local_path(path)
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -87,6 +90,15 @@ def load_checkpoint(path: str | Path, config: str | Path | BertConfig | None = N
     if fmt == "tf":
         return load_tf_checkpoint(path, config)
     return load_nvidia_checkpoint(path, config)
+
+
+def _local_path(source: str | Path) -> Path:
+    """`source` as a local path, fetching it from the Hugging Face Hub when it is an id there.
+    A Path object is always local."""
+    path = Path(source)
+    if path.exists() or Path(f"{path}.index").is_file() or not isinstance(source, str):
+        return path
+    return hub.fetch(source) if hub.is_hub_id(source) else path
 
 
 # ---- putting weights into a model --------------------------------------------------------
@@ -149,3 +161,4 @@ def _describe(config: BertConfig) -> str:
 def _short_list(items: list[str], limit: int = 12) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
