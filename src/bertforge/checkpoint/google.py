@@ -1,16 +1,9 @@
 """Google's TensorFlow BERT checkpoints (google-research/bert and its fine-tuning scripts).
 
-Variable names -> Hugging Face names here, then `hf.hf_to_native` -> bertforge names, so there
-is one map from Hugging Face names to ours. What Google's code names what:
-- modeling.py:         bert/embeddings/..., bert/encoder/layer_N/..., bert/pooler/dense/...
-- run_pretraining.py:  cls/predictions/... (MLM), cls/seq_relationship/... (NSP)
-- run_squad.py:        cls/squad/output_weights (2, H), cls/squad/output_bias
-- run_classifier.py:   output_weights (num_labels, H), output_bias (top level)
-Dense kernels are stored (in, out) and transposed to PyTorch's (out, in); the head
-`output_weights` are already (out, in). Optimizer state and bookkeeping (adam_m/adam_v slots,
-global_step, loss-scale variables) are not read at all: a pretraining checkpoint is three times
-the model. Any other variable is kept under its TensorFlow name, so that loading it into a
-model reports it as unexpected instead of dropping it silently.
+Variable names are mapped to Hugging Face names here, then `hf.hf_to_native` maps them to
+bertforge's; dense kernels are transposed from (in, out). Optimizer slots and bookkeeping are
+never read; any other unknown variable is kept so that `load_into` reports it. The names each of
+Google's scripts writes are listed in docs/checkpoints.md.
 """
 
 from __future__ import annotations

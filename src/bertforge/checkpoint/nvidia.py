@@ -1,24 +1,12 @@
 """NVIDIA DeepLearningExamples (DLE) PyTorch BERT checkpoints (`.pt`).
 
-What DLE writes (PyTorch/LanguageModeling/BERT):
-- run_pretraining.py: `torch.save({'model': state_dict, 'optimizer': ..., 'master params': [...],
-  'files': [...], 'epoch': n, 'data_loader': DataLoader or None})`; run_squad.py and
-  run_glue.py: `{'model': state_dict}`. A bare state dict is accepted too.
-- Its modeling.py names are Hugging Face's except that fused Linear+activation layers are called
-  `dense_act` (intermediate, pooler, MLM transform); a model saved from inside DDP carries a
-  `module.` prefix. `hf.hf_to_native` reads both as dialects of Hugging Face names.
-- Vocabulary padding: DLE's scripts (run_pretraining.py, run_squad.py, ...) round vocab_size up
-  to a multiple of 8 for tensor cores, so bert_config.json says 30522 while the word embeddings
-  and MLM bias have 30528 rows.
-  We adopt the checkpoint's row count as `config.vocab_size` (logged) instead of cutting rows:
-  the model is then exactly the one DLE trained, MLM softmax included, and the extra rows are
-  never looked up since the tokenizer produces ids below the vocab file's size.
+`{'model': state_dict, ...}` as run_pretraining.py saves it, or a bare state dict. DLE's names
+(`dense_act`, a DDP `module.` prefix) are read by `hf.hf_to_native` as dialects of Hugging Face
+names; its vocabulary padded to a multiple of 8 is adopted as vocab_size. A mid-pretraining file
+also pickles a DataLoader: it is read with an unpickler that runs none of the file's code.
 
-Safety: the file is read with `torch.load(weights_only=True)`. A mid-pretraining checkpoint
-also pickles its DataLoader (classes of DLE's own script), which weights_only refuses. Then the
-file is read again with an unpickler that resolves only the globals a state dict needs and
-turns every other class or function into an inert placeholder that never runs: no code from
-the file is executed, and only the `model` entry is used.
+DLE's `"hidden_act": "gelu"` is the exact (erf) GELU its scripts train with, which is what
+bertforge's "gelu" is, so the config is taken as written (sources in docs/checkpoints.md).
 """
 
 from __future__ import annotations

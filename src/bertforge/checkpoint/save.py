@@ -1,10 +1,9 @@
 """Writing a loaded checkpoint in bertforge's format or Hugging Face's (the second half of
 `bertforge convert`), into a directory that holds nothing else.
 
-A conversion over an earlier one (`--force`) first removes the earlier checkpoint's files: a
-file left behind (a native `bertforge.json` beside new Hugging Face weights, an old vocab.txt)
-would change how the directory is read. Only files a checkpoint consists of are removed; any
-other entry makes the conversion refuse, naming it, so a user's own files are never deleted.
+A conversion over an earlier one (`overwrite`, `--force`) first removes the earlier checkpoint's
+files, because one left behind changes how the directory is read; any other entry there makes
+it refuse, naming it, so a user's own files are never deleted.
 """
 
 from __future__ import annotations

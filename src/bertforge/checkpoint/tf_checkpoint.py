@@ -1,32 +1,9 @@
 """Read TensorFlow checkpoints (the V2 "tensor bundle" format) without TensorFlow.
 
-A checkpoint `<prefix>` is:
-- `<prefix>.index`: an immutable sorted table (LevelDB's SSTable layout, as TensorFlow's
-  `tsl/lib/io/table` writes it). Key "" holds a `BundleHeaderProto`; every other key is a
-  variable name whose value is a `BundleEntryProto` (dtype, shape, shard, offset, size, crc32c).
-- `<prefix>.data-SSSSS-of-NNNNN`: the tensors' raw bytes, little-endian, back to back.
-
-Table layout, from the end of the file:
-    footer (48 bytes):  metaindex handle, index handle (varint64 offset + size each), zero
-                        padding to 40 bytes, magic 0xdb4775248b80fb57 (fixed64)
-    block:              entries, restart offsets (fixed32 each), restart count (fixed32),
-                        then a 5-byte trailer: compression type (0 = none, 1 = snappy) and
-                        the masked crc32c of the block and that type byte
-    entry:              varint32 shared key bytes, varint32 unshared, varint32 value length,
-                        the unshared key suffix, the value
-The index block maps the last key of each data block to that block's handle.
-
-Supported: float16/32/64, int8/16/32/64, uint8/16/32/64, bool, and bfloat16 (returned as its
-raw uint16 bits; `read_torch` views it as torch.bfloat16); any number of data shards; prefix-
-compressed keys and any number of table blocks. Refused with a clear error: snappy-compressed
-table blocks (TensorFlow writes bundles uncompressed), variables saved in slices (partitioned
-variables; the error names them), big-endian bundles, other dtypes. String tensors are listed
-but never read (no BERT weight is a string).
-
-Checksums: with the `google-crc32c` package installed (its C implementation), every index block
-and every tensor read is checked against its masked crc32c, as TensorFlow does. Without it
-the reader still works and says so in the log; corruption is then caught only where it
-breaks the structure (sizes, offsets, magic).
+A checkpoint `<prefix>` is `<prefix>.index`, a LevelDB-style sorted table from variable name to
+BundleEntryProto (dtype, shape, shard, offset, size, crc32c), and `<prefix>.data-*-of-*`, the
+raw little-endian bytes. Checksums are verified when google-crc32c's C implementation is
+installed. The table layout, what is supported and what is refused: docs/checkpoints.md.
 """
 
 from __future__ import annotations
