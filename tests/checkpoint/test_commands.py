@@ -59,3 +59,19 @@ def test_non_empty_destination_needs_force(tmp_path):
     with pytest.raises(ConfigError, match="exists and is not empty; pass --force"):
         _convert(src, dst, "hf")
     assert detect_format(dst) == "native"
+
+
+def test_force_refuses_to_replace_the_source_itself(tmp_path):
+    src, _ = hf_checkpoint(tmp_path, "base")
+    native = tmp_path / "native"
+    _convert(src, native, "native")
+    for source in (native, native / "model.safetensors"):
+        with pytest.raises(ConfigError, match="holds what is being converted"):
+            _convert(source, native, "hf", force=True)
+    with pytest.raises(ConfigError, match=r"holds what is being converted \(.*vocab\.txt\)"):
+        (native / "vocab.txt").write_text("[PAD]\n")
+        convert(ConvertArgs(src=str(src), dst=str(native), to="hf", force=True,
+                            vocab_file=str(native / "vocab.txt")))
+    assert detect_format(native) == "native"
+    ckpt = load_checkpoint(native)
+    load_into(build_model(ckpt.config, "base"), ckpt, require_head=True)

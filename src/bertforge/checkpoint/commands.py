@@ -52,7 +52,8 @@ class InfoArgs:
 
 def convert(args: ConvertArgs) -> Path:
     dst = Path(args.dst)
-    prepare_destination(dst, args.force)  # refuse before the (slow) read of the source
+    given = (Path(args.src), Path(args.vocab_file) if args.vocab_file else None)
+    prepare_destination(dst, args.force, needed=given)  # refuse before the (slow) read of the source
     ckpt = load_checkpoint(args.src, config=args.bert_model, format=args.format)
     if args.vocab_file:
         if not Path(args.vocab_file).is_file():

@@ -34,11 +34,17 @@ def _is_checkpoint_entry(path: Path) -> bool:
     return path.name.startswith(TMP_PREFIX)  # left by an interrupted write
 
 
-def prepare_destination(out_dir: Path, overwrite: bool) -> list[Path]:
+def _within(path: Path, directory: Path) -> bool:
+    resolved = path.resolve()
+    return directory.resolve() in (resolved, *resolved.parents)
+
+
+def prepare_destination(out_dir: Path, overwrite: bool, needed: tuple[Path | None, ...] = ()) -> list[Path]:
     """The entries an earlier checkpoint left in `out_dir`, to remove before writing there.
 
-    ConfigError when `out_dir` is not empty and `overwrite` is False, or when it holds anything
-    that is not part of a checkpoint (named in the message). Removes nothing itself."""
+    ConfigError when `out_dir` is not empty and `overwrite` is False, when it holds anything
+    that is not part of a checkpoint (named in the message), or when it holds one of the
+    `needed` paths (the source checkpoint, its vocab file). Removes nothing itself."""
     if not out_dir.exists():
         return []
     if not out_dir.is_dir():
@@ -49,6 +55,10 @@ def prepare_destination(out_dir: Path, overwrite: bool) -> list[Path]:
     if not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; pass --force to replace the "
                           "checkpoint in it")
+    inside = [str(p) for p in needed if p is not None and _within(p, out_dir)]
+    if inside:
+        raise ConfigError(f"{out_dir} holds what is being converted ({', '.join(inside)}); replacing "
+                          "it would delete it: write into another directory")
     foreign = [p.name for p in entries if not _is_checkpoint_entry(p)]
     if foreign:
         raise ConfigError(f"{out_dir} holds entries that are not part of a checkpoint: "
@@ -64,7 +74,7 @@ def save_checkpoint_as(ckpt: Checkpoint, out_dir: str | Path, to: str = "native"
     if to not in TARGETS:
         raise ConfigError(f"--to must be 'native' or 'hf', got {to!r}")
     out_dir = Path(out_dir)
-    for entry in prepare_destination(out_dir, overwrite):
+    for entry in prepare_destination(out_dir, overwrite, needed=(ckpt.source, ckpt.vocab_file)):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
