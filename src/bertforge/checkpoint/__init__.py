@@ -4,9 +4,11 @@ Layout (each format module imports only `common`, and `hf`'s name map where it m
 Hugging Face names):
 - `common`:        the `Checkpoint` dataclass, weight-file readers, config/vocab/casing lookup.
 - `native`, `hf`, `google` (+ `tf_checkpoint`, the TF bundle reader), `nvidia`: one per format.
+- `hub`:           Hugging Face Hub model ids as sources, through huggingface_hub.
 - `load`:          format detection, `load_checkpoint`, `load_into`.
-- `save`:          `save_checkpoint_as` (native or Hugging Face).
+- `save`:          `save_checkpoint_as` (native or Hugging Face) into a clean directory.
 - `commands`:      the `convert` and `info` commands.
+Design notes: docs/checkpoints.md.
 """
 
 from bertforge.checkpoint.common import Checkpoint

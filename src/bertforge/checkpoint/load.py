@@ -8,6 +8,7 @@ Formats (see docs/checkpoints.md for what each holds):
 - tf:      a Google TensorFlow checkpoint (`bert_model.ckpt.index` + `.data-*`), read without
            TensorFlow.
 - nvidia:  an NVIDIA DeepLearningExamples `.pt` file.
+A string that is no local path but a Hugging Face Hub id is fetched first (`hub`).
 """
 
 from __future__ import annotations
