@@ -3,8 +3,9 @@
 Runs, in order of importance, each in its own process (a crash or a hang loses one row, not the
 table), until the time budget is spent:
 
-  sanity   the GPU-only fast paths compute the same function as the padded path (varlen and
-           jagged attention, compiled layers, CUDA-graph replay), forward and backward;
+  sanity   the GPU-only fast paths compute the same function as the padded path (FlashAttention
+           varlen with and without dropout, compiled layers, CUDA-graph replay), forward and
+           backward, and the unpadded forward with host-known lengths never syncs;
   targets  BERT-large against transformers' BERT (sdpa), same precision, inputs and optimizer;
   issue 6  SQuAD training step throughput per precision (fp32, tf32, bf16, fp16).
 
@@ -116,7 +117,7 @@ def sanity() -> dict:
     ids = (torch.randint(1, cfg.vocab_size, (B, T)).to(dev) * mask)
     types = torch.zeros_like(ids)
     real = mask.bool()
-    report: dict = {"torch": torch.__version__, "varlen_attn_available": bert_module._varlen_attn is not None}
+    report: dict = {"torch": torch.__version__, "flash_varlen_available": bert_module._flash_varlen_on(dev)}
 
     def rel(a, b):
         return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
@@ -144,16 +145,27 @@ def sanity() -> dict:
         out_c, g_c = fwd_bwd(compiled, dtype)
         report[f"compiled_unpad_vs_padded_{dtype_name}"] = {"out_rel": rel(out_c, out_p),
                                                              "grad_rel": rel(g_c, g_p)}
-    # Attention dropout on the unpadded path (jagged SDPA): runs forward and backward, and with
-    # p -> 0 it is the plain function.
-    qkv = torch.randn(int(lengths.sum()), 3, 4, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    layout = bert_module.Unpadded.from_mask(mask)
-    y = bert_module._jagged_attention(*qkv.unbind(1), layout, 0.1)
+    # Attention dropout on the unpadded path (FlashAttention varlen): runs forward and backward,
+    # and with p -> 0 it is the plain function.
+    host_lengths = lengths.tolist()
+    qkv = torch.randn(sum(host_lengths), 3, 4, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    layout = bert_module.Unpadded.from_mask(mask, host_lengths)
+    y = bert_module._flash_varlen_attention(*qkv.unbind(1), layout, 0.1)
     y.float().sum().backward()
-    plain = bert_module._jagged_attention(*qkv.detach().unbind(1), layout, 0.0)
+    plain = bert_module._flash_varlen_attention(*qkv.detach().unbind(1), layout, 0.0)
     ref = bert_module._padded_grid_attention(qkv.detach(), layout, 0.0)
-    report["jagged_dropout_runs"] = bool(torch.isfinite(qkv.grad).all())
-    report["jagged_vs_grid_bf16_rel"] = rel(plain, ref)
+    report["flash_dropout_runs"] = bool(torch.isfinite(qkv.grad).all())
+    report["flash_vs_grid_bf16_rel"] = rel(plain, ref)
+    # The unpadded forward with the lengths known on the host waits for nothing.
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            unpadded(ids, types, mask, seq_lengths=host_lengths)
+        report["unpadded_forward_sync_free"] = True
+    except RuntimeError as e:
+        report["unpadded_forward_sync_free"] = f"no: {e}"[:300]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     # CUDA-graph replay of the padded forward
     reference.eval()
     graphs = CudaGraphForward(reference, lambda m, x: m(**x)[0], torch.bfloat16)

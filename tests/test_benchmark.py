@@ -1,7 +1,5 @@
-"""`bertforge benchmark` and the fast paths it measures: results carry what they promise, the
-FLOP count matches an independent counter, and every fast path computes the same function as
-a plain reference (padded vs unpadded vs per-sequence vs jagged attention, grouped CPU
-inference, compiled layers, and transformers' BERT with the same weights)."""
+"""`bertforge benchmark`: results carry what they promise, and the FLOP count matches an
+independent counter. (The fast paths it measures are tested in tests/model/test_fast_paths.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +16,6 @@ from bertforge.benchmark import BenchmarkArgs, batch_flops, measure, run_benchma
 from bertforge.cli import main
 from bertforge.errors import ConfigError, DataError
 from bertforge.model import BertForPreTraining, BertForQuestionAnswering
-from bertforge.model import bert as bert_module
 from helpers import random_batch, tiny_config
 
 COMMON_KEYS = {"seq_per_s", "tokens_per_s", "step_ms_p50", "step_ms_p99", "model_tflops", "mfu",
@@ -191,120 +188,6 @@ def test_flops_count_real_tokens_only():
     alone = sum(_counted_forward_flops(model, **random_batch(cfg, batch=1, seq=n, min_len=n))
                 for n in (7, 31))
     assert batch_flops(cfg, args, [7, 31], training=False) == alone
-
-
-# ---- fast paths compute the same function -----------------------------------------------------
-
-
-def _reference_attention(qkv, lengths):
-    """Softmax attention written out per sequence, in float64: (N, 3, nh, hd) -> (N, nh, hd)."""
-    out, start = [], 0
-    for n in lengths:
-        q, k, v = qkv[start:start + n].double().unbind(1)  # each (n, nh, hd)
-        scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
-        out.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v))
-        start += n
-    return torch.cat(out).float()
-
-
-@pytest.mark.parametrize("path", ["per_sequence", "padded_grid", "jagged"])
-def test_unpadded_attention_kernels_match_reference(path):
-    torch.manual_seed(1)
-    lengths, T = [5, 13, 1, 9], 13
-    mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()
-    layout = bert_module.Unpadded.from_mask(mask)
-    qkv = torch.randn(sum(lengths), 3, 4, 8)
-    q, k, v = qkv.unbind(1)
-    if path == "per_sequence":
-        out = bert_module._per_sequence_attention(q, k, v, layout.lengths, 0.0)
-    elif path == "padded_grid":
-        out = bert_module._padded_grid_attention(qkv, layout, 0.0)
-    else:  # the CUDA path for attention dropout / fp32, run here on the CPU
-        out = bert_module._jagged_attention(q, k, v, layout, 0.0)
-    torch.testing.assert_close(out, _reference_attention(qkv, lengths), rtol=1e-5, atol=1e-5)
-
-
-def test_unpadded_layout_without_padding_is_the_padded_layout():
-    assert bert_module.Unpadded.from_mask(torch.ones(3, 7, dtype=torch.long)) is None
-
-
-@pytest.mark.parametrize("unpad", [False, True])
-def test_grouped_cpu_inference_equals_one_pass(monkeypatch, unpad):
-    """CPU inference encodes groups of sequences (allocator-friendly); with gradients on it
-    encodes the batch in one pass. Both give the same outputs."""
-    cfg = tiny_config(max_position_embeddings=64)
-    model = BertForQuestionAnswering(cfg, unpad=unpad).eval()
-    batch = random_batch(cfg, batch=7, seq=20, seed=4)
-    monkeypatch.setattr(bert_module, "CPU_GROUP_TOKENS", 40)
-    real = batch["attention_mask"] if unpad else None
-    assert len(bert_module._cpu_inference_groups(batch["input_ids"], real)) == 1  # gradients on
-    with torch.inference_mode():
-        groups = bert_module._cpu_inference_groups(batch["input_ids"], real)
-        grouped = model(**batch)
-    assert len(groups) > 2 and groups[0].start == 0 and groups[-1].stop == 7
-    assert all(a.stop == b.start for a, b in zip(groups, groups[1:]))  # consecutive, all covered
-    with torch.enable_grad():
-        one_pass = model(**batch)
-    mask = batch["attention_mask"].bool()
-    for a, b in zip(grouped, one_pass):
-        torch.testing.assert_close(a[mask], b.detach()[mask], rtol=1e-5, atol=1e-6)
-
-
-def test_cpu_inference_groups_count_real_tokens_when_unpadding():
-    ids = torch.zeros(6, 100, dtype=torch.long)
-    mask = (torch.arange(100)[None] < torch.tensor([30, 30, 30, 30, 100, 10])[:, None]).long()
-    with torch.inference_mode():
-        padded = bert_module._cpu_inference_groups(ids, None)
-        real = bert_module._cpu_inference_groups(ids, mask)
-    assert len(padded) == 1  # 600 tokens: one group
-    assert len(real) == 1
-    with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bert_module, "CPU_GROUP_TOKENS", 100)
-        groups = bert_module._cpu_inference_groups(ids, mask)
-        assert groups == [slice(0, 3), slice(3, 4), slice(4, 5), slice(5, 6)]
-        assert len(bert_module._cpu_inference_groups(ids, None)) == 6
-
-
-def test_padded_unpadded_and_hf_agree_on_varied_lengths():
-    import transformers
-    from bertforge.checkpoint import native_to_hf
-    from helpers import hf_config
-
-    cfg = tiny_config()
-    padded = BertForQuestionAnswering(cfg, unpad=False).eval()
-    unpadded = BertForQuestionAnswering(cfg, unpad=True).eval()
-    unpadded.load_state_dict(padded.state_dict())
-    theirs = transformers.BertForQuestionAnswering(hf_config(cfg)).eval()
-    theirs.load_state_dict(native_to_hf(padded.state_dict()))
-    batch = random_batch(cfg, batch=6, seq=17, seed=5)
-    mask = batch["attention_mask"].bool()
-    with torch.inference_mode():
-        ref = theirs(**batch).start_logits[mask]
-        for model in (padded, unpadded):
-            torch.testing.assert_close(model(**batch)[0][mask], ref, rtol=0, atol=1e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("unpad", [False, True])
-def test_compiled_layers_match_eager(unpad):
-    """torch.compile'd encoder layers (as training and CUDA inference run them) compute what the
-    eager layers compute, forward and backward."""
-    from bertforge.train.loop import compile_layers
-
-    cfg = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    eager = BertForQuestionAnswering(cfg, unpad=unpad)
-    compiled = BertForQuestionAnswering(cfg, unpad=unpad)
-    compiled.load_state_dict(eager.state_dict())
-    compile_layers(compiled)
-    batch = random_batch(cfg, batch=4, seq=12, seed=6)
-    mask = batch["attention_mask"].bool()
-    for model in (eager, compiled):
-        start, end = model(**batch)
-        (start[mask].sum() + (end[mask] ** 2).sum()).backward()
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(**batch)[0][mask], eager(**batch)[0][mask], rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_benchmark_flags_cover_the_issue():

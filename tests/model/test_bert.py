@@ -11,8 +11,8 @@ import transformers
 from bertforge.checkpoint import Checkpoint, load_checkpoint, load_into
 from bertforge.checkpoint import hf_to_native
 from bertforge.model import (
-    BertEncoderOnly, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
-    build_model,
+    HEADS, BertEncoderOnly, BertForPreTraining, BertForQuestionAnswering,
+    BertForSequenceClassification, build_model,
 )
 from bertforge.tokenization import WordPieceTokenizer
 from helpers import assert_same_qa_logits, hf_config, random_batch, tiny_config
@@ -44,6 +44,29 @@ def test_head_shapes():
     assert start.shape == end.shape == (3, 11)
     assert BertForSequenceClassification(cfg, num_labels=3)(**batch).shape == (3, 3)
     assert BertForSequenceClassification(cfg, num_labels=1)(**batch).shape == (3, 1)
+
+
+def _tensors(output) -> list[torch.Tensor]:
+    """A head's output (tensor, tuple of tensors or output dataclass) as a list of tensors."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return list(output) if isinstance(output, tuple) else list(vars(output).values())
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_every_head_takes_its_inputs_by_keyword(head):
+    """model(**inputs), as a data loader's batch dict calls it, with the host-known lengths."""
+    cfg = tiny_config()
+    model = build_model(cfg, head, unpad=True).eval()
+    inputs = random_batch(cfg, batch=3, seq=11)
+    if head == "pretraining":
+        inputs["masked_lm_positions"] = torch.tensor([[1, 2, 0], [3, 0, 0], [1, 1, 2]])
+    with torch.no_grad():
+        plain = _tensors(model(**inputs))
+        given = _tensors(model(**inputs, seq_lengths=inputs["attention_mask"].sum(1).tolist()))
+    assert len(plain) == len(given) >= 1
+    for a, b in zip(plain, given):
+        assert torch.equal(a, b)
 
 
 def test_mlm_decoder_is_tied_to_word_embeddings():
@@ -82,20 +105,6 @@ def test_padding_does_not_change_real_positions(unpad):
         with torch.no_grad():
             s3, _ = model(**alone)
         torch.testing.assert_close(s3[0], s1[i, :n], rtol=0, atol=1e-5)
-
-
-def test_unpadded_path_matches_padded_path_in_training_mode_gradients():
-    cfg = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    padded = BertForQuestionAnswering(cfg, unpad=False)
-    unpadded = BertForQuestionAnswering(cfg, unpad=True)
-    unpadded.load_state_dict(padded.state_dict())
-    batch = random_batch(cfg, batch=5, seq=10, seed=3)
-    mask = batch["attention_mask"].bool()
-    for model in (padded, unpadded):
-        start, end = model(**batch)
-        (start[mask].sum() + (end[mask] ** 2).sum()).backward()
-    for (name, p), q in zip(padded.named_parameters(), unpadded.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_parity_bertmodel_random_weights():

@@ -1,5 +1,6 @@
 """Optimizers and learning-rate schedules against independent implementations: LAMB as written
-in You et al. (2019), the schedules' closed forms, and which parameters are decayed."""
+in You et al. (2019) with NVIDIA's trust-ratio rule, the schedules' closed forms, and which
+parameters are decayed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bertforge.model import build_model
 from bertforge.runconfig import RuntimeArgs, TrainArgs
@@ -24,25 +26,26 @@ from helpers import random_batch, tiny_config
 
 
 def lamb_reference(weights: list[np.ndarray], grads: list[list[np.ndarray]], lrs: list[float],
-                   adapt: list[bool], weight_decay: float, betas=(0.9, 0.999), eps=1e-6) -> list[np.ndarray]:
-    """LAMB (You et al. 2019, Algorithm 2, with Adam's bias correction), one tensor at a time.
-    grads[t][i] is tensor i's gradient at step t + 1. Tensors with adapt=False (biases,
-    LayerNorm) get no weight decay and a trust ratio of 1. Where ||w|| or ||r|| is 0 the ratio
-    is 1, as in NVIDIA's FusedLAMB and Google's TF LAMB (the paper's phi(0) = 0 would freeze a
-    zero-initialised tensor for good)."""
+                   decays: list[float], betas=(0.9, 0.999), eps=1e-6) -> list[np.ndarray]:
+    """LAMB (You et al. 2019, Algorithm 2, with Adam's bias correction), one tensor at a time,
+    with NVIDIA's choice of which tensors get the trust ratio. grads[t][i] is tensor i's gradient
+    at step t + 1, decays[i] its weight decay. As NVIDIA's FusedLAMB (apex multi_tensor_lamb,
+    use_nvlamb=False) the ratio ||w|| / ||r|| applies only where the weight decay is non-zero,
+    and is 1 where ||w|| or ||r|| is 0, as in Google's TF LAMB too (the paper's phi(0) = 0 would
+    freeze a zero-initialised tensor for good)."""
     b1, b2 = betas
     out = []
     for i, w in enumerate(weights):
         w = w.astype(np.float64).copy()
         m, v = np.zeros_like(w), np.zeros_like(w)
-        decay = weight_decay if adapt[i] else 0.0
+        decay = decays[i]
         for t, (step_grads, lr) in enumerate(zip(grads, lrs), start=1):
             g = step_grads[i]
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
             r = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + decay * w
             w_norm, r_norm = np.linalg.norm(w), np.linalg.norm(r)
-            trust = w_norm / r_norm if adapt[i] and w_norm > 0 and r_norm > 0 else 1.0
+            trust = w_norm / r_norm if decay != 0 and w_norm > 0 and r_norm > 0 else 1.0
             w = w - lr * trust * r
         out.append(w)
     return out
@@ -60,19 +63,22 @@ class Toy(nn.Module):
         nn.init.zeros_(self.zero.weight)
 
 
-def test_lamb_matches_the_paper_formula():
-    torch.manual_seed(0)
+def _toy(seed: int = 0) -> Toy:
+    torch.manual_seed(seed)
     model = Toy().double()
     for p in model.parameters():  # LayerNorm starts at 1/0: give every tensor its own values
         if p is not model.zero.weight:
             p.data.normal_()
-    params = list(model.parameters())
-    initial = [p.detach().numpy().copy() for p in params]
-    weight_decay = 0.01
-    optimizer = build_optimizer(model, "lamb", 1e-2, weight_decay, torch.device("cpu"))
-    assert isinstance(optimizer, Lamb)
+    return model
+
+
+LRS = [1e-2, 5e-3, 2e-2, 1e-3, 8e-3, 1e-2]
+
+
+def _run(optimizer, params: list[nn.Parameter], lrs=LRS) -> list[list[np.ndarray]]:
+    """Steps with gradients of very different scales; returns them for the reference."""
     rng = np.random.default_rng(1)
-    grads, lrs = [], [1e-2, 5e-3, 2e-2, 1e-3, 8e-3, 1e-2]
+    grads = []
     for lr in lrs:
         step_grads = [rng.normal(scale=rng.choice([1e-4, 1e-2, 1.0]), size=p.shape) for p in params]
         for p, g in zip(params, step_grads):
@@ -81,13 +87,48 @@ def test_lamb_matches_the_paper_formula():
             group["lr"] = lr
         optimizer.step()
         grads.append(step_grads)
-    adapt = [p.ndim > 1 for p in params]
-    expected = lamb_reference(initial, grads, lrs, adapt, weight_decay)
+    return grads
+
+
+def _assert_matches_reference(params, initial, grads, decays):
+    expected = lamb_reference(initial, grads, LRS, decays)
     for p, want in zip(params, expected):
         np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12, atol=1e-15)
+
+
+def test_lamb_matches_the_paper_formula():
+    model = _toy()
+    params = list(model.parameters())
+    initial = [p.detach().numpy().copy() for p in params]
+    weight_decay = 0.01
+    optimizer = build_optimizer(model, "lamb", 1e-2, weight_decay, torch.device("cpu"))
+    assert isinstance(optimizer, Lamb)
+    grads = _run(optimizer, params)
+    _assert_matches_reference(params, initial, grads, [weight_decay if p.ndim > 1 else 0.0 for p in params])
     # the trust ratio was at work: a plain Adam step would have ended elsewhere
     dense = params[0].detach().numpy()
-    assert not np.allclose(dense, lamb_reference([initial[0]], [[g[0]] for g in grads], lrs, [False], 0.0)[0])
+    assert not np.allclose(dense, lamb_reference([initial[0]], [[g[0]] for g in grads], LRS, [0.0])[0])
+
+
+def test_lamb_without_weight_decay_is_adam_with_bias_correction():
+    """weight_decay 0 (a recipe may set it): no tensor gets the trust ratio, as in FusedLAMB."""
+    model = _toy()
+    params = list(model.parameters())
+    initial = [p.detach().numpy().copy() for p in params]
+    grads = _run(build_optimizer(model, "lamb", 1e-2, 0.0, torch.device("cpu")), params)
+    _assert_matches_reference(params, initial, grads, [0.0] * len(params))
+
+
+def test_lamb_trust_ratio_follows_weight_decay_not_shape():
+    model = _toy()
+    no_decay = [model.dense.weight, model.zero.weight]
+    decay = [model.dense.bias, model.kernel, model.norm.weight]
+    params = no_decay + decay
+    initial = [p.detach().numpy().copy() for p in params]
+    optimizer = Lamb([{"params": no_decay, "weight_decay": 0.0},
+                      {"params": decay, "weight_decay": 0.05}], lr=1e-2)
+    grads = _run(optimizer, params)
+    _assert_matches_reference(params, initial, grads, [0.0, 0.0, 0.05, 0.05, 0.05])
 
 
 def test_lamb_in_float32_matches_the_reference_to_float_precision():
@@ -95,12 +136,71 @@ def test_lamb_in_float32_matches_the_reference_to_float_precision():
     w = torch.randn(16, 8)
     g = [torch.randn(16, 8) * 1e-2 for _ in range(5)]
     p = nn.Parameter(w.clone())
-    optimizer = Lamb([{"params": [p], "weight_decay": 0.01, "adapt": True}], lr=1e-2, weight_decay=0.01)
+    optimizer = Lamb([{"params": [p], "weight_decay": 0.01}], lr=1e-2, weight_decay=0.01)
     for grad in g:
         p.grad = grad.clone()
         optimizer.step()
-    want = lamb_reference([w.double().numpy()], [[x.double().numpy()] for x in g], [1e-2] * 5, [True], 0.01)[0]
+    want = lamb_reference([w.double().numpy()], [[x.double().numpy()] for x in g], [1e-2] * 5, [0.01])[0]
     np.testing.assert_allclose(p.detach().double().numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+def _fast_route(lists: list[list[torch.Tensor]]) -> bool:
+    """When CUDA runs a foreach op as one multi-tensor kernel (ATen ForeachUtils.h,
+    check_fast_path_restrictions): one dtype and device, dense tensors, and tensor i of every
+    list with the sizes and strides of tensor i of the first list. Otherwise it falls back to
+    one kernel per tensor."""
+    first = lists[0][0]
+    for lst in lists:
+        for a, b in zip(lists[0], lst):
+            if (b.dtype != first.dtype or b.device != first.device or not b.is_contiguous()
+                    or a.shape != b.shape or a.stride() != b.stride()):
+                return False
+    return True
+
+
+class CudaLaunches(TorchDispatchMode):
+    """Kernels the ops dispatched would launch on CUDA: one per foreach op on its fast route,
+    one per tensor off it, one per other op; views launch none. Also notes reads back to host."""
+
+    def __init__(self):
+        super().__init__()
+        self.launches = 0
+        self.off_fast_route: list[str] = []
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            self.syncs.append(name)
+        lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+        if name.startswith("_foreach_"):
+            if _fast_route(lists):
+                self.launches += 1
+            else:
+                self.launches += len(lists[0])
+                self.off_fast_route.append(str(func))
+        elif not func.is_view:
+            self.launches += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("weight_decay", [0.01, 0.0])
+def test_lamb_step_launches_the_same_kernels_however_many_tensors(weight_decay):
+    """A BERT with 2 layers and one with 6 (56 more tensors, 24 of them with the trust ratio):
+    one step issues the same foreach ops, all on CUDA's multi-tensor fast route, and reads
+    nothing back to the host."""
+    counts = []
+    for layers in (2, 6):
+        model = build_model(tiny_config(num_hidden_layers=layers), "pretraining")
+        optimizer = build_optimizer(model, "lamb", 1e-3, weight_decay, torch.device("cpu"))
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        optimizer.step()  # the first step creates the state
+        with CudaLaunches() as launches:
+            optimizer.step()
+        assert launches.off_fast_route == [] and launches.syncs == []
+        counts.append(launches.launches)
+    assert counts[0] == counts[1] <= 30, counts
 
 
 # ---- which parameters decay ------------------------------------------------------------------

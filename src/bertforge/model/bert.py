@@ -7,14 +7,16 @@ Two layouts of the hidden states run through the same layers:
 - padded:   (B, T, H), with a key-padding mask for attention (none when nothing is padding);
 - unpadded: (N, H), N = the real tokens of the batch, sequences stored back to back and delimited
   by `cu_seqlens`, so embeddings, linear layers, GELU and LayerNorm spend no FLOPs on padding.
-  Only attention needs to know the layout (`Padded` / `Unpadded` below); it runs per sequence
-  too, through the fastest exact kernel the device has (`unpadded_attention`).
+  Only attention needs to know the layout (`Padded` / `Unpadded` below); `unpadded_attention`
+  picks its kernel per device and precision. docs/model.md records why, with measurements.
 Parameter names follow Google's / Hugging Face's so that checkpoint key maps stay short
 (`bertforge.checkpoint.hf` holds the map); query, key and value are one fused projection.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.config import BertConfig
+from bertforge.errors import DataError
 
-try:  # FlashAttention's variable-length kernel (CUDA, torch >= 2.9); absent on other builds.
-    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
-except ImportError:  # pragma: no cover - depends on the torch build
-    _varlen_attn = None
+# Whether this torch build ships FlashAttention (a compile-time property; no device is touched).
+_FLASH_BUILT = torch.backends.cuda.is_flash_attention_available()
 
 
 # ---- layouts -----------------------------------------------------------------------------
@@ -42,39 +43,50 @@ class Padded:
 
 @dataclass
 class Unpadded:
-    """Hidden states are (N, H): the real tokens of B sequences back to back.
-
-    indices:    (N,) positions of the real tokens in the flattened (B*T) padded grid
-    cu_seqlens: (B+1,) int32 cumulative sequence lengths, cu_seqlens[0] = 0
-    lengths:    the B sequence lengths, on the host (kernels and loops that need Python ints)
-    max_seqlen: longest sequence in the batch
-    batch, seqlen: B and T of the padded grid
-    """
+    """Hidden states are (N, H): the real tokens of B sequences back to back."""
 
     indices: Tensor
+    """(N,) int64 positions of the real tokens in the flattened (B*T) padded grid."""
     cu_seqlens: Tensor
+    """(B+1,) int32 cumulative sequence lengths on the tokens' device, cu_seqlens[0] = 0."""
     lengths: list[int]
+    """The B sequence lengths, on the host."""
     max_seqlen: int
+    """The longest sequence of the batch."""
     batch: int
+    """B of the padded grid."""
     seqlen: int
-    mask: Tensor  # (B, 1, 1, T) boolean SDPA mask, for attention kernels that need the padded grid
+    """T of the padded grid."""
+    mask: Tensor
+    """(B, 1, 1, T) boolean SDPA mask, True = real token, for kernels that run on the grid."""
+    flash_varlen: bool
+    """Whether the tokens' device runs FlashAttention's variable-length kernel."""
 
     @classmethod
-    def from_mask(cls, attention_mask: Tensor) -> "Unpadded | None":
-        """attention_mask: (B, T), 1 for real tokens. Real tokens need not be a prefix.
+    def from_mask(cls, attention_mask: Tensor, seq_lengths: Sequence[int] | None = None
+                  ) -> Unpadded | None:
+        """attention_mask: (B, T), 1 for real tokens; real tokens need not be a prefix.
+        seq_lengths: the B counts of real tokens per row, when the host knows them.
 
         None when no position is padding: then the padded layout without a mask is the same
-        function with no gathers and the fastest attention kernels. One host sync (the lengths).
+        function with no gathers and the fastest attention kernels. With seq_lengths nothing
+        waits for the device; without, reading the lengths back is the one host sync.
         """
         B, T = attention_mask.shape
-        lengths = attention_mask.sum(dim=1, dtype=torch.int32)
-        host_lengths = lengths.tolist()
-        if sum(host_lengths) == B * T:
+        mask_lengths = attention_mask.sum(dim=1, dtype=torch.int32)  # (B,)
+        if seq_lengths is None:
+            lengths = mask_lengths.tolist()
+        else:
+            lengths = list(seq_lengths)
+            _check_lengths_match_mask(mask_lengths, lengths)
+        n = sum(lengths)
+        if n == B * T:
             return None
-        cu = F.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
-        indices = torch.nonzero(attention_mask.flatten(), as_tuple=False).flatten()
-        return cls(indices, cu, host_lengths, max(host_lengths), B, T,
-                   attention_mask.bool()[:, None, None, :])
+        # nonzero_static: the output size is known, so no sync to learn it (as nonzero needs).
+        indices = torch.nonzero_static(attention_mask.flatten(), size=n).flatten()  # (N,)
+        cu_seqlens = F.pad(torch.cumsum(mask_lengths, dim=0, dtype=torch.int32), (1, 0))
+        return cls(indices, cu_seqlens, lengths, max(lengths), B, T,
+                   attention_mask.bool()[:, None, None, :], _flash_varlen_on(attention_mask.device))
 
     def unpad(self, x: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -87,11 +99,45 @@ class Unpadded:
         return out.view(self.batch, self.seqlen, *x.shape[1:])
 
     def positions(self) -> Tensor:
-        """(N,) position of each real token within its sequence."""
+        """(N,) position id of each real token: its column in the padded grid, as the padded
+        path counts positions (the same as its index in the sequence when padding is a suffix)."""
         return self.indices % self.seqlen
 
 
 Layout = Padded | Unpadded
+
+
+def _host_lengths(seq_lengths: Sequence[int], attention_mask: Tensor | None, batch: int,
+                  seqlen: int) -> list[int]:
+    """seq_lengths as a list of B ints in 0..T, or a DataError naming what is wrong."""
+    if attention_mask is None:
+        raise DataError("seq_lengths was given without attention_mask: the lengths count the "
+                        "mask's real tokens")
+    if isinstance(seq_lengths, Tensor):
+        raise DataError("seq_lengths must be a Python sequence of ints known on the host, not a "
+                        "tensor (reading a device tensor back would be the sync it avoids)")
+    try:
+        lengths = [operator.index(n) for n in seq_lengths]
+    except TypeError:
+        raise DataError(f"seq_lengths must hold ints, got {list(seq_lengths)!r}") from None
+    if len(lengths) != batch or not all(0 <= n <= seqlen for n in lengths):
+        raise DataError(f"seq_lengths must hold {batch} lengths in 0..{seqlen} (one per row of "
+                        f"attention_mask {tuple(attention_mask.shape)}), got {lengths}")
+    return lengths
+
+
+def _check_lengths_match_mask(mask_lengths: Tensor, lengths: list[int]) -> None:
+    """Lengths that disagree with the mask would send kernels past the packed tokens. The check
+    must not wait for the device: exact on the CPU, a device-side assertion elsewhere."""
+    expected = torch.tensor(lengths, dtype=torch.int32, pin_memory=mask_lengths.is_cuda)
+    expected = expected.to(mask_lengths.device, non_blocking=True)
+    if mask_lengths.device.type == "cpu":
+        if not torch.equal(mask_lengths, expected):
+            raise DataError(f"seq_lengths {lengths} disagree with attention_mask, whose rows "
+                            f"hold {mask_lengths.tolist()} real tokens")
+    else:
+        torch._assert_async((mask_lengths == expected).all(),
+                            "seq_lengths disagree with attention_mask's real tokens per row")
 
 
 # ---- building blocks ---------------------------------------------------------------------
@@ -126,7 +172,8 @@ class BertEmbeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection, through SDPA or FlashAttention-varlen."""
+    """Multi-head self-attention with a fused QKV projection, through SDPA or FlashAttention's
+    varlen kernel."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -149,42 +196,47 @@ class SelfAttention(nn.Module):
 def unpadded_attention(qkv: Tensor, layout: Unpadded, dropout_p: float) -> Tensor:
     """qkv: (N, 3, nh, hd), the real tokens' queries, keys and values -> (N, nh, hd).
 
-    The fastest exact kernel the device has, in this order:
-    - CUDA fp16/bf16 without attention dropout: FlashAttention's varlen kernel, no padding at all;
-    - CUDA otherwise (attention dropout, fp32): SDPA on a jagged nested tensor, which dispatches
-      to the same varlen kernels (flash or memory-efficient, both with dropout);
-    - CPU, eager: SDPA per sequence; attention cost sum(L_i^2), not B*T^2, for a handful of
-      Python calls per layer, cheap next to CPU matmuls;
-    - elsewhere (other accelerators, CPU under torch.compile): the padded grid for SDPA only.
+    The fastest exact kernel the device has, all with attention dropout (docs/model.md):
+    - FlashAttention's varlen kernel where it runs (NVIDIA, fp16/bf16, head_dim % 8 == 0 and
+      <= 256): no padding at all, one call, traceable into the compiled layer graph;
+    - CPU, eager: SDPA per sequence; attention cost sum(L_i^2), not B*T^2;
+    - elsewhere (fp32/tf32 on CUDA, other accelerators, CPU under torch.compile): SDPA on the
+      padded grid, for attention only.
     """
     q, k, v = qkv.unbind(1)  # each (N, nh, hd)
-    if _can_use_varlen(q, dropout_p):
-        return _varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens,
-                            layout.max_seqlen, layout.max_seqlen)
-    if q.is_cuda:
-        return _jagged_attention(q, k, v, layout, dropout_p)
+    if layout.flash_varlen and _flash_varlen_supports(q):
+        return _flash_varlen_attention(q, k, v, layout, dropout_p)
     if q.device.type == "cpu" and not torch.compiler.is_compiling():
         return _per_sequence_attention(q, k, v, layout.lengths, dropout_p)
     return _padded_grid_attention(qkv, layout, dropout_p)
 
 
-def _can_use_varlen(q: Tensor, dropout_p: float) -> bool:
-    return (_varlen_attn is not None and q.is_cuda and dropout_p == 0.0
-            and q.dtype in (torch.float16, torch.bfloat16))
+def _flash_varlen_on(device: torch.device) -> bool:
+    """Whether FlashAttention's varlen kernel runs on the device: torch builds it for NVIDIA
+    GPUs of compute capability 8.0 and newer. ROCm builds take the padded grid, as their flash
+    support differs by GPU and version."""
+    return (device.type == "cuda" and _FLASH_BUILT and torch.version.hip is None
+            and torch.cuda.get_device_capability(device) >= (8, 0))
 
 
-@torch.compiler.disable  # nested tensors stay out of compiled graphs: one graph break per layer
-def _jagged_attention(q: Tensor, k: Tensor, v: Tensor, layout: Unpadded, dropout_p: float) -> Tensor:
-    """q, k, v: (N, nh, hd) -> (N, nh, hd) through SDPA on jagged (B, j, nh, hd) nested tensors."""
-    offsets = layout.cu_seqlens.long()
+def _flash_varlen_supports(q: Tensor) -> bool:
+    """The kernel's own limits on its inputs: half precision, head_dim a multiple of 8 up to 256."""
+    head_dim = q.shape[-1]
+    return q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
 
-    def jagged(t: Tensor) -> Tensor:  # (N, nh, hd) -> (B, nh, j, hd); SDPA wants it contiguous
-        return torch.nested.nested_tensor_from_jagged(
-            t.contiguous(), offsets, max_seqlen=layout.max_seqlen, min_seqlen=min(layout.lengths)
-        ).transpose(1, 2)
 
-    y = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), dropout_p=dropout_p)
-    return y.transpose(1, 2).values()
+def _flash_varlen_attention(q: Tensor, k: Tensor, v: Tensor, layout: Unpadded,
+                            dropout_p: float) -> Tensor:
+    """q, k, v: (N, nh, hd) -> (N, nh, hd), sequences delimited by layout.cu_seqlens.
+
+    The aten op itself, not `torch.nn.attention.varlen.varlen_attn`: that wrapper fixes dropout
+    at 0. The op is differentiable (its backward replays the dropout mask from the returned RNG
+    state) and has a meta kernel, so torch.compile keeps it inside the layer's graph.
+    """
+    out, *_ = torch.ops.aten._flash_attention_forward(
+        q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen,
+        dropout_p, False, False)  # is_causal, return_debug_mask
+    return out
 
 
 def _per_sequence_attention(q: Tensor, k: Tensor, v: Tensor, lengths: list[int],
@@ -280,23 +332,38 @@ class BertModel(nn.Module):
         self.pooler = BertPooler(config) if add_pooler else None
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> BertOutput:
-        """input_ids, token_type_ids, attention_mask: (B, T); attention_mask 1 = real token."""
+                attention_mask: Tensor | None = None, *,
+                seq_lengths: Sequence[int] | None = None) -> BertOutput:
+        """input_ids, token_type_ids, attention_mask: (B, T); attention_mask 1 = real token.
+        seq_lengths: the B counts of real tokens per row of attention_mask, a host list (the
+        data loader knows them): with it the unpadded path never waits for the device."""
+        B, T = input_ids.shape
+        if seq_lengths is not None:
+            seq_lengths = _host_lengths(seq_lengths, attention_mask, B, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        groups = _cpu_inference_groups(input_ids, attention_mask if self.unpad else None)
+        if _encodes_in_groups(input_ids):
+            if self.unpad and attention_mask is not None and seq_lengths is None:
+                seq_lengths = attention_mask.sum(dim=1).tolist()  # a CPU tensor: nothing to wait for
+            groups = _cpu_inference_groups(seq_lengths if self.unpad and seq_lengths is not None
+                                           else [T] * B)
+        else:
+            groups = [slice(0, B)]
         if len(groups) > 1:
             x = torch.cat([self._encode(input_ids[g], token_type_ids[g],
-                                        None if attention_mask is None else attention_mask[g])
+                                        None if attention_mask is None else attention_mask[g],
+                                        None if seq_lengths is None else seq_lengths[g])
                            for g in groups])
         else:
-            x = self._encode(input_ids, token_type_ids, attention_mask)
+            x = self._encode(input_ids, token_type_ids, attention_mask, seq_lengths)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(x, pooled)
 
-    def _encode(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    def _encode(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor | None,
+                seq_lengths: list[int] | None) -> Tensor:
         """(B, T) ids -> (B, T, H) last hidden states."""
-        layout = Unpadded.from_mask(attention_mask) if attention_mask is not None and self.unpad else None
+        layout = (Unpadded.from_mask(attention_mask, seq_lengths)
+                  if attention_mask is not None and self.unpad else None)
         if layout is not None:
             # Embeddings, layers and all their activations on the N real tokens only.
             x = self.embeddings(layout.unpad(input_ids), layout.unpad(token_type_ids),
@@ -308,28 +375,29 @@ class BertModel(nn.Module):
         return self.encoder(self.embeddings(input_ids, token_type_ids), Padded(mask))  # (B, T, H)
 
 
-# CPU inference encodes groups of consecutive sequences of about this many tokens (real ones
-# when unpadding). Each layer's activations (up to tokens x 4H floats) then stay under glibc's
-# 32 MB mmap threshold, so freed buffers are reused instead of fresh pages being mapped and
-# faulted in on first touch: that cost a sixth of MiniLM's forward at batch 32 x 384 on a 2-core
-# machine. Caches stay warmer too; matmuls of ~2k rows still run at full speed.
+# CPU inference encodes groups of consecutive sequences of about this many tokens (real ones when
+# unpadding), so that each layer's activations stay small enough for the allocator to reuse
+# (docs/model.md has the measurement).
 CPU_GROUP_TOKENS = 2048
 
 
-def _cpu_inference_groups(input_ids: Tensor, real_mask: Tensor | None) -> list[slice]:
-    """Slices of the batch to encode one after the other: the whole batch, except in CPU
-    inference. real_mask: (B, T) attention mask when only real tokens are computed, else None."""
-    B, T = input_ids.shape
-    if input_ids.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return [slice(0, B)]
-    sizes = real_mask.sum(dim=1).tolist() if real_mask is not None else [T] * B
+def _encodes_in_groups(input_ids: Tensor) -> bool:
+    """CPU inference encodes the batch in groups; training, accelerators and compiled code in one
+    pass."""
+    return (input_ids.device.type == "cpu" and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling())
+
+
+def _cpu_inference_groups(sizes: Sequence[int]) -> list[slice]:
+    """Slices of consecutive sequences of about CPU_GROUP_TOKENS tokens, given each sequence's
+    token count (real tokens when unpadding, else T)."""
     groups, start, tokens = [], 0, 0
     for i, n in enumerate(sizes):
         if i > start and tokens + n > CPU_GROUP_TOKENS:
             groups.append(slice(start, i))
             start, tokens = i, 0
         tokens += n
-    groups.append(slice(start, B))
+    groups.append(slice(start, len(sizes)))
     return groups
 
 
@@ -337,9 +405,12 @@ def _cpu_inference_groups(input_ids: Tensor, real_mask: Tensor | None) -> list[s
 
 
 class BertPreTrainedModel(nn.Module):
-    """Common weight initialisation (truncated-free normal(0, initializer_range), as BERT)."""
+    """What every head shares: weight initialisation (normal(0, initializer_range), untruncated,
+    as BERT) and regional compilation of the encoder layers."""
 
     config: BertConfig
+    layers_compiled: bool = False
+    """Whether compile_layers ran: each BertLayer then calls its compiled graph."""
 
     def init_weights(self) -> None:
         std = self.config.initializer_range
@@ -351,10 +422,17 @@ class BertPreTrainedModel(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        self._init_extra()
 
-    def _init_extra(self) -> None:
-        pass
+    def compile_layers(self) -> None:
+        """torch.compile each BertLayer in place, with dynamic shapes so that any batch and
+        sequence length reuses the graph. Regional compilation: the layers share one graph,
+        compiled once, and parameter names stay as they are. Compiling twice does nothing."""
+        if self.layers_compiled:
+            return
+        for module in self.modules():
+            if isinstance(module, BertLayer):
+                module.compile(dynamic=True)
+        self.layers_compiled = True
 
 
 class MaskedLMHead(nn.Module):
@@ -393,10 +471,11 @@ class BertForPreTraining(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None,
-                masked_lm_positions: Tensor | None = None) -> PreTrainingOutput:
-        """masked_lm_positions: (B, P) token positions to predict; the MLM head runs on those only."""
-        out = self.bert(input_ids, token_type_ids, attention_mask)
+                attention_mask: Tensor | None = None, masked_lm_positions: Tensor | None = None,
+                *, seq_lengths: Sequence[int] | None = None) -> PreTrainingOutput:
+        """input_ids, token_type_ids, attention_mask: (B, T); seq_lengths: see BertModel.
+        masked_lm_positions: (B, P) token positions to predict; the MLM head runs on those only."""
+        out = self.bert(input_ids, token_type_ids, attention_mask, seq_lengths=seq_lengths)
         seq = out.sequence_output
         if masked_lm_positions is not None:
             index = masked_lm_positions.unsqueeze(-1).expand(-1, -1, seq.shape[-1])
@@ -418,9 +497,12 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """-> start_logits, end_logits: each (B, T)"""
-        logits = self.qa_outputs(self.bert(input_ids, token_type_ids, attention_mask).sequence_output)
+                attention_mask: Tensor | None = None, *,
+                seq_lengths: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """input_ids, token_type_ids, attention_mask: (B, T); seq_lengths: see BertModel.
+        -> start_logits, end_logits: each (B, T)"""
+        out = self.bert(input_ids, token_type_ids, attention_mask, seq_lengths=seq_lengths)
+        logits = self.qa_outputs(out.sequence_output)  # (B, T, 2)
         start, end = logits.unbind(-1)
         return start, end
 
@@ -441,9 +523,12 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> Tensor:
-        """-> logits (B, num_labels)"""
-        pooled = self.bert(input_ids, token_type_ids, attention_mask).pooled_output
+                attention_mask: Tensor | None = None, *,
+                seq_lengths: Sequence[int] | None = None) -> Tensor:
+        """input_ids, token_type_ids, attention_mask: (B, T); seq_lengths: see BertModel.
+        -> logits (B, num_labels)"""
+        pooled = self.bert(input_ids, token_type_ids, attention_mask,
+                           seq_lengths=seq_lengths).pooled_output
         return self.classifier(self.dropout(pooled))
 
 
@@ -460,8 +545,11 @@ class BertEncoderOnly(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> BertOutput:
-        return self.bert(input_ids, token_type_ids, attention_mask)
+                attention_mask: Tensor | None = None, *,
+                seq_lengths: Sequence[int] | None = None) -> BertOutput:
+        """input_ids, token_type_ids, attention_mask: (B, T); seq_lengths: see BertModel.
+        -> sequence_output (B, T, H), pooled_output (B, H)"""
+        return self.bert(input_ids, token_type_ids, attention_mask, seq_lengths=seq_lengths)
 
 
 HEADS: dict[str, type[BertPreTrainedModel]] = {

@@ -33,58 +33,87 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class Lamb(Optimizer):
-    """LAMB: Adam's update direction scaled per tensor by the trust ratio ||w|| / ||update||.
+    """LAMB as NVIDIA's FusedLAMB computes it (apex `multi_tensor_lamb`, use_nvlamb=False, as
+    DeepLearningExamples' BERT pretraining runs it): Adam's update direction, scaled per tensor
+    by the trust ratio ||w|| / ||update|| where the tensor's weight decay is non-zero.
 
-    Per tensor w with gradient g (step t, bias-corrected moments as NVIDIA's FusedLAMB):
+    Per tensor w with gradient g, at step t of its parameter group:
         m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2
         u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + wd * w
-        w = w - lr * r * u,  r = ||w|| / ||u|| (1 where either norm is 0; 1 for groups with adapt=False)
+        w = w - lr * r * u,  r = ||w|| / ||u|| if wd != 0 (1 where either norm is 0), else 1
+
+    so biases and LayerNorm parameters (wd = 0) take plain Adam steps, and so does every tensor
+    of a run with weight decay 0. Each parameter group runs as one foreach pass per (device,
+    dtype), with no per-tensor kernel and nothing read back to the host.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.01):
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adapt=True))
+        # One step count per group (as FusedLAMB keeps it): all tensors of a group step together.
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, step=0))
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if not state:  # the first step only
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-            exp_avg = [self.state[p]["exp_avg"] for p in params]
-            exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
-            # One step counter per group: all tensors of a group step together.
-            t = self.state[params[0]]["step"]
-            beta1, beta2 = group["betas"]
-            torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sq, beta2)
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-            bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
-            denom = torch._foreach_div(exp_avg_sq, bias2)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])
-            update = torch._foreach_div(exp_avg, bias1)
-            torch._foreach_div_(update, denom)
-            if group["weight_decay"]:
-                torch._foreach_add_(update, params, alpha=group["weight_decay"])
-            if group["adapt"]:
-                w_norm = torch.stack(torch._foreach_norm(params))
-                u_norm = torch.stack(torch._foreach_norm(update))
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                torch._foreach_mul_(update, list(trust.unbind()))
-            torch._foreach_add_(params, update, alpha=-group["lr"])
+            group["step"] += 1
+            tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                       [s["exp_avg_sq"] for s in states]]
+            for (w, g, m, v), _ in Optimizer._group_tensors_by_device_and_dtype(tensors).values():
+                self._pass(w, g, m, v, group)
         return loss
+
+    @staticmethod
+    def _pass(w: list[torch.Tensor], g: list[torch.Tensor], m: list[torch.Tensor],
+              v: list[torch.Tensor], group: dict) -> None:
+        """One LAMB step of tensors on one device with one dtype: a fixed number of foreach ops
+        (one multi-tensor kernel each on CUDA), however many tensors."""
+        (beta1, beta2), eps, lr, wd, t = (group["betas"], group["eps"], group["lr"],
+                                          group["weight_decay"], group["step"])
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        # m_hat / (sqrt(v_hat) + eps) = c m / (sqrt(v) + eps sqrt(1 - b2^t)) with
+        # c = sqrt(1 - b2^t) / (1 - b1^t): the bias corrections ride on ops that run anyway.
+        bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
+        c = math.sqrt(bias2) / bias1
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, eps * math.sqrt(bias2))
+        if wd == 0:  # no trust ratio: the Adam step, straight into the weights
+            torch._foreach_addcdiv_(w, m, denom, value=-lr * c)
+            return
+        update = torch._foreach_mul(w, wd)
+        torch._foreach_addcdiv_(update, m, denom, value=c)
+        del denom
+        w_norm = torch.stack(torch._foreach_norm(w))  # (n,), before the weights move
+        u_norm = torch.stack(torch._foreach_norm(update))
+        trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)  # (n,)
+        torch._foreach_addcmul_(w, update, Lamb._per_element(trust, update), value=-lr)
+
+    @staticmethod
+    def _per_element(scalars: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """scalars[i] spread over the shape of tensors[i], for every i: views of one buffer.
+
+        No foreach op takes per-tensor scalars from device memory (a list of 0-d tensors takes
+        the per-tensor fallback on CUDA: one kernel per tensor), so they are written out: one
+        kernel, with the memory traffic of the per-tensor multiply it replaces."""
+        numels = [t.numel() for t in tensors]
+        repeats = torch.tensor(numels, pin_memory=scalars.is_cuda).to(scalars.device, non_blocking=True)
+        flat = torch.repeat_interleave(scalars, repeats, output_size=sum(numels))
+        return list(torch._utils._unflatten_dense_tensors(flat, tensors))  # views made in C++
 
 
 def build_optimizer(model: nn.Module, name: OptimizerName, lr: float, weight_decay: float,
