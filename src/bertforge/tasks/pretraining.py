@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.checkpoint import save_native
-from bertforge.data.pretraining_dataset import PretrainingDataset
+from bertforge.data.pretraining import PretrainingDataset
 from bertforge.errors import ConfigError
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import load_model, log_batch_plan, write_json

@@ -1,35 +1,12 @@
-"""Reading prepared pretraining data (`bertforge.data.pretraining`) as masked-LM/NSP batches.
+"""Reading prepared pretraining data as masked-LM/NSP batches, with masks drawn at read time.
 
-Shards are memory-mapped; a batch reads only its rows. Masks are drawn here, per sample, from
-(seed, epoch, sample index), as Google's `create_masked_lm_predictions` draws them:
-
-- candidates are the tokens other than [CLS], [SEP] and [PAD]; with whole-word masking a '##'
-  piece joins the word before it (never across [SEP]: a B segment truncated in mid-word
-  starts a word of its own);
-- num_to_predict = min(max_predictions_per_seq, max(1, round(masked_lm_prob x candidates)))
-  (Google counts [CLS] and the two [SEP] in the base, 15.2% instead of 15% of a full
-  128-token row; the issue asks for 15% of the maskable tokens);
-- words are visited in random order and taken whole while they fit in num_to_predict;
-- each chosen token becomes [MASK] with probability 0.8, stays with 0.1, and becomes a random
-  token with 0.1. The random token is drawn from the vocabulary less [PAD], [UNK], [CLS],
-  [SEP] and [MASK] (Google draws from all of it; a random [SEP] or [CLS] in the input would
-  contradict the token types).
-
-Order and sharding
-    Epoch e visits the samples in a permutation drawn from (seed, e). Global batch k of an
-    epoch is samples [k*G, (k+1)*G) of that order; rank r of w takes rows [r*B, (r+1)*B) with
-    B = G / w, so two ranks at B see exactly the rows one rank at 2B sees. The incomplete last
-    global batch of an epoch is dropped (every step has the same shape); the next epoch starts
-    a new permutation. `eval_batches` instead reads every sample once in stored order.
-
-Resume
-    The dataset keeps a cursor (epoch, position in samples). `batches()` advances it before it
-    yields, so `state_dict()` taken after a step names the next batch; `load_state_dict()` then
-    a new `batches()` continues with exactly the samples and masks the run would have seen,
-    with any world size whose global batch is the same (positions count samples, not steps).
-
-Memory: the epoch permutation costs 4 bytes a sample (8 past 2**31 samples); nothing else
-grows with the data set.
+Shards are memory-mapped; a batch reads only its rows. Each sample's mask is drawn from
+(seed, split, epoch, sample index) as Google's `create_masked_lm_predictions` draws them, with
+two deviations: 15% of the maskable tokens (Google counts [CLS] and [SEP] in the base), and
+random replacements never special tokens. Epoch e visits the samples in a permutation drawn from
+(seed, e); rank r of w takes rows [r*B, (r+1)*B) of each global batch; the cursor (epoch,
+position in samples) makes resume exact for any world size with the same global batch.
+docs/pretraining_data.md has the details and the reasons.
 """
 
 from __future__ import annotations
@@ -41,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertforge.data.pretraining import MANIFEST, SPLITS, VOCAB, read_manifest
+from bertforge.data.pretraining.corpus import SPLITS
+from bertforge.data.pretraining.shards import MANIFEST, VOCAB, read_manifest
 from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.tokenization import SPECIAL_TOKENS, load_vocab
 
