@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bertforge.data.squad import load_json
 from bertforge.errors import DataError
+from bertforge.fileio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def metric_max_over_ground_truths(metric: Callable[[str, str], float], predictio
 
 def load_predictions(path: str | Path) -> dict[str, str]:
     """Read a predictions file: one JSON object mapping question id -> answer text."""
-    predictions = load_json(path, "predictions file")
+    predictions = read_json(path, "predictions file")
     _check_predictions(predictions, str(path))
     return predictions
 
@@ -96,7 +96,7 @@ def _dataset(dataset_or_path: str | Path | dict | list) -> tuple[Any, str]:
     """The 'data' list of a SQuAD file, from a path, the parsed file, or the list itself."""
     if isinstance(dataset_or_path, (str, Path)):
         source = str(dataset_or_path)
-        dataset_or_path = load_json(dataset_or_path, "SQuAD file")
+        dataset_or_path = read_json(dataset_or_path, "SQuAD file")
     else:
         source = "SQuAD data set"
     if isinstance(dataset_or_path, dict):
