@@ -228,8 +228,8 @@ class _StandIns:
     vocab token (so the word is [UNK] there too).
 
     These are lone surrogates (a Python str may hold them, a Rust string cannot) and, when
-    uncased, characters where Rust's case or decomposition tables differ from Python's (all of
-    them unassigned in one of the two Unicode versions).
+    uncased, characters where Rust's case or decomposition tables differ from Python's (each
+    of them unassigned in the Unicode version of one of the two tables).
     """
 
     def __init__(self, vocab: dict[str, int], do_lower_case: bool):
