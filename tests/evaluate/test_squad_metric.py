@@ -131,9 +131,9 @@ def test_evaluate_matches_the_official_definition(caplog):
     assert "missing1" in warning and "missing2" in warning
 
 
-def test_score_takes_gold_answers_directly(caplog):
+def test_evaluate_answers_takes_gold_answers_directly(caplog):
     with caplog.at_level(logging.WARNING):
-        scores = metric.score(GOLD, PREDICTIONS)
+        scores = metric.evaluate_answers(GOLD, PREDICTIONS)
     expected = ref_evaluate(dataset(), PREDICTIONS)
     assert scores["exact_match"] == pytest.approx(expected["exact_match"], abs=1e-9)
     assert scores["f1"] == pytest.approx(expected["f1"], abs=1e-9)
@@ -141,7 +141,7 @@ def test_score_takes_gold_answers_directly(caplog):
     assert metric.gold_answers(dataset()) == GOLD
     # Any sequence of answer texts will do, and the gold answers may be a read-only mapping.
     as_tuples = MappingProxyType({qid: tuple(texts) for qid, texts in GOLD.items()})
-    assert metric.score(as_tuples, PREDICTIONS) == scores
+    assert metric.evaluate_answers(as_tuples, PREDICTIONS) == scores
 
 
 @pytest.mark.parametrize("gold, message", [
@@ -151,9 +151,9 @@ def test_score_takes_gold_answers_directly(caplog):
     ({"x": ["a", 3]}, r"not a list of strings \(first: 'x' -> \['a', 3\]\)"),
     ([("x", ["a"])], "must map question id to a list of answer texts, got list"),
 ])
-def test_score_rejects_bad_gold_answers(gold, message):
+def test_evaluate_answers_rejects_bad_gold_answers(gold, message):
     with pytest.raises(DataError, match=message):
-        metric.score(gold, {})
+        metric.evaluate_answers(gold, {})
 
 
 def test_repeated_question_ids_in_a_file_are_an_error(tmp_path):

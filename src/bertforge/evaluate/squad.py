@@ -137,8 +137,8 @@ def _dataset(dataset_or_path: str | Path | dict | list) -> tuple[Any, str]:
     return dataset_or_path, source
 
 
-def score(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
-          source: str = "gold answers") -> dict[str, float]:
+def evaluate_answers(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
+                     source: str = "gold answers") -> dict[str, float]:
     """Official SQuAD v1.1 EM and F1 (both in [0, 100]) of `predictions` (id -> text) against
     `gold` (id -> answer texts, at least one per question).
 
@@ -167,7 +167,7 @@ def score(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
 
 def evaluate(dataset_or_path: str | Path | dict | list, predictions: dict[str, str]
              ) -> dict[str, float]:
-    """The official script's entry point: `score` against the gold answers of a SQuAD file,
-    its parsed JSON, or its 'data' list."""
+    """The official script's entry point: `evaluate_answers` against the gold answers of a
+    SQuAD file, its parsed JSON, or its 'data' list."""
     gold, source = _read_gold(dataset_or_path)
-    return score(gold, predictions, source)
+    return evaluate_answers(gold, predictions, source)
