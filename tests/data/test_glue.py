@@ -246,6 +246,29 @@ def test_encodings_and_line_ends(tmp_path: Path, transform) -> None:
     assert read_file("mnli", variant) == read_file("mnli", source)
 
 
+@pytest.mark.parametrize("task, parts", [("mnli", ("MNLI", "dev_mismatched.tsv")),
+                                         ("cola", ("CoLA", "dev.tsv"))])
+def test_old_mac_cr_only_line_ends(tmp_path: Path, glue_dir: Path, task: str,
+                                   parts: tuple[str, str]) -> None:
+    """A file whose lines all end with CR alone reads as Python's universal newlines (and so
+    Hugging Face's GLUE readers) read it: the same rows as with LF."""
+    source = glue_dir.joinpath(*parts) if task == "cola" else GLUE_FIXTURES.joinpath(*parts)
+    variant = tmp_path / source.name
+    variant.write_bytes(source.read_bytes().replace(b"\n", b"\r"))
+    assert b"\n" not in variant.read_bytes()
+    assert read_file(task, variant) == read_file(task, source)
+
+
+def test_a_file_that_is_one_long_line_is_not_dumped_in_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "train.tsv"
+    path.write_text("no header here " * 1000, encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_file("sst2", path)
+    message = str(e.value)
+    assert f"{path}:1: expected a GLUE SST-2 header" in message
+    assert len(message) < 600 and "... (" in message
+
+
 def test_cola_headerless_crlf(tmp_path: Path) -> None:
     path = tmp_path / "train.tsv"
     path.write_bytes(b"gj04\t1\t\tThe pond froze solid.\r\ngj04\t0\t*\tHarry coughed himself.")

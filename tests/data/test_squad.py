@@ -1,8 +1,9 @@
 """SQuAD v1.1 data: reading, windowed features and answer postprocessing.
 
 The reference is Google's run_squad.py algorithm, written out again below in its own plain
-style (dict features, per-word tokenization with transformers' BertTokenizerLegacy, Python
-sorts), and compared with bertforge's array implementation on real dev questions.
+style (dict features, per-word tokenization with Google's tokenizer as written out in
+`google_tokenization.py`, Python sorts), and compared with bertforge's array implementation on
+real dev questions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import time
 
 import numpy as np
 import pytest
-from transformers.models.bert.tokenization_bert_legacy import BasicTokenizer, BertTokenizerLegacy
+from google_tokenization import GoogleTokenizer
+from google_tokenization import basic_tokenize as google_basic_tokenize
 
 from bertforge.data import squad
 from bertforge.errors import ConfigError, DataError
@@ -116,7 +118,7 @@ def google_final_text(pred_text, orig_text, do_lower_case):
                 chars.append(c)
         return "".join(chars), ns_to_s
 
-    tok_text = " ".join(BasicTokenizer(do_lower_case=do_lower_case).tokenize(orig_text))
+    tok_text = " ".join(google_basic_tokenize(orig_text, do_lower_case))
     start = tok_text.find(pred_text)
     if start == -1:
         return orig_text
@@ -174,6 +176,18 @@ def google_predictions(examples, features, start_logits, end_logits, do_lower_ca
     return predictions, all_nbest
 
 
+def assert_same_nbest(nbest, expected_nbest):
+    assert list(nbest) == list(expected_nbest)
+    for qid, entries in nbest.items():
+        assert [e["text"] for e in entries] == [e["text"] for e in expected_nbest[qid]]
+        for ours, theirs in zip(entries, expected_nbest[qid]):
+            assert ours["start_logit"] == theirs["start_logit"]
+            assert ours["end_logit"] == theirs["end_logit"]
+            assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-12)
+        assert sum(e["probability"] for e in entries) == pytest.approx(1.0)
+        assert 1 <= len(entries) <= 20
+
+
 # ---- fixtures --------------------------------------------------------------------------------
 
 
@@ -193,7 +207,7 @@ def sample(dev_examples):
 @pytest.fixture(scope="module")
 def tokenizers(vocab_file):
     return {lower: (WordPieceTokenizer(vocab_file, do_lower_case=lower),
-                    BertTokenizerLegacy(str(vocab_file), do_lower_case=lower))
+                    GoogleTokenizer(vocab_file, do_lower_case=lower))
             for lower in (True, False)}
 
 
@@ -325,10 +339,10 @@ def test_prediction_files_may_omit_answers(tmp_path):
 @pytest.mark.parametrize("lower", [True, False])
 @pytest.mark.parametrize("settings", [{}, SMALL], ids=["384-128-64", "96-32-16"])
 def test_features_match_google(sample, tokenizers, lower, settings):
-    ours_tok, legacy_tok = tokenizers[lower]
+    ours_tok, google_tok = tokenizers[lower]
     features = squad.convert_examples_to_features(sample, ours_tok, is_training=True,
                                                   progress=False, **settings)
-    expected = google_features(sample, legacy_tok, **settings)
+    expected = google_features(sample, google_tok, **settings)
     assert len(features) == len(expected)
     for n, g in enumerate(expected):
         assert features.input_ids[n].tolist() == g["input_ids"]
@@ -345,16 +359,16 @@ def test_features_match_google(sample, tokenizers, lower, settings):
 
 
 def test_single_window_features_by_hand(dev_examples, tokenizers):
-    """Short contexts: [CLS] question [SEP] context [SEP] with the legacy tokenizer."""
-    ours, legacy = tokenizers[True]
+    """Short contexts: [CLS] question [SEP] context [SEP] with Google's tokenizer."""
+    ours, google = tokenizers[True]
     short = [e for e in dev_examples if len(e.context_text) < 400][:20]
     features = squad.convert_examples_to_features(short, ours, progress=False)
     assert len(features) == len(short)
     for n, example in enumerate(short):
-        question = legacy.tokenize(example.question_text)
-        context = [t for w in example.doc_tokens for t in legacy.tokenize(w)]
+        question = google.tokenize(example.question_text)
+        context = [t for w in example.doc_tokens for t in google.tokenize(w)]
         tokens = ["[CLS]", *question, "[SEP]", *context, "[SEP]"]
-        assert features.input_ids[n, :len(tokens)].tolist() == legacy.convert_tokens_to_ids(tokens)
+        assert features.input_ids[n, :len(tokens)].tolist() == google.convert_tokens_to_ids(tokens)
         assert not features.input_ids[n, len(tokens):].any()
         assert features.token_is_max_context[n].sum() == len(context)
 
@@ -438,9 +452,9 @@ def test_training_features_need_answer_positions(tmp_path, tokenizers):
 
 @pytest.mark.parametrize("lower", [True, False])
 def test_postprocess_matches_google(sample, tokenizers, lower):
-    ours_tok, legacy_tok = tokenizers[lower]
+    ours_tok, google_tok = tokenizers[lower]
     features = squad.convert_examples_to_features(sample, ours_tok, progress=False, **SMALL)
-    expected_features = google_features(sample, legacy_tok, **SMALL)
+    expected_features = google_features(sample, google_tok, **SMALL)
     rng = np.random.default_rng(0)
     shape = features.input_ids.shape
     # Noisy logits with a bump at the gold tokens: realistic n-best lists, and some windows
@@ -449,20 +463,15 @@ def test_postprocess_matches_google(sample, tokenizers, lower):
     end = (2 * rng.standard_normal(shape)).astype(np.float32)
     start[np.arange(shape[0]), features.start_positions] += 3
     end[np.arange(shape[0]), features.end_positions] += 3
+    # Google ranks padding too; bertforge leaves it out, which is the same when it scores lowest.
+    padding = features.attention_mask == 0
+    start[padding] = end[padding] = -1e30
     predictions, nbest = squad.postprocess(sample, features, start, end, progress=False)
     expected, expected_nbest = google_predictions(
         sample, expected_features, start.astype(np.float64).tolist(),
         end.astype(np.float64).tolist(), lower)
     assert predictions == expected
-    assert list(nbest) == list(expected_nbest)
-    for qid, entries in nbest.items():
-        assert [e["text"] for e in entries] == [e["text"] for e in expected_nbest[qid]]
-        for ours, theirs in zip(entries, expected_nbest[qid]):
-            assert ours["start_logit"] == theirs["start_logit"]
-            assert ours["end_logit"] == theirs["end_logit"]
-            assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-12)
-        assert sum(e["probability"] for e in entries) == pytest.approx(1.0)
-        assert 1 <= len(entries) <= 20
+    assert_same_nbest(nbest, expected_nbest)
     assert sum(p == "" for p in predictions.values()) < len(sample) / 2
 
 
@@ -518,6 +527,103 @@ def test_max_answer_length_and_n_best_size(sample, tokenizers):
         squad.postprocess(sample, features, start[:, :10], end[:, :10])
 
 
+@pytest.fixture(scope="module")
+def short(dev_examples, tokenizers):
+    """Questions about short contexts at Google's 384-128-64 (every window has padding), their
+    features, and Google's features of the same."""
+    examples = [e for e in dev_examples[::7] if len(e.context_text) < 800][:200]
+    ours_tok, google_tok = tokenizers[True]
+    features = squad.convert_examples_to_features(examples, ours_tok, is_training=True,
+                                                  progress=False)
+    return examples, features, google_features(examples, google_tok)
+
+
+def gold_bump_logits(features, seed):
+    """Noise with a bump at the gold tokens, (N, T) float32, padding included."""
+    rng = np.random.default_rng(seed)
+    shape = features.input_ids.shape
+    start = (2 * rng.standard_normal(shape)).astype(np.float32)
+    end = (2 * rng.standard_normal(shape)).astype(np.float32)
+    start[np.arange(shape[0]), features.start_positions] += 3
+    end[np.arange(shape[0]), features.end_positions] += 3
+    return start, end
+
+
+def test_padding_never_takes_an_n_best_place(short):
+    """Padding scored above every real token must not change a prediction, whether the
+    logits come full width, trimmed to the longest window, or padded with any value."""
+    sample, features, expected_features = short
+    start, end = gold_bump_logits(features, seed=2)
+    padding = features.attention_mask == 0
+    assert padding.any(axis=1).all()  # every window has padding to tempt the top 20
+    lowest = [np.where(padding, -1e30, x) for x in (start, end)]
+    expected = google_predictions(sample, expected_features, lowest[0].astype(np.float64).tolist(),
+                                  lowest[1].astype(np.float64).tolist(), True)
+    high = [np.where(padding, 50.0, x) for x in (start, end)]
+    # Google's ranking over all positions would let such padding crowd out real answers.
+    crowded = google_predictions(sample, expected_features, high[0].astype(np.float64).tolist(),
+                                 high[1].astype(np.float64).tolist(), True)
+    assert crowded[0] != expected[0]
+
+    longest = int(features.attention_mask.sum(axis=1).max())
+    assert longest < features.max_seq_length - 50
+    rng = np.random.default_rng(3)
+    # As gathered from length-sorted batches: -inf padding up to the batch's width, 0.0 after.
+    cut = rng.integers(features.attention_mask.sum(axis=1), longest + 1)[:, None]
+    positions = np.arange(features.max_seq_length)[None, :]
+    gathered = [np.where(padding & (positions < cut), -np.inf, np.where(padding, 0.0, x))
+                for x in (start, end)]
+    variants = {
+        "full width, high padding": high,
+        "trimmed, high padding": [x[:, :longest] for x in high],
+        "padding -1e9": [np.where(padding, -1e9, x) for x in (start, end)],
+        "padding +1e9": [np.where(padding, 1e9, x) for x in (start, end)],
+        "padding 0.0": [np.where(padding, 0.0, x) for x in (start, end)],
+        "padding -inf": [np.where(padding, -np.inf, x) for x in (start, end)],
+        "gathered batches, trimmed": [x[:, :longest] for x in gathered],
+    }
+    for name, (s_logits, e_logits) in variants.items():
+        predictions, nbest = squad.postprocess(sample, features, s_logits, e_logits,
+                                               progress=False)
+        assert predictions == expected[0], name
+        assert_same_nbest(nbest, expected[1])
+
+
+def test_minus_inf_marks_impossible_positions(short):
+    sample, features, expected_features = short
+    start, end = gold_bump_logits(features, seed=4)
+    real = features.attention_mask == 1
+    rng = np.random.default_rng(5)
+    impossible = real & (rng.random(start.shape) < 0.3)
+    impossible[np.arange(len(features)), features.start_positions] = True  # even the gold start
+    # With at least 20 finite real positions a window, -inf and a very low score are the same
+    # to Google's ranking (given padding ranks lowest too).
+    assert ((real & ~impossible).sum(axis=1) >= 20).all()
+    start = np.where(impossible, -np.inf, start)
+    predictions, nbest = squad.postprocess(sample, features, start, end, progress=False)
+    lowest = [np.where(~real, -1e30, np.where(impossible, -1e30, start)), np.where(real, end, -1e30)]
+    expected = google_predictions(sample, expected_features, lowest[0].astype(np.float64).tolist(),
+                                  lowest[1].astype(np.float64).tolist(), True)
+    assert predictions == expected[0]
+    starts = {e["start_logit"] for es in nbest.values() for e in es}
+    assert all(math.isfinite(x) for x in starts)
+    assert all(math.isfinite(e["probability"]) for es in nbest.values() for e in es)
+
+
+def test_logit_shape_contract(short):
+    sample, features, _ = short
+    start, end = gold_bump_logits(features, seed=6)
+    longest = int(features.attention_mask.sum(axis=1).max())
+    for bad in (start[:, :longest - 1], np.pad(start, ((0, 0), (0, 1))), start[1:], start[0]):
+        with pytest.raises(ValueError, match=rf"start_logits must have shape .* = \({len(features)}, W\)"):
+            squad.postprocess(sample, features, bad, end, progress=False)
+    for value in (np.nan, np.inf):
+        broken = end.copy()
+        broken[0, 5] = value
+        with pytest.raises(ValueError, match="end_logits contain NaN or \\+inf"):
+            squad.postprocess(sample, features, start, broken, progress=False)
+
+
 @pytest.mark.parametrize("pred, orig, lower, expected", [
     ("steve smith", "Steve Smith's", True, "Steve Smith"),
     ("1895", "(1895-1943).", True, "1895"),
@@ -531,17 +637,6 @@ def test_max_answer_length_and_n_best_size(sample, tokenizers):
 def test_get_final_text(pred, orig, lower, expected):
     assert squad.get_final_text(pred, orig, lower) == expected
     assert google_final_text(pred, orig, lower) == expected
-
-
-@pytest.mark.parametrize("lower", [True, False])
-def test_basic_tokenize_is_googles(dev_examples, lower):
-    # transformers' BasicTokenizer is Google's plus an NFC step, a no-op on these texts.
-    reference = BasicTokenizer(do_lower_case=lower)
-    texts = ["ΟΔΟΣ ΣΑΣ", "Crème Brûlée's", "東京タワー is 333m", "a\u00a0b\u202fc\u2009d",
-             "x\x00y\ufffdz\u200b", "İstanbul", "—dash–", "ß ẞ", "a\u2028b\x1cc\x0bd", "$5^2`x~",
-             *{e.context_text for e in dev_examples[::50]}]
-    for text in texts:
-        assert squad.basic_tokenize(text, lower) == reference.tokenize(text), text
 
 
 def test_write_predictions_is_atomic_json(tmp_path):

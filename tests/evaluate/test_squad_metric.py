@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import string
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -128,6 +129,42 @@ def test_evaluate_matches_the_official_definition(caplog):
     warning = caplog.text
     assert "2 of 14 questions have no prediction" in warning
     assert "missing1" in warning and "missing2" in warning
+
+
+def test_evaluate_answers_takes_gold_answers_directly(caplog):
+    with caplog.at_level(logging.WARNING):
+        scores = metric.evaluate_answers(GOLD, PREDICTIONS)
+    expected = ref_evaluate(dataset(), PREDICTIONS)
+    assert scores["exact_match"] == pytest.approx(expected["exact_match"], abs=1e-9)
+    assert scores["f1"] == pytest.approx(expected["f1"], abs=1e-9)
+    assert "2 of 14 questions have no prediction" in caplog.text
+    assert metric.gold_answers(dataset()) == GOLD
+    # Any sequence of answer texts will do, and the gold answers may be a read-only mapping.
+    as_tuples = MappingProxyType({qid: tuple(texts) for qid, texts in GOLD.items()})
+    assert metric.evaluate_answers(as_tuples, PREDICTIONS) == scores
+
+
+@pytest.mark.parametrize("gold, message", [
+    ({}, "gold answers: has no questions"),
+    ({"x": []}, r"1 question\(s\) have no gold answer \(first: 'x'\)"),
+    ({"x": "Denver"}, r"not a list of strings \(first: 'x' -> 'Denver'\)"),
+    ({"x": ["a", 3]}, r"not a list of strings \(first: 'x' -> \['a', 3\]\)"),
+    ([("x", ["a"])], "must map question id to a list of answer texts, got list"),
+])
+def test_evaluate_answers_rejects_bad_gold_answers(gold, message):
+    with pytest.raises(DataError, match=message):
+        metric.evaluate_answers(gold, {})
+
+
+def test_repeated_question_ids_in_a_file_are_an_error(tmp_path):
+    """The official script counts a repeated question twice; scores keyed by id cannot, so the
+    file is refused rather than scored differently."""
+    data = dataset()
+    data[0]["paragraphs"].append(data[0]["paragraphs"][0])
+    path = tmp_path / "gold.json"
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    with pytest.raises(DataError, match=r"gold\.json: 14 question id\(s\) repeat .*'punct'"):
+        metric.evaluate(path, PREDICTIONS)
 
 
 def test_evaluate_accepts_path_dict_and_list(tmp_path):

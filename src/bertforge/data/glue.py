@@ -1,9 +1,9 @@
 """GLUE: the nine tasks, their files as GLUE distributes them, model features and submissions.
 
 Files are read the way GLUE ships them: UTF-8 with an optional byte-order mark (MRPC's files
-start with one), one row a line ended by LF or CRLF (the last line may lack it), fields split on
-tabs with NO quote processing (GLUE's texts contain bare `"` that a CSV quote parser would
-swallow, joining rows). Columns are found by their header name where a file has a header and by
+start with one), one row a line ended by LF or CRLF (the last line may lack it; a file with
+old Mac CR-only line ends reads too), fields split on tabs with NO quote processing (GLUE's
+texts contain bare `"` that a CSV quote parser would swallow, joining rows). Columns are found by their header name where a file has a header and by
 position where it has none (CoLA's train and dev). A file is labelled when its header names the
 task's label column, so GLUE's unlabelled test files (an `index` column, no label) and labelled
 test files (MRPC's original `msr_paraphrase_test.txt`) both read; MRPC's original
@@ -34,6 +34,8 @@ SplitKind = Literal["train", "dev", "test"]
 
 # How many line numbers a warning about skipped rows names before it says "...".
 _MAX_LINES_NAMED = 20
+# How many characters of a header line an error message shows.
+_MAX_HEADER_SHOWN = 200
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ def read_file(task: str | GlueTask, path: str | Path, require_labels: bool = Fal
     else:
         raise DataError(
             f"{path}:{first_no}: expected a GLUE {t.glue_name} header naming the columns "
-            f"{', '.join(repr(c) for c in _text_columns(t))}; found {header}")
+            f"{', '.join(repr(c) for c in _text_columns(t))}; found {_shown(header)}")
     if not examples:
         raise DataError(f"{path}: no data rows")
     return examples
@@ -226,25 +228,40 @@ def _text_columns(task: GlueTask) -> tuple[str, ...]:
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, text) of the non-blank lines, line ends and a leading BOM removed.
 
-    Lines end at LF only (CRLF's CR is dropped), so a stray CR inside a text stays in the text.
-    Blank lines carry no row and are left out.
+    Lines end at LF (CRLF's CR is dropped), so a stray CR inside a text stays in the text. A
+    file without any LF but with CRs has old Mac line ends: each CR ends a line, as Python's
+    universal newlines (and so Hugging Face's GLUE readers) read it. Blank lines carry no row
+    and are left out.
     """
     if not path.is_file():
         raise DataError(f"GLUE file not found: {path}")
+    data = path.read_bytes()
+    line_end = b"\n"
+    if b"\n" not in data and b"\r" in data:
+        logger.info("%s: line ends are CR only (old Mac style); reading each CR as a line end",
+                    path)
+        line_end = b"\r"
     lines = []
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte "
-                                f"{e.start})") from None
-            if line_no == 1:
-                text = text.removeprefix("\ufeff")
-            text = text.removesuffix("\n").removesuffix("\r")
-            if text:
-                lines.append((line_no, text))
+    for line_no, raw in enumerate(data.split(line_end), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte "
+                            f"{e.start} of the line)") from None
+        if line_no == 1:
+            text = text.removeprefix("\ufeff")
+        text = text.removesuffix("\r")
+        if text:
+            lines.append((line_no, text))
     return lines
+
+
+def _shown(header: list[str]) -> str:
+    """A header for an error message, cut short: a file whose lines do not end where expected
+    is one long line, which must not fill the message."""
+    text = repr(header)
+    return text if len(text) <= _MAX_HEADER_SHOWN else (
+        f"{text[:_MAX_HEADER_SHOWN]}... ({len(text)} characters)")
 
 
 def _examples_with_header(task: GlueTask, path: Path, header: list[str],
@@ -252,11 +269,12 @@ def _examples_with_header(task: GlueTask, path: Path, header: list[str],
                           ) -> list[GlueExample]:
     missing = [c for c in _text_columns(task) if c not in header]
     if missing:
-        raise DataError(f"{path}:1: header lacks the column(s) {missing}; found {header}")
+        raise DataError(f"{path}:1: header lacks the column(s) {missing}; "
+                        f"found {_shown(header)}")
     labelled = task.label_column in header
     if require_labels and not labelled:
         raise DataError(f"{path}:1: expected a label column {task.label_column!r} in the "
-                        f"header; found {header}")
+                        f"header; found {_shown(header)}")
     col_a = header.index(task.text_a)
     col_b = header.index(task.text_b) if task.text_b is not None else None
     col_label = header.index(task.label_column) if labelled else None

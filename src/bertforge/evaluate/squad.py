@@ -14,12 +14,12 @@ import logging
 import re
 import string
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bertforge.data.squad import load_json
 from bertforge.errors import DataError
+from bertforge.fileio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def metric_max_over_ground_truths(metric: Callable[[str, str], float], predictio
 
 def load_predictions(path: str | Path) -> dict[str, str]:
     """Read a predictions file: one JSON object mapping question id -> answer text."""
-    predictions = load_json(path, "predictions file")
+    predictions = read_json(path, "predictions file")
     _check_predictions(predictions, str(path))
     return predictions
 
@@ -75,28 +75,53 @@ def _check_predictions(predictions: Any, source: str) -> None:
                         f"(first: {bad[0]!r} -> {predictions[bad[0]]!r})")
 
 
-def _gold_answers(dataset: Any, source: str) -> list[tuple[str, list[str]]]:
-    """(question id, gold answer texts) of every question in the 'data' list of a SQuAD file."""
+def gold_answers(dataset_or_path: str | Path | dict | list) -> dict[str, list[str]]:
+    """Question id -> gold answer texts of a SQuAD file, its parsed JSON, or its 'data' list."""
+    return _read_gold(dataset_or_path)[0]
+
+
+def _read_gold(dataset_or_path: str | Path | dict | list) -> tuple[dict[str, list[str]], str]:
+    """The gold answers, and the name of where they came from (for messages)."""
+    dataset, source = _dataset(dataset_or_path)
     try:
-        gold = [(qa["id"], [answer["text"] for answer in qa["answers"]])
-                for article in dataset for paragraph in article["paragraphs"]
-                for qa in paragraph["qas"]]
+        pairs = [(qa["id"], [answer["text"] for answer in qa["answers"]])
+                 for article in dataset for paragraph in article["paragraphs"]
+                 for qa in paragraph["qas"]]
     except (KeyError, TypeError) as e:
         raise DataError(f"{source}: not a SQuAD data set (missing or wrong field: {e})") from None
+    gold = dict(pairs)
+    if len(gold) < len(pairs):
+        repeated = next(qid for qid, n in Counter(q for q, _ in pairs).items() if n > 1)
+        # The official script would count such a question twice; a metric keyed by id cannot.
+        raise DataError(f"{source}: {len(pairs) - len(gold)} question id(s) repeat an earlier "
+                        f"one (first: {repeated!r}); ids must be unique")
+    _check_gold(gold, source)
+    return gold, source
+
+
+def _check_gold(gold: Any, source: str) -> None:
+    if not isinstance(gold, Mapping):
+        raise DataError(f"{source}: gold answers must map question id to a list of answer "
+                        f"texts, got {type(gold).__name__}")
     if not gold:
         raise DataError(f"{source}: has no questions")
-    empty = [qid for qid, texts in gold if not texts]
+    bad = [qid for qid, texts in gold.items()
+           if isinstance(texts, str) or not isinstance(texts, Sequence)
+           or not all(isinstance(t, str) for t in texts)]
+    if bad:
+        raise DataError(f"{source}: the gold answers of {len(bad)} question(s) are not a list of "
+                        f"strings (first: {bad[0]!r} -> {gold[bad[0]]!r})")
+    empty = [qid for qid, texts in gold.items() if not texts]
     if empty:
         raise DataError(f"{source}: {len(empty)} question(s) have no gold answer "
                         f"(first: {empty[0]!r}); SQuAD v1.1 evaluation needs one")
-    return gold
 
 
 def _dataset(dataset_or_path: str | Path | dict | list) -> tuple[Any, str]:
     """The 'data' list of a SQuAD file, from a path, the parsed file, or the list itself."""
     if isinstance(dataset_or_path, (str, Path)):
         source = str(dataset_or_path)
-        dataset_or_path = load_json(dataset_or_path, "SQuAD file")
+        dataset_or_path = read_json(dataset_or_path, "SQuAD file")
     else:
         source = "SQuAD data set"
     if isinstance(dataset_or_path, dict):
@@ -112,29 +137,37 @@ def _dataset(dataset_or_path: str | Path | dict | list) -> tuple[Any, str]:
     return dataset_or_path, source
 
 
-def evaluate(dataset_or_path: str | Path | dict | list, predictions: dict[str, str]
-             ) -> dict[str, float]:
-    """Official SQuAD v1.1 EM and F1 (both in [0, 100]) of `predictions` (id -> text).
+def evaluate_answers(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
+                     source: str = "gold answers") -> dict[str, float]:
+    """Official SQuAD v1.1 EM and F1 (both in [0, 100]) of `predictions` (id -> text) against
+    `gold` (id -> answer texts, at least one per question).
 
-    `dataset_or_path` is a SQuAD file, its parsed JSON, or its 'data' list. Every question
-    counts; those without a prediction score 0 (logged as a warning).
+    Every gold question counts; those without a prediction score 0 (logged as a warning).
+    A prediction for an id that is not in `gold` is an error. `source` names the gold answers
+    in messages.
     """
-    dataset, source = _dataset(dataset_or_path)
-    gold = _gold_answers(dataset, source)
+    _check_gold(gold, source)
     _check_predictions(predictions, "predictions")
-    gold_ids = {qid for qid, _ in gold}
-    extra = [qid for qid in predictions if qid not in gold_ids]
+    extra = [qid for qid in predictions if qid not in gold]
     if extra:
         raise DataError(f"predictions name {len(extra)} question id(s) that are not in {source} "
                         f"(first: {', '.join(map(repr, extra[:_SHOWN_IDS]))})")
-    missing = [qid for qid, _ in gold if qid not in predictions]
+    missing = [qid for qid in gold if qid not in predictions]
     if missing:
         logger.warning("%d of %d questions have no prediction and score 0 (first: %s)",
                        len(missing), len(gold), ", ".join(missing[:_SHOWN_IDS]))
     exact_match = f1 = 0.0
-    for qid, ground_truths in gold:
+    for qid, ground_truths in gold.items():
         if qid in predictions:
             exact_match += metric_max_over_ground_truths(exact_match_score, predictions[qid],
-                                                         ground_truths)
-            f1 += metric_max_over_ground_truths(f1_score, predictions[qid], ground_truths)
+                                                         list(ground_truths))
+            f1 += metric_max_over_ground_truths(f1_score, predictions[qid], list(ground_truths))
     return {"exact_match": 100.0 * exact_match / len(gold), "f1": 100.0 * f1 / len(gold)}
+
+
+def evaluate(dataset_or_path: str | Path | dict | list, predictions: dict[str, str]
+             ) -> dict[str, float]:
+    """The official script's entry point: `evaluate_answers` against the gold answers of a
+    SQuAD file, its parsed JSON, or its 'data' list."""
+    gold, source = _read_gold(dataset_or_path)
+    return evaluate_answers(gold, predictions, source)

@@ -1,0 +1,19 @@
+"""SQuAD v1.1 for BERT, faithful to Google's `run_squad.py`, one stage a module:
+
+- `examples`: reading and validating the JSON file (`read_squad_examples`);
+- `features`: doc-stride windows over the WordPiece context (`convert_examples_to_features`);
+- `postprocess`: n-best spans back to answer text (`postprocess`, `write_predictions`).
+
+Where it differs from Google's code, the difference is about robustness, never about results;
+docs/squad.md lists each difference and the measurements behind the design.
+"""
+
+from bertforge.data.squad.examples import (Answer, Problem, SquadExample, read_squad_examples,
+                                           split_whitespace)
+from bertforge.data.squad.features import (ContextTokens, SquadFeatures,
+                                           convert_examples_to_features)
+from bertforge.data.squad.postprocess import get_final_text, postprocess, write_predictions
+
+__all__ = ["Answer", "ContextTokens", "Problem", "SquadExample", "SquadFeatures",
+           "convert_examples_to_features", "get_final_text", "postprocess", "read_squad_examples",
+           "split_whitespace", "write_predictions"]
