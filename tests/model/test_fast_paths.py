@@ -12,7 +12,7 @@ import transformers
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attention_reference import reference_varlen_attention
+from attention_reference import CpuFlash, reference_varlen_attention
 from bertforge.config import BertConfig
 from bertforge.checkpoint import native_to_hf
 from bertforge.errors import DataError
@@ -41,6 +41,19 @@ def _qa_loss(model, batch, **kwargs):
 def _assert_same_grads(model, reference, rtol=1e-5, atol=1e-6):
     for (name, p), q in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.fixture
+def cpu_flash(monkeypatch):
+    """The CPU counts as a device with FlashAttention, and the op runs attention_reference's
+    kernels (the CUDA one cannot run here)."""
+    flash = CpuFlash()
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl("_flash_attention_forward", flash.forward, "CPU")
+    lib.impl("_flash_attention_backward", flash.backward, "CPU")
+    monkeypatch.setattr(bert_module, "_flash_varlen_on", lambda device: device.type == "cpu")
+    yield flash
+    lib._destroy()
 
 
 # ---- the unpadded attention kernels -----------------------------------------------------------
