@@ -7,6 +7,7 @@ renamed over the target: a crash leaves the old file or the new one, never half 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -40,6 +41,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes files private (0600); results are not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,9 +49,29 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+def default_file_mode() -> int:
+    """The mode open() would give a new file: 0666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+    """Strict JSON (non-finite numbers as null), written atomically."""
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=indent, ensure_ascii=False,
+                                              allow_nan=False) + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf (a diverged loss, an undefined correlation) become null: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -1,9 +1,11 @@
 """Typed configuration shared by every command: which model (`ModelArgs`), how to train
 (`TrainArgs`), where and in which precision to run (`RuntimeArgs`). Task configs nest these.
 
-Field names are the flag names of the reference recipes (Google's run_squad.py /
-run_classifier.py, NVIDIA's run_pretraining.py) wherever they have one, so their commands carry
-over: the CLI accepts `--learning_rate` as well as `--train.learning_rate`.
+Each config checks itself in `__post_init__` (types through `bertforge.validation`, then value
+ranges), so a bad value fails where the config is made, naming its flag. Field names are the
+flag names of the reference recipes (Google's run_squad.py / run_classifier.py, NVIDIA's
+run_pretraining.py) wherever they have one: the CLI accepts `--learning_rate` as well as
+`--train.learning_rate`.
 
 Batch semantics (logged at the start of every run):
     global batch = train_batch_size (per device) x devices x gradient_accumulation_steps
@@ -13,15 +15,24 @@ global batch and derives the accumulation steps from the number of devices.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from bertforge.errors import ConfigError
+from bertforge.validation import check_types
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+OptimizerName = Literal["adamw", "lamb"]
+ScheduleName = Literal["linear", "poly"]
 
 
-@dataclass
+def _require(ok: bool, flag: str, want: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"--{flag} must be {want}, got {value!r}")
+
+
+@dataclass(kw_only=True)
 class ModelArgs:
     """Which BERT: an architecture and/or weights, and its vocabulary."""
 
@@ -36,10 +47,18 @@ class ModelArgs:
     do_lower_case: bool | None = None
     """True for uncased models. Defaults to what the checkpoint records; required otherwise."""
 
+    def __post_init__(self) -> None:
+        check_types(self, "model")
+        for name in ("bert_model", "init_checkpoint", "vocab_file"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                # An unset shell variable ($CKPT) must not silently mean "random weights".
+                raise ConfigError(f"--{name} is empty; give a path (or leave the flag out)")
 
-@dataclass
+
+@dataclass(kw_only=True)
 class TrainArgs:
-    """The optimisation loop."""
+    """The optimisation loop: batches, optimizer, learning-rate schedule, checkpoints."""
 
     train_batch_size: int = 32
     """Sequences per device per forward/backward pass (the micro-batch)."""
@@ -50,8 +69,19 @@ class TrainArgs:
     learning_rate: float = 5e-5
     """Peak learning rate, for the global batch."""
     num_train_epochs: float = 3.0
+    """Epochs to train when max_steps is not given."""
     max_steps: int | None = None
     """Optimizer steps to run; overrides num_train_epochs."""
+    optimizer: OptimizerName = "adamw"
+    """adamw (fine-tuning: torch's AdamW with bias correction, as Hugging Face and NVIDIA) or lamb
+    (pretraining: NVIDIA's FusedLAMB rule)."""
+    schedule: ScheduleName = "linear"
+    """linear: warmup, then linear decay to 0 over the steps after warmup (Hugging Face's
+    get_linear_schedule_with_warmup, which NVIDIA's fine-tuning scripts use). poly: NVIDIA's
+    PolyWarmUpScheduler for pretraining: warmup, then lr * (1 - step/total)^schedule_power with the
+    decay measured over all steps (Google's optimization.py is poly with power 1.0)."""
+    schedule_power: float = 0.5
+    """Exponent of the poly schedule (NVIDIA pretraining: 0.5; Google: 1.0)."""
     warmup_proportion: float = 0.1
     """Fraction of the steps spent warming the learning rate up linearly from 0."""
     weight_decay: float = 0.01
@@ -59,29 +89,41 @@ class TrainArgs:
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this (None: no clipping)."""
     seed: int = 42
+    """Seeds weight initialisation, data order, dropout and masking."""
     log_every: int = 10
-    """Log metrics every N optimizer steps."""
+    """Log metrics every N optimizer steps (also when non-finite losses are checked for)."""
     save_every: int | None = None
     """Write a resumable checkpoint every N optimizer steps (also --num_steps_per_checkpoint)."""
     keep_checkpoints: int = 2
     """How many resumable checkpoints to keep."""
-    resume: bool = False
-    """Continue from the latest checkpoint in output_dir (also --resume_from_checkpoint)."""
+    resume: bool | str = False
+    """Continue the run in output_dir: --resume takes its latest intact checkpoint, --resume PATH
+    the checkpoint directory PATH (also --resume_from_checkpoint)."""
+    max_fp16_skips: int = 50
+    """fp16: stop when this many consecutive steps overflowed (the loss scale cannot recover)."""
 
-    def validate(self) -> None:
-        for name in ("train_batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.warmup_proportion <= 1.0:
-            raise ConfigError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--max_steps must be at least 1, got {self.max_steps}")
-        if self.max_steps is None and self.num_train_epochs <= 0:
-            raise ConfigError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
-        if self.save_every is not None and self.save_every < 1:
-            raise ConfigError(f"--save_every must be at least 1, got {self.save_every}")
+    def __post_init__(self) -> None:
+        check_types(self, "train")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints",
+                     "max_fp16_skips"):
+            _require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        _require(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate",
+                 "a positive number", self.learning_rate)
+        _require(0.0 <= self.warmup_proportion <= 1.0, "warmup_proportion", "in [0, 1]",
+                 self.warmup_proportion)
+        _require(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay",
+                 "a number >= 0", self.weight_decay)
+        _require(self.schedule_power > 0 and math.isfinite(self.schedule_power), "schedule_power",
+                 "a positive number", self.schedule_power)
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
+                 "positive (or null: no clipping)", self.max_grad_norm)
+        _require(self.max_steps is None or self.max_steps >= 1, "max_steps", "at least 1", self.max_steps)
+        _require(self.max_steps is not None or self.num_train_epochs > 0, "num_train_epochs",
+                 "positive", self.num_train_epochs)
+        _require(self.save_every is None or self.save_every >= 1, "save_every", "at least 1",
+                 self.save_every)
+        _require(self.global_batch_size is None or self.global_batch_size >= 1, "global_batch_size",
+                 "at least 1", self.global_batch_size)
 
     def accumulation_for(self, world_size: int) -> int:
         """Gradient accumulation steps for `world_size` devices, checking the global batch."""
@@ -101,8 +143,14 @@ class TrainArgs:
                 f"{accumulation}; give one or the other")
         return accumulation
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the run: max_steps, else num_train_epochs of `steps_per_epoch`."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.floor(self.num_train_epochs * steps_per_epoch))
 
-@dataclass
+
+@dataclass(kw_only=True)
 class RuntimeArgs:
     """Where and how the model runs."""
 
@@ -111,8 +159,13 @@ class RuntimeArgs:
     precision: Precision = "fp32"
     """fp32, tf32 (fp32 storage, TF32 matmuls), bf16 or fp16 autocast with fp32 master weights."""
     compile: bool | None = None
-    """torch.compile the encoder; default: on for CUDA, off elsewhere."""
+    """torch.compile the encoder layers; default: on for CUDA, off elsewhere."""
     unpad: bool = True
     """Run the encoder on real tokens only (no FLOPs on padding); same outputs."""
     num_workers: int = 0
-    """Data-loading worker processes."""
+    """Background threads that prepare the next batches (index, trim, pin memory) while the
+    device computes; 0 prepares each batch when it is needed."""
+
+    def __post_init__(self) -> None:
+        check_types(self, "runtime")
+        _require(self.num_workers >= 0, "num_workers", "at least 0", self.num_workers)

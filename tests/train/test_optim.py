@@ -20,7 +20,7 @@ from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.optim import Lamb, build_optimizer, build_schedule, lr_multiplier, param_groups
 from bertforge.train.runtime import Runtime
-from helpers import random_batch, tiny_config
+from conftest import random_batch, tiny_config
 
 # ---- LAMB ----------------------------------------------------------------------------------
 
@@ -273,7 +273,7 @@ def test_schedules_match_closed_forms(kind, power, total, warmup_proportion):
     schedule = build_schedule(optimizer, total, warmup_proportion, kind, power)
     for step in range(total + 1):
         want = 0.3 * closed_form(step, total, warmup, kind, power)
-        assert lr_multiplier(step, total, warmup, kind, power) == pytest.approx(want / 0.3, abs=1e-15)
+        assert lr_multiplier(step, total, warmup_proportion, kind, power) == pytest.approx(want / 0.3, abs=1e-15)
         assert optimizer.param_groups[0]["lr"] == pytest.approx(want, abs=1e-15), step
         optimizer.step()
         schedule.step()
@@ -291,7 +291,7 @@ def test_trainer_logs_the_learning_rate_each_step_used(tmp_path):
                      log_every=1)
     trainer = Trainer(build_model(config, "classification"), ClassificationLoss(regression=False),
                       ArrayStepLoader(arrays, StepPlan(4, 1, 1), rank=0, seed=0), args,
-                      Runtime(RuntimeArgs(device="cpu")), tmp_path, total, accumulation=1, progress=False)
+                      Runtime(RuntimeArgs(device="cpu")), tmp_path, total, progress=False)
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = {r["step"]: r["lr"] for r in records}

@@ -18,7 +18,7 @@ from bertforge.tasks.squad import SpanLoss
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import Runtime
-from helpers import random_batch, tiny_config
+from conftest import random_batch, tiny_config
 
 STEPS, POISONED_STEP = 4, 3
 
@@ -58,13 +58,12 @@ def make_trainer(out: Path, precision: str, poisoned: tuple[int, ...] = (), step
     runtime = Runtime(RuntimeArgs(device="cpu", precision=precision))
     loader = ArrayStepLoader(span_arrays(), StepPlan(8, 1, 1), rank=0, seed=0)
 
-    def snapshot(step: int) -> dict:
-        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return {}
-
-    return Trainer(model, PoisonedSpanLoss(model.qa_outputs.weight, poisoned), loader, args, runtime, out,
-                   steps, accumulation=1, eval_fn=snapshot if snapshots is not None else None,
-                   eval_every=1, progress=False)
+    trainer = Trainer(model, PoisonedSpanLoss(model.qa_outputs.weight, poisoned), loader, args, runtime, out,
+                      steps, progress=False)
+    if snapshots is not None:
+        trainer.add_callback("on_step_end", lambda t: snapshots.append(
+            {k: v.detach().clone() for k, v in t.model.state_dict().items()}))
+    return trainer
 
 
 def metrics(out: Path) -> list[dict]:
@@ -82,7 +81,7 @@ def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
     snapshots: list[dict] = []
     trainer = make_trainer(tmp_path, "fp16", poisoned=(POISONED_STEP,), snapshots=snapshots)
-    assert trainer.scaler is not None
+    assert trainer.state.scaler.is_enabled()
     initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     after = [initial] + snapshots  # after[k]: the weights after step k
@@ -99,18 +98,18 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
         assert torch.isfinite(w).all(), name
         assert w.dtype == torch.float32, name  # fp32 master weights
     # The skipped step left the optimizer state alone too: Adam took STEPS - 1 steps.
-    adam_steps = {float(s["step"]) for s in trainer.optimizer.state.values()}
+    adam_steps = {float(s["step"]) for s in trainer.state.optimizer.state.values()}
     assert adam_steps == {STEPS - 1.0}
 
 
 def test_fp16_loss_scale_is_restored_on_resume(tmp_path):
     first = make_trainer(tmp_path, "fp16", poisoned=(1,), save_every=STEPS)
     first.fit()
-    assert first.scaler.get_scale() == 32768.0
+    assert first.state.scaler.get_scale() == 32768.0
     resumed = make_trainer(tmp_path, "fp16", save_every=STEPS, resume=True)
     resumed.fit()  # finds the step-4 checkpoint: nothing left to train
     assert resumed.step == STEPS
-    assert resumed.scaler.get_scale() == 32768.0
+    assert resumed.state.scaler.get_scale() == 32768.0
     assert same(resumed.model.state_dict(), first.model.state_dict())
 
 
@@ -121,7 +120,7 @@ def test_autocast_steps_train_in_low_precision(tmp_path, precision, dtype):
     reference = make_trainer(tmp_path / "fp32", "fp32")
     reference.fit()
     trainer = make_trainer(tmp_path / precision, precision)
-    assert (trainer.scaler is not None) == (precision == "fp16")
+    assert trainer.state.scaler.is_enabled() == (precision == "fp16")
     ones = torch.ones(1, 8, dtype=torch.long)
     with trainer.rt.autocast():
         start, _ = trainer.model(ones, ones, ones)

@@ -1,46 +1,122 @@
-"""Resumable training checkpoints, written atomically.
+"""Resumable training checkpoints, written atomically, read without running code.
 
-`<output_dir>/checkpoints/step_00001000/` holds the model (`model.safetensors`, bertforge
-names), the optimizer, schedule, loss scaler and data position (`trainer.pt`), and each rank's
-random-number generator states (`rng_rank<r>.pt`). Everything is written into a hidden
-`.tmp-step_...` directory first and renamed into place only when complete, so a crash leaves
-either the previous checkpoint or the new one, never half of one; only then are the oldest
-checkpoints beyond `keep` removed.
+`<output_dir>/checkpoints/step_00001000/` holds
+- `model.safetensors`: the weights (bertforge names);
+- `trainer.pt`: optimizer, schedule and loss-scaler states (tensors and plain numbers only, so
+  it loads with `torch.load(weights_only=True)`: a tampered file cannot run code);
+- `trainer.json`: the step, the data position, the run's total steps and seed, and when it was
+  written;
+- `rng_rank<r>.pt`: each rank's random-number generator states (tensors and numbers only).
+
+Everything is written into a hidden `.tmp-step_...` directory first and renamed into place only
+when complete, so a crash leaves either the previous checkpoint or the new one, never half of
+one. "Latest" means most recently written (not highest step number), so a run resumed from an
+older checkpoint by hand continues its own line. Rotation never removes the checkpoint just
+written. A checkpoint that cannot be read is skipped with a warning when choosing where to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import pickle
+import random
 import re
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bertforge.errors import CheckpointError
+from bertforge.fileio import default_file_mode
+
+log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "trainer.pt", "trainer.json"
 
 
 def checkpoint_root(output_dir: Path) -> Path:
     return output_dir / "checkpoints"
 
 
+def rng_file(path: Path, rank: int) -> Path:
+    return path / f"rng_rank{rank}.pt"
+
+
+def _written_at(path: Path) -> int:
+    try:
+        return int(json.loads((path / META_FILE).read_text())["written_at_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # unreadable metadata sorts first: the oldest, the first to go
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest written first."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: (_written_at(p), p.name))
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
+# ---- random-number generator states as tensors and numbers -----------------------------------
 
 
-def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, trainer_state: dict,
+def rng_state() -> dict:
+    """This process's generator states, in types `torch.load(weights_only=True)` accepts."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.accelerator.is_available():
+        module = getattr(torch, torch.accelerator.current_accelerator().type, None)
+        if module is not None and hasattr(module, "get_rng_state_all"):
+            state["accelerator"] = module.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "accelerator" in state and torch.accelerator.is_available():
+        module = getattr(torch, torch.accelerator.current_accelerator().type, None)
+        if module is not None and hasattr(module, "set_rng_state_all"):
+            module.set_rng_state_all(state["accelerator"])
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingCheckpoint:
+    """What a resume needs, read back from one checkpoint directory."""
+
+    path: Path
+    model: dict
+    state: dict  # optimizer, schedule, scaler
+    meta: dict  # step, loader, total_steps, seed, written_at_ns
+    rng: dict
+
+
+def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, state: dict, meta: dict,
                              rng: dict, rank: int, barrier, keep: int) -> Path:
     """Called on every rank: rank 0 writes the shared state, every rank its RNG state."""
     root = checkpoint_root(output_dir)
@@ -51,35 +127,92 @@ def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, tra
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(rng, tmp / f"rng_rank{rank}.pt")
-    if rank == 0:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
-                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        torch.save(trainer_state, tmp / "trainer.pt")
+    with _write_errors(tmp):
+        torch.save(rng, rng_file(tmp, rank))
+        if rank == 0:
+            save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
+                      str(tmp / MODEL_FILE), metadata={"format": "pt"})
+            torch.save(state, tmp / STATE_FILE)
+            (tmp / META_FILE).write_text(json.dumps({**meta, "step": step, "written_at_ns": time.time_ns()},
+                                                    indent=2) + "\n")
     barrier()
     if rank == 0:
         for f in tmp.iterdir():
+            os.chmod(f, default_file_mode())  # safetensors writes 0600
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if final.exists():  # a re-run of the same step: replace the old copy
             shutil.rmtree(final)
         os.rename(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep]:
+        # Keep the newest `keep` (this one included), oldest written removed first.
+        others = [p for p in list_checkpoints(output_dir) if p != final]
+        for old in others[:max(0, len(others) + 1 - keep)]:
             shutil.rmtree(old)
     barrier()
     return final
 
 
-def load_training_checkpoint(path: Path, rank: int) -> tuple[dict, dict, dict]:
-    """-> (model state, trainer state, this rank's RNG state)."""
-    rng_file = path / f"rng_rank{rank}.pt"
-    if not rng_file.is_file():
-        raise CheckpointError(f"{path}: no RNG state for rank {rank}; was it written with fewer processes? "
-                              "Resume with the same number of processes")
+@contextlib.contextmanager
+def _write_errors(where: Path):
+    """torch.save and safetensors report a full disk as RuntimeError / SafetensorError from deep
+    inside their writers ("enforce fail at inline_container.cc"): say what it means instead."""
     try:
-        model_state = load_file(str(path / "model.safetensors"))
-        trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
-        rng = torch.load(rng_file, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot read training checkpoint ({e})") from None
-    return model_state, trainer_state, rng
+        yield
+    except (RuntimeError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot write the checkpoint in {where}: the write failed (disk full or "
+                              f"quota exceeded?): {first}") from None
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def load_training_checkpoint(path: Path, rank: int) -> TrainingCheckpoint:
+    """Read and check one checkpoint; CheckpointError says what is wrong with it."""
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    for name in (MODEL_FILE, STATE_FILE, META_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: incomplete checkpoint ({name} is missing)")
+    if not rng_file(path, rank).is_file():
+        written = sorted(p.name for p in path.glob("rng_rank*.pt"))
+        raise CheckpointError(f"{path}: no random-generator state for rank {rank} (the checkpoint has "
+                              f"{', '.join(written) or 'none'}); resume with as many processes as wrote it")
+    try:
+        model = load_file(str(path / MODEL_FILE))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path / MODEL_FILE}: unreadable ({e})") from None
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        int(meta["step"]), meta["loader"], int(meta["total_steps"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / META_FILE}: unreadable ({type(e).__name__}: {e})") from None
+    state = _load_tensors_only(path / STATE_FILE)
+    rng = _load_tensors_only(rng_file(path, rank))
+    return TrainingCheckpoint(path, model, state, meta, rng)
+
+
+def _load_tensors_only(path: Path) -> dict:
+    """torch.load with weights_only=True: tensors, numbers, strings and containers, no code."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds pickled objects other than tensors and plain data; refused, "
+                              "since loading them could run code") from None
+    except Exception as e:  # noqa: BLE001 - every other failure means the file is damaged
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: unreadable ({first})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def latest_intact_checkpoint(output_dir: Path, rank: int) -> TrainingCheckpoint | None:
+    """The most recently written checkpoint that reads back completely; the ones that do not are
+    reported and passed over."""
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            return load_training_checkpoint(path, rank)
+        except CheckpointError as e:
+            log.warning("skipping a damaged checkpoint: %s", e)
+    return None

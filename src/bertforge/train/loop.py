@@ -1,11 +1,18 @@
-"""The one training loop. A task supplies how a batch becomes a loss (`TrainTask`); the loop
-does the rest: data-parallel replicas (DDP), gradient accumulation (no_sync), autocast and fp16
-loss scaling, clipping, the schedule, progress, JSON-lines metrics, atomic resumable
-checkpoints and exact resume.
+"""The one training step and the one training loop.
+
+`train_step` is an optimizer step and nothing else: forward and loss of every micro-batch under
+autocast, backward (through the loss scaler, a no-op unless fp16), gradient norm and clipping,
+the optimizer and schedule step. The `Trainer` and `bertforge benchmark` both call it, so speed
+figures describe the code that trains. It issues no host-device synchronisation: losses and the
+gradient norm come back as device tensors, and the loop reads them only when it logs.
 
 Loss normalisation is exact: each loss term is a sum over samples (or masked tokens) divided
-by the count over the whole global batch (all micro-batches on all ranks), so the gradient of
-a step does not depend on how the global batch is split across devices and micro-batches.
+by the count over the whole global batch (all micro-batches on all ranks), so the gradient of a
+step does not depend on how the global batch is split across devices and micro-batches.
+
+The `Trainer` adds what a run needs around the step: data-parallel replicas (DDP), progress,
+JSON-lines metrics, atomic resumable checkpoints and exact resume, the non-finite-loss guard,
+checkpoints on preemption signals, and callbacks for what a task adds (evaluation).
 """
 
 from __future__ import annotations
@@ -15,40 +22,158 @@ import json
 import logging
 import math
 import re
+import signal
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from bertforge.errors import BertforgeError, CheckpointError
+from bertforge.fileio import json_safe
 from bertforge.runconfig import TrainArgs
 from bertforge.train import checkpoints
-from bertforge.train.optim import OptimizerName, ScheduleName, build_optimizer, build_schedule
-from bertforge.train.runtime import Runtime, rng_state, set_rng_state
+from bertforge.train.batching import Prefetcher
+from bertforge.train.optim import build_optimizer, build_schedule, lr_multiplier
+from bertforge.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+Batch = dict[str, object]  # tensors, plus host-side facts such as "seq_lengths" (a list of ints)
 
-class TrainTask(Protocol):
-    """How a task turns batches into losses."""
 
-    def denominators(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """Per loss term, how many items (samples, masked tokens) the batch holds."""
+class LossFn(Protocol):
+    """How a task turns a batch into losses."""
 
-    def loss_sums(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def denominators(self, batch: Batch) -> dict[str, float]:
+        """Per loss term, how many items (samples, masked tokens) the batch holds; read from the
+        batch while it is still on the host."""
+
+    def loss_sums(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
         """Per loss term, the sum of the loss over those items (same keys as denominators)."""
 
 
 class StepLoader(Protocol):
+    """Yields, per optimizer step, this rank's list of micro-batches (on the host)."""
+
+    steps_per_epoch: int
+
     def __iter__(self): ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class TrainingDiverged(BertforgeError):
+    """The loss or gradient norm became inf/NaN (fp32/bf16), or fp16 kept overflowing."""
+
+
+class Preempted(BertforgeError):
+    """SIGTERM/SIGUSR1 arrived; a checkpoint was written if checkpoints are on."""
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Tensors (also in nested dicts) to `device`, asynchronously from pinned memory; host-side
+    facts such as seq_lengths stay."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor)
+            else to_device(v, device) if isinstance(v, dict) else v for k, v in batch.items()}
+
+
+# ---- the training step -----------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What one optimizer step acts on."""
+
+    model: nn.Module  # what the loss calls: the DDP wrapper when data-parallel
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # disabled (a pass-through) unless fp16
+    params: list[nn.Parameter]
+    runtime: Runtime
+    max_grad_norm: float | None
+
+
+@dataclass
+class StepOutput:
+    sums: dict[str, Tensor]  # per loss term, summed over this rank's micro-batches (device)
+    denominators: dict[str, float]  # per loss term, the count over the global batch
+    grad_norm: Tensor  # global gradient norm before clipping (device); inf/NaN: fp16 skipped
+
+    @property
+    def loss(self) -> Tensor:
+        """This rank's share of the step's loss (the global loss after an all-reduce)."""
+        return sum(self.sums[k] / max(self.denominators[k], 1.0) for k in self.sums)
+
+
+def build_train_state(model: nn.Module, cfg: TrainArgs, runtime: Runtime, total_steps: int) -> TrainState:
+    """Optimizer, schedule and loss scaler for `model` (already on the device) as `cfg` says;
+    wrapped in DDP when the run is data-parallel."""
+    wrapped = model
+    if runtime.dist.enabled:
+        wrapped = DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type != "cpu" else None)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, runtime.device)
+    schedule = build_schedule(optimizer, total_steps, cfg.warmup_proportion, cfg.schedule, cfg.schedule_power)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return TrainState(wrapped, optimizer, schedule, runtime.grad_scaler(), params, runtime, cfg.max_grad_norm)
+
+
+def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -> StepOutput:
+    """One optimizer step over this rank's micro-batches (host batches; moved here)."""
+    rt = state.runtime
+    local: dict[str, float] = defaultdict(float)
+    for batch in micro_batches:
+        for k, v in loss_fn.denominators(batch).items():
+            local[k] += float(v)
+    keys = sorted(local)
+    if rt.dist.enabled:
+        counts = rt.all_reduce_sum(torch.tensor([local[k] for k in keys], dtype=torch.float64)).tolist()
+    else:
+        counts = [local[k] for k in keys]
+    denominators = dict(zip(keys, counts))
+    sums: dict[str, Tensor] = {}
+    for i, batch in enumerate(micro_batches):
+        batch = to_device(batch, rt.device)
+        last = i == len(micro_batches) - 1
+        # Gradients are all-reduced once per step, on the last micro-batch.
+        sync = contextlib.nullcontext() if last or not rt.dist.enabled else state.model.no_sync()
+        with sync:
+            with rt.autocast():
+                terms = loss_fn.loss_sums(state.model, batch)
+            # DDP averages gradients over ranks: scale by world so the result is the sum over the
+            # global batch divided by the global count.
+            loss = sum(terms[k].float() / max(denominators[k], 1.0) for k in keys) * rt.world_size
+            state.scaler.scale(loss).backward()
+        for k in keys:
+            sums[k] = sums[k] + terms[k].detach().float() if k in sums else terms[k].detach().float()
+    state.scaler.unscale_(state.optimizer)
+    if state.max_grad_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm, foreach=True)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in state.params if p.grad is not None],
+                                                  foreach=True)
+    state.scaler.step(state.optimizer)  # skipped by the scaler when fp16 gradients overflowed
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        # The schedule follows the step count even when fp16 skipped the update; torch's
+        # warning about stepping it before the optimizer does not apply.
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        state.schedule.step()
+    return StepOutput(sums, denominators, grad_norm)
+
+
+# ---- the loop --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -61,232 +186,314 @@ class TrainResult:
 
 
 class MetricsLog:
-    """Append-only JSON lines (rank 0 only), flushed per record so a crash loses nothing."""
+    """Append-only JSON lines (rank 0 only), flushed per record so a crash loses nothing.
+    Non-finite numbers are written as null: strict JSON has no NaN."""
 
     def __init__(self, path: Path | None):
         self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
         if self.path is None:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
 
-def compile_layers(model: nn.Module) -> None:
-    """torch.compile each transformer layer in place (regional compilation: one compiled
-    graph serves all layers, parameter names unchanged)."""
-    for module in model.modules():
-        if type(module).__name__ == "BertLayer":
-            module.compile(dynamic=True)
+Callback = Callable[["Trainer"], None]
+EVENTS = ("on_step_end", "on_log", "on_train_end")
+
+
+@dataclass
+class _Window:
+    """Sums since the last log line."""
+
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    den: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    samples: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, out: StepOutput, micro: list[Batch], world: int) -> int:
+        for k, v in out.sums.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.den[k] += out.denominators[k]
+        n = sum(int(b["input_ids"].shape[0]) for b in micro) * world
+        self.samples += n
+        self.tokens += sum(sum(b["seq_lengths"]) if "seq_lengths" in b else int(b["attention_mask"].sum())
+                           for b in micro) * world
+        return n
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, task: TrainTask, loader: StepLoader, args: TrainArgs,
-                 runtime: Runtime, output_dir: Path, total_steps: int, accumulation: int,
-                 optimizer: OptimizerName = "adamw", schedule: ScheduleName = "linear",
-                 schedule_power: float = 0.5, eval_fn: Callable[[int], dict] | None = None,
-                 eval_every: int | None = None, progress: bool = True):
+    """Runs `train_step` for `total_steps` steps over `loader`, with logging, checkpoints,
+    resume and callbacks (`add_callback("on_step_end", fn)`; fn gets the trainer)."""
+
+    def __init__(self, model: nn.Module, loss: LossFn, loader: StepLoader, cfg: TrainArgs,
+                 runtime: Runtime, output_dir: Path, total_steps: int, progress: bool = True):
         self.model = model
-        self.task = task
+        self.loss = loss
         self.loader = loader
-        self.args = args
+        self.cfg = cfg
         self.rt = runtime
-        self.output_dir = output_dir
+        self.output_dir = Path(output_dir)
         self.total_steps = total_steps
-        self.accumulation = accumulation
-        self.eval_fn = eval_fn
-        self.eval_every = eval_every
         self.progress = progress and runtime.is_main
         model.to(runtime.device)
         if runtime.compile:
-            compile_layers(model)
-        self.ddp = (DistributedDataParallel(model, device_ids=[runtime.device.index]
-                                            if runtime.device.type != "cpu" else None)
-                    if runtime.dist.enabled else None)
-        self.optimizer = build_optimizer(model, optimizer, args.learning_rate, args.weight_decay,
-                                         runtime.device)
-        self.schedule = build_schedule(self.optimizer, total_steps, args.warmup_proportion,
-                                       schedule, schedule_power)
-        self.scaler = runtime.grad_scaler()
+            model.compile_layers()
+        self.state = build_train_state(model, cfg, runtime, total_steps)
         self.step = 0
-        self.grad_norm: Tensor | None = None  # of the latest update, before clipping
+        self.lr = self.state.schedule.get_last_lr()[0]  # the rate of the latest update, for the log
+        self.last_record: dict | None = None
+        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl" if runtime.is_main else None)
+        self._callbacks: dict[str, list[Callback]] = defaultdict(list)
+        self._unchecked: list[tuple[int, Tensor]] = []  # (step, [loss, grad norm, scale]) not yet looked at
+        self._fp16_skips_in_a_row = 0
+        self._scale = self.state.scaler.get_scale()  # the loss scale after the latest checked step
+        self._preempt = threading.Event()
+        self._loader_state = loader.state_dict()  # the data position after the latest step
         # Every rank starts from the same weights (seeded before the model was built); from here
         # each rank draws its own dropout masks, deterministically from (seed, rank). A resumed
         # run restores the generators' states instead.
-        torch.manual_seed(int(np.random.SeedSequence([args.seed, runtime.dist.rank]).generate_state(1)[0]))
-        self.lr = self.schedule.get_last_lr()[0]  # the rate of the latest update, for the log
-        self.metrics = MetricsLog(output_dir / "metrics.jsonl" if runtime.is_main else None)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, runtime.dist.rank]).generate_state(1)[0]))
 
-    @property
-    def forward_model(self) -> nn.Module:
-        return self.ddp if self.ddp is not None else self.model
+    # ---- callbacks -------------------------------------------------------------------------
 
-    # ---- checkpoints ---------------------------------------------------------------------
+    def add_callback(self, event: str, fn: Callback) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; events: {', '.join(EVENTS)}")
+        self._callbacks[event].append(fn)
 
-    def _trainer_state(self) -> dict:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "loader": self.loader.state_dict(), "total_steps": self.total_steps}
+    def trigger(self, event: str) -> None:
+        for fn in self._callbacks[event]:
+            fn(self)
+
+    def log(self, record: dict) -> None:
+        """Write a metrics record (rank 0)."""
+        self.metrics.write(record)
+
+    # ---- checkpoints -----------------------------------------------------------------------
 
     def save(self) -> Path:
+        """A resumable checkpoint of the current step (every rank calls it). Refuses to write
+        weights that went non-finite."""
+        self._check_finite()
+        state = {"optimizer": self.state.optimizer.state_dict(), "schedule": self.state.schedule.state_dict(),
+                 "scaler": self.state.scaler.state_dict()}
+        meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed}
         return checkpoints.save_training_checkpoint(
-            self.output_dir, self.step, self.model.state_dict(), self._trainer_state(), rng_state(),
-            self.rt.dist.rank, self.rt.barrier, self.args.keep_checkpoints)
+            self.output_dir, self.step, self.model.state_dict(), state, meta, checkpoints.rng_state(),
+            self.rt.dist.rank, self.rt.barrier, self.cfg.keep_checkpoints)
 
-    def resume(self, path: Path) -> None:
-        model_state, state, rng = checkpoints.load_training_checkpoint(path, self.rt.dist.rank)
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.loader.load_state_dict(state["loader"])
-        self.step = state["step"]
-        set_rng_state(rng)
-        log.info("resumed from %s at step %d", path, self.step)
+    def resume(self, ckpt: checkpoints.TrainingCheckpoint) -> None:
+        meta = ckpt.meta
+        if meta.get("seed") != self.cfg.seed:
+            raise CheckpointError(f"cannot resume from {ckpt.path}: it was written with --seed "
+                                  f"{meta.get('seed')}, this run has --seed {self.cfg.seed}")
+        self.loader.load_state_dict(meta["loader"])
+        self._loader_state = self.loader.state_dict()
+        self.model.load_state_dict(ckpt.model)
+        self.state.optimizer.load_state_dict(ckpt.state["optimizer"])
+        self.state.schedule.load_state_dict(ckpt.state["schedule"])
+        self.state.scaler.load_state_dict(ckpt.state["scaler"])
+        self._scale = self.state.scaler.get_scale()
+        self.step = int(meta["step"])
+        if self.step > self.total_steps:
+            raise CheckpointError(f"cannot resume from {ckpt.path}: it is at step {self.step}, past this "
+                                  f"run's {self.total_steps} steps")
+        self._rederive_schedule(int(meta["total_steps"]))
+        checkpoints.set_rng_state(ckpt.rng)
+        self.metrics.write({"event": "resume", "step": self.step, "checkpoint": str(ckpt.path),
+                            "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"])})
+        log.info("resumed from %s at step %d", ckpt.path, self.step)
 
-    # ---- one optimizer step --------------------------------------------------------------
+    def _rederive_schedule(self, previous_total: int) -> None:
+        """The learning rate of the next update from this run's schedule (its total steps and
+        peak rate), not the one the checkpoint's run would have used."""
+        schedule = self.state.schedule
+        schedule.base_lrs = [self.cfg.learning_rate] * len(schedule.base_lrs)
+        m = lr_multiplier(self.step, self.total_steps, self.cfg.warmup_proportion, self.cfg.schedule,
+                          self.cfg.schedule_power)
+        for group in self.state.optimizer.param_groups:
+            group["lr"] = self.cfg.learning_rate * m
+        schedule._last_lr = [g["lr"] for g in self.state.optimizer.param_groups]
+        if previous_total != self.total_steps:
+            log.warning("resuming a run of %d steps as a run of %d: the learning-rate schedule is "
+                        "re-derived for %d steps (next rate %.3g)", previous_total, self.total_steps,
+                        self.total_steps, self.cfg.learning_rate * m)
 
-    def _train_step(self, micro_batches: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], dict[str, float], bool]:
-        """-> (summed loss terms, global denominators, whether the update was applied)."""
-        local: dict[str, float] = {}
-        for batch in micro_batches:
-            for k, v in self.task.denominators(batch).items():
-                local[k] = local.get(k, 0.0) + float(v)
-        keys = sorted(local)
-        den = self.rt.all_reduce_sum(torch.tensor([local[k] for k in keys], dtype=torch.float64))
-        denominators = dict(zip(keys, den.tolist()))
-        world = self.rt.world_size
-        sums_total: dict[str, Tensor] = {}
-        for i, batch in enumerate(micro_batches):
-            batch = {k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()}
-            last = i == len(micro_batches) - 1
-            sync = contextlib.nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
-            with sync:
-                with self.rt.autocast():
-                    sums = self.task.loss_sums(self.forward_model, batch)
-                # DDP averages gradients over ranks: scale by world so the result is the sum
-                # over the global batch divided by the global count.
-                loss = sum(sums[k].float() / max(denominators[k], 1.0) for k in keys) * world
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            for k in keys:
-                sums_total[k] = sums_total.get(k, 0.0) + sums[k].detach().float()
-        applied = self._apply_update()
-        return sums_total, denominators, applied
+    def _resume_point(self) -> checkpoints.TrainingCheckpoint | None:
+        resume = self.cfg.resume
+        if isinstance(resume, str) and resume not in ("", "latest"):
+            return checkpoints.load_training_checkpoint(Path(resume), self.rt.dist.rank)
+        found = checkpoints.latest_intact_checkpoint(self.output_dir, self.rt.dist.rank)
+        if found is None:
+            log.warning("--resume: no intact checkpoint in %s; starting from step 0",
+                        checkpoints.checkpoint_root(self.output_dir))
+        return found
 
-    def _apply_update(self) -> bool:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.args.max_grad_norm is not None:
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
-        applied = True
-        if self.scaler is not None:
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scaler.get_scale() < scale:
-                applied = False
-                self.metrics.write({"event": "fp16_overflow_skip", "step": self.step + 1,
-                                    "scale": scale, "new_scale": self.scaler.get_scale()})
-                log.warning("step %d: inf/NaN gradients, update skipped; loss scale %.0f -> %.0f",
-                            self.step + 1, scale, self.scaler.get_scale())
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr = self.schedule.get_last_lr()[0]
-        with warnings.catch_warnings():
-            # The schedule follows the step count even when fp16 skipped the update; torch's
-            # warning about stepping it before the optimizer does not apply.
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            self.schedule.step()
-        return applied
+    # ---- health checks ---------------------------------------------------------------------
 
-    # ---- the loop ------------------------------------------------------------------------
+    def _health(self, out: StepOutput) -> Tensor:
+        """[loss, gradient norm, loss scale after the step] of a step, on the device, unread."""
+        scaler = self.state.scaler
+        # _get_scale_async: the scale tensor without a host sync (get_scale() would sync).
+        scale = scaler._get_scale_async().float() if scaler.is_enabled() else torch.ones((), device=out.loss.device)
+        return torch.stack([out.loss.detach().float(), out.grad_norm.detach().float(), scale.reshape(())])
+
+    def _check_finite(self) -> None:
+        """Look at the losses and gradient norms of the steps since the last look (one host
+        sync). fp32/bf16: a non-finite one stops the run. fp16: a non-finite gradient norm was an
+        overflow the scaler skipped; the run stops after max_fp16_skips of them in a row."""
+        if not self._unchecked:
+            return
+        steps = [s for s, _ in self._unchecked]
+        values = torch.stack([v for _, v in self._unchecked]).tolist()  # (steps, [loss, norm, scale])
+        self._unchecked.clear()
+        fp16 = self.state.scaler.is_enabled()
+        for step, (loss, norm, scale) in zip(steps, values):
+            before, self._scale = self._scale, scale
+            if math.isfinite(norm) and (fp16 or math.isfinite(loss)):
+                self._fp16_skips_in_a_row = 0
+                continue
+            if not fp16:
+                raise TrainingDiverged(
+                    f"step {step}: the loss or gradient became inf/NaN; training stopped and nothing "
+                    f"from step {step} on was saved. Lower --learning_rate, check the model config "
+                    f"(e.g. layer_norm_eps) and the data, or resume from the last checkpoint.")
+            self._fp16_skips_in_a_row += 1
+            self.metrics.write({"event": "fp16_overflow_skip", "step": step, "scale": before, "new_scale": scale})
+            log.warning("step %d: inf/NaN gradients, update skipped; loss scale %.0f -> %.0f", step, before, scale)
+            if self._fp16_skips_in_a_row >= self.cfg.max_fp16_skips:
+                raise TrainingDiverged(
+                    f"step {step}: {self._fp16_skips_in_a_row} fp16 overflows in a row (loss scale "
+                    f"{scale:g}); the loss is likely inf/NaN. Try --precision bf16 or fp32, or a lower "
+                    f"--learning_rate")
+
+    @contextlib.contextmanager
+    def _preemption_signals(self):
+        """SIGTERM (what Slurm and Kubernetes send before killing a job) and SIGUSR1 set a flag
+        the loop acts on after the current step. Only where handlers can be installed (the
+        main thread); previous handlers come back afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        wanted = [signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+        previous = {s: signal.getsignal(s) for s in wanted}
+        for s in wanted:
+            signal.signal(s, lambda signum, frame: self._preempt.set())
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _preempted(self) -> bool:
+        flag = self._preempt.is_set()
+        if self.rt.dist.enabled and self.cfg.save_every:
+            # Every rank must stop at the same step to write one checkpoint together.
+            t = torch.tensor([1.0 if flag else 0.0], device=self.rt.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    # ---- the loop --------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        args, rt = self.args, self.rt
-        if args.resume:
-            found = checkpoints.latest_checkpoint(self.output_dir)
-            if found is None:
-                log.warning("--resume: no checkpoint in %s; starting from step 0",
-                            checkpoints.checkpoint_root(self.output_dir))
-            else:
+        if self.cfg.resume:
+            found = self._resume_point()
+            if found is not None:
                 self.resume(found)
-                self.metrics.write({"event": "resume", "step": self.step, "checkpoint": str(found)})
+        with self._preemption_signals():
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
+        cfg, rt = self.cfg, self.rt
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    desc="train", unit="step", dynamic_ncols=True)
-        window_sums: dict[str, Tensor] = {}
-        window_den: dict[str, float] = {}
-        window_samples, window_tokens, window_start = 0, 0, time.perf_counter()
+        window = _Window()
         t0, start_step, samples = time.perf_counter(), self.step, 0
-        first_loss = last_loss = None
-        iterator = iter(self.loader)
+        first_loss = None
+        # The loader's position is read right after each step's batches are made: with
+        # prefetching the loader itself is already ahead of the step being trained.
+        iterator = iter(Prefetcher(_with_position(self.loader), rt.num_workers,
+                                   pin=rt.device.type != "cpu"))
         while self.step < self.total_steps:
-            micro = next(iterator)
-            sums, den, _ = self._train_step(micro)
+            micro, self._loader_state = next(iterator)
+            self.lr = self.state.schedule.get_last_lr()[0]
+            out = train_step(self.state, self.loss, micro)
             self.step += 1
-            n = sum(int(b["input_ids"].shape[0]) for b in micro) * rt.world_size
-            window_samples += n
-            samples += n
-            window_tokens += sum(int(b["attention_mask"].sum()) for b in micro) * rt.world_size
-            for k, v in sums.items():
-                window_sums[k] = window_sums.get(k, 0.0) + v
-                window_den[k] = window_den.get(k, 0.0) + den[k]
+            self._unchecked.append((self.step, self._health(out)))
+            samples += window.add(out, micro, rt.world_size)
             bar.update(1)
-            if self.step % args.log_every == 0 or self.step == self.total_steps or self.step == start_step + 1:
-                record = self._log_record(window_sums, window_den, window_samples, window_tokens,
-                                          time.perf_counter() - window_start)
-                last_loss = record["loss"]
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps or self.step == start_step + 1:
+                self.last_record = self._log_record(window, out.grad_norm)
+                window = _Window()
                 if first_loss is None:
-                    first_loss = last_loss
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                seq_s=f"{record['seq_per_s']:.1f}")
-                window_sums, window_den = {}, {}
-                window_samples, window_tokens, window_start = 0, 0, time.perf_counter()
-            if args.save_every and self.step % args.save_every == 0 and self.step < self.total_steps:
+                    first_loss = self.last_record["loss"]
+                bar.set_postfix(loss=f"{self.last_record['loss']:.4f}", lr=f"{self.last_record['lr']:.2e}",
+                                seq_s=f"{self.last_record['seq_per_s']:.1f}")
+                self.trigger("on_log")
+                self._check_finite()
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                 self.save()
-            if self.eval_fn is not None and self.eval_every and self.step % self.eval_every == 0:
-                self._evaluate()
+            self.trigger("on_step_end")
+            if self._preempted():
+                bar.close()
+                self._on_preemption()
         bar.close()
-        if self.eval_fn is not None and self.eval_every and self.step % self.eval_every != 0:
-            self._evaluate()
-        if args.save_every:
+        self._check_finite()
+        if cfg.save_every:
             self.save()
-        return TrainResult(self.step - start_step, time.perf_counter() - t0, samples, first_loss, last_loss)
+        self.trigger("on_train_end")
+        last = self.last_record["loss"] if self.last_record else None
+        return TrainResult(self.step - start_step, time.perf_counter() - t0, samples, first_loss, last)
 
-    def _evaluate(self) -> None:
-        self.model.eval()
-        with torch.no_grad():
-            result = self.eval_fn(self.step)
-        self.model.train()
-        if result:
-            self.metrics.write({"step": self.step, "split": "eval", **result})
-            log.info("step %d eval: %s", self.step, json.dumps(result))
+    def _on_preemption(self) -> None:
+        saved = None
+        if self.cfg.save_every:
+            saved = self.save()
+        self.metrics.write({"event": "preempted", "step": self.step, "checkpoint": str(saved) if saved else None})
+        raise Preempted(f"stopped by a termination signal after step {self.step}; "
+                        + (f"checkpoint written to {saved}: run the same command with --resume to continue"
+                           if saved else "no checkpoint written (pass --save_every to make runs resumable)"))
 
-    def _log_record(self, sums: dict[str, Tensor], den: dict[str, float], samples: int, tokens: int,
-                    seconds: float) -> dict:
-        keys = sorted(sums)
-        totals = self.rt.all_reduce_sum(torch.stack([sums[k] for k in keys]).double()).tolist()
-        terms = {f"{k}_loss": totals[i] / max(den[k], 1.0) for i, k in enumerate(keys)}
+    def _log_record(self, window: _Window, grad_norm: Tensor) -> dict:
+        keys = sorted(window.sums)
+        totals = self.rt.all_reduce_sum(torch.stack([window.sums[k] for k in keys]).double()).tolist()
+        terms = {f"{k}_loss": totals[i] / max(window.den[k], 1.0) for i, k in enumerate(keys)}
         loss = sum(terms.values())
+        seconds = max(time.perf_counter() - window.start, 1e-9)
         record = {"step": self.step, "loss": loss, **(terms if len(terms) > 1 else {}),
-                  "lr": self.lr, "seq_per_s": samples / max(seconds, 1e-9),
-                  "tokens_per_s": tokens / max(seconds, 1e-9),
-                  "epoch": self.step / getattr(self.loader, "steps_per_epoch", math.inf)}
-        if self.grad_norm is not None:
-            record["grad_norm"] = float(self.grad_norm)
-        if self.scaler is not None:
-            record["loss_scale"] = self.scaler.get_scale()
-        if not math.isfinite(loss):
-            log.warning("step %d: loss is %s", self.step, loss)
+                  "lr": self.lr, "seq_per_s": window.samples / seconds, "tokens_per_s": window.tokens / seconds,
+                  "epoch": self.step / self.loader.steps_per_epoch, "grad_norm": float(grad_norm)}
+        if self.state.scaler.is_enabled():
+            record["loss_scale"] = self.state.scaler.get_scale()
         self.metrics.write(record)
         return record
+
+
+def _with_position(loader: StepLoader):
+    for micro in loader:
+        yield micro, loader.state_dict()
+
+
+def evaluate_every(trainer: Trainer, every: int | None, evaluate: Callable[[int], dict | None]) -> None:
+    """Register `evaluate(step)` to run every `every` steps and after the last step; its result
+    is logged as an eval record."""
+
+    def run_eval(t: Trainer) -> None:
+        t.model.eval()
+        with torch.no_grad():
+            result = evaluate(t.step)
+        t.model.train()
+        if result:
+            t.log({"step": t.step, "split": "eval", **result})
+            log.info("step %d eval: %s", t.step, json.dumps(json_safe(result)))
+
+    if every:
+        trainer.add_callback("on_step_end", lambda t: run_eval(t) if t.step % every == 0 else None)
+    trainer.add_callback("on_train_end", lambda t: run_eval(t) if not every or t.step % every else None)
+

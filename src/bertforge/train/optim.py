@@ -6,21 +6,20 @@
   over all tensors, not a Python loop per parameter.
 - Weight decay, and LAMB's trust ratio, skip biases and LayerNorm weights: exactly the 1-D
   parameters of BERT.
-- Schedules: linear warmup then linear decay (fine-tuning); linear warmup then polynomial
-  decay (pretraining, NVIDIA's PolyWarmUpScheduler with degree 0.5).
+- Schedules: linear warmup then linear decay (fine-tuning, Hugging Face's); NVIDIA's
+  PolyWarmUpScheduler (pretraining, degree 0.5; with degree 1.0 it is Google's optimization.py).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-OptimizerName = Literal["adamw", "lamb"]
+from bertforge.runconfig import OptimizerName, ScheduleName
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -128,21 +127,30 @@ def build_optimizer(model: nn.Module, name: OptimizerName, lr: float, weight_dec
                              fused=fused or None, foreach=None if fused else True)
 
 
-ScheduleName = Literal["linear", "poly"]
-
-
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: ScheduleName,
+def lr_multiplier(step: int, total_steps: int, warmup_proportion: float, kind: ScheduleName,
                   power: float = 0.5) -> float:
-    """Multiplier of the peak learning rate after `step` optimizer steps."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    """Multiplier of the peak learning rate for the optimizer update that follows `step`
+    completed updates (update number step + 1).
+
+    linear (Hugging Face's get_linear_schedule_with_warmup): W = floor(warmup_proportion * total);
+        step < W: step / W; else (total - step) / (total - W).
+    poly (NVIDIA's PolyWarmUpScheduler, which steps the schedule before each update, so update k
+        uses progress p = k / total): p < warmup_proportion: p / warmup_proportion;
+        else (1 - p) ** power. The decay is measured over all steps, warmup included, and drops
+        at the end of warmup from 1 to (1 - warmup_proportion) ** power, exactly as NVIDIA's does.
+    """
     if kind == "linear":
-        return 1.0 - progress
+        warmup = math.floor(warmup_proportion * total_steps)
+        if step < warmup:
+            return step / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    warmup = math.floor(warmup_proportion * total_steps)
+    if warmup > 0 and step < warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return (1.0 - progress) ** power
 
 
 def build_schedule(optimizer: Optimizer, total_steps: int, warmup_proportion: float,
                    kind: ScheduleName = "linear", power: float = 0.5) -> LambdaLR:
-    warmup = int(math.floor(warmup_proportion * total_steps))
-    return LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, warmup, kind, power))
+    return LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, warmup_proportion, kind, power))

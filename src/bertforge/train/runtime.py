@@ -76,7 +76,6 @@ class Runtime:
     """Device, process group and precision of one process."""
 
     def __init__(self, args: RuntimeArgs, dist_info: DistInfo = DistInfo()):
-        self.args = args
         self.dist = dist_info
         self.device = resolve_device(args.device, dist_info.local_rank)
         self.precision = args.precision
@@ -84,6 +83,7 @@ class Runtime:
             log.warning("fp16 loss scaling on MPS depends on your torch build")
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.compile = args.compile if args.compile is not None else self.device.type == "cuda"
+        self.num_workers = args.num_workers
         self._set_matmul_precision()
         if dist_info.enabled and not dist.is_initialized():
             if self.device.type != "cpu":
@@ -111,11 +111,10 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def grad_scaler(self) -> torch.amp.GradScaler | None:
-        """Dynamic loss scaling, for fp16 only (bf16 has fp32's exponent range)."""
-        if self.precision != "fp16":
-            return None
-        return torch.amp.GradScaler(self.device.type)
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Dynamic loss scaling, enabled for fp16 only (bf16 has fp32's exponent range); disabled,
+        it passes the loss and the optimizer step through unchanged."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def barrier(self) -> None:
         if self.dist.enabled:
@@ -149,23 +148,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.accelerator.is_available():
-        kind = torch.accelerator.current_accelerator().type
-        module = getattr(torch, kind, None)
-        if module is not None and hasattr(module, "get_rng_state_all"):
-            state["accelerator"] = module.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "accelerator" in state and torch.accelerator.is_available():
-        module = getattr(torch, torch.accelerator.current_accelerator().type, None)
-        if module is not None and hasattr(module, "set_rng_state_all"):
-            module.set_rng_state_all(state["accelerator"])
