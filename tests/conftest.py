@@ -1,10 +1,15 @@
-"""Shared test fixtures: paths to the real data sets beside the repository (../shared/data)."""
+"""Shared test fixtures and builders: paths to the real data sets beside the repository
+(../shared/data), tiny model configs, random batches, and transformers counterparts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
+
+from bertforge.config import BertConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -27,3 +32,63 @@ def vocab_file() -> Path:
 @pytest.fixture(scope="session")
 def squad_dev_file() -> Path:
     return shared("squad", "v1.1", "dev-v1.1.json")
+
+
+# ---- builders (plain functions) ------------------------------------------------------------
+
+HF_CLASSES = {
+    "base": transformers.BertModel,
+    "pretraining": transformers.BertForPreTraining,
+    "qa": transformers.BertForQuestionAnswering,
+    "classification": transformers.BertForSequenceClassification,
+}
+
+
+def tiny_config(**overrides) -> BertConfig:
+    base = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
+    base.update(overrides)
+    return BertConfig(**base)
+
+
+def hf_config(config: BertConfig, **extra):
+    """The same architecture as a transformers BertConfig."""
+    return transformers.BertConfig(**config.to_dict(), **extra)
+
+
+def hf_checkpoint(tmp_path, head: str, name: str = "hf", safe: bool = True, **cfg_extra):
+    """A tiny transformers model with `head` (base, pretraining, qa, classification), every
+    tensor made distinctive, saved by transformers' own `save_pretrained` to tmp_path/name.
+    Returns (directory, model)."""
+    torch.manual_seed(1)
+    model = HF_CLASSES[head](hf_config(tiny_config(), **cfg_extra))
+    with torch.no_grad():  # LayerNorms included
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = tmp_path / name
+    model.save_pretrained(out, safe_serialization=safe)
+    return out, model
+
+
+def random_batch(config: BertConfig, batch: int = 4, seq: int = 16, seed: int = 0,
+                 min_len: int = 3) -> dict[str, torch.Tensor]:
+    """Random ids with ragged lengths, right-padded with 0 as BERT feeds do."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, seq + 1, (batch,), generator=g)
+    lengths[0] = seq  # at least one full row
+    input_ids = torch.randint(1, config.vocab_size, (batch, seq), generator=g)
+    token_type_ids = torch.randint(0, config.type_vocab_size, (batch, seq), generator=g)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    return {"input_ids": input_ids * mask, "token_type_ids": token_type_ids * mask,
+            "attention_mask": mask}
+
+
+def assert_same_qa_logits(ours, theirs, batch: dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+    """Our QA model's start/end logits equal a transformers BertForQuestionAnswering's at every
+    real (non-padding) position."""
+    with torch.no_grad():
+        start, end = ours(**batch)
+        ref = theirs(**batch)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(start[mask], ref.start_logits[mask], rtol=0, atol=atol)
+    torch.testing.assert_close(end[mask], ref.end_logits[mask], rtol=0, atol=atol)

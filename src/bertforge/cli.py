@@ -14,6 +14,7 @@ user errors into one clear message and exit status 2, without a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -49,6 +50,8 @@ IGNORED_FLAGS = {
 }
 # Reference flags whose only supported value is the default; anything else is an error.
 UNSUPPORTED = {"version_2_with_negative": ("false", "SQuAD 2.0 (unanswerable questions) is not supported")}
+FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                     errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
 BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "t", "f", "y", "n"}
 
 
@@ -72,27 +75,18 @@ def _dist_info():
 def _squad(mode: str):
     def build():
         from bertforge.tasks import squad
-
-        def handler(cfg, _ns):
-            if mode == "predict":
-                cfg.do_train = False
-                cfg.do_predict = True
-            squad.run(cfg, _dist_info())
-        return squad.SquadRun, handler
+        if mode == "predict":
+            return squad.SquadPredictRun, lambda cfg, _ns: squad.predict_run(cfg, _dist_info())
+        return squad.SquadRun, lambda cfg, _ns: squad.finetune(cfg, _dist_info())
     return build
 
 
 def _glue(mode: str):
     def build():
         from bertforge.tasks import glue
-
-        def handler(cfg, _ns):
-            if mode == "predict":
-                cfg.do_train, cfg.do_predict = False, True
-            elif mode == "evaluate":
-                cfg.do_train, cfg.do_eval = False, True
-            glue.run(cfg, _dist_info())
-        return glue.GlueRun, handler
+        classes = {"finetune": glue.GlueRun, "predict": glue.GluePredictRun, "evaluate": glue.GlueEvaluateRun}
+        run = glue.finetune if mode == "finetune" else glue.evaluate_run
+        return classes[mode], lambda cfg, _ns: run(cfg, _dist_info())
     return build
 
 
@@ -106,10 +100,7 @@ def _evaluate_squad():
 
 def _pretrain():
     from bertforge.tasks import pretraining
-
-    def handler(cfg, _ns):
-        pretraining.run(cfg, _dist_info())
-    return pretraining.PretrainRun, handler
+    return pretraining.PretrainRun, lambda cfg, _ns: pretraining.pretrain(cfg, _dist_info())
 
 
 def _prepare():
@@ -133,7 +124,7 @@ def _info():
 
 
 def _benchmark():
-    from bertforge.benchmark import BenchmarkArgs, run_benchmark
+    from bertforge.bench import BenchmarkArgs, run_benchmark
 
     def handler(cfg, _ns):
         run_benchmark(cfg, _dist_info())
@@ -169,8 +160,18 @@ def _unwrap_optional(tp):
     return tp
 
 
-def flag_table(cls: type, prefix: str = "") -> dict[str, tuple[str, bool]]:
-    """Every leaf field of a (nested) dataclass: dotted name -> (dotted name, is_bool)."""
+def _kind(tp) -> str:
+    """How a flag takes its value: "bool" (absl style), "optional" (bool | str: bare means true,
+    or a value such as a path), or "value"."""
+    if tp is bool:
+        return "bool"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {bool, str}:
+        return "optional"
+    return "value"
+
+
+def flag_table(cls: type, prefix: str = "") -> dict[str, tuple[str, str]]:
+    """Every leaf field of a (nested) dataclass: dotted name -> (dotted name, kind)."""
     table = {}
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
@@ -179,12 +180,12 @@ def flag_table(cls: type, prefix: str = "") -> dict[str, tuple[str, bool]]:
         if is_dataclass(tp):
             table.update(flag_table(tp, name + "."))
         else:
-            table[name] = (name, tp is bool)
+            table[name] = (name, _kind(tp))
     return table
 
 
-def alias_table(cls: type) -> dict[str, tuple[str, bool]]:
-    """Flat names (and ALIASES) -> (dotted name, is_bool), for names unique in the config."""
+def alias_table(cls: type) -> dict[str, tuple[str, str]]:
+    """Flat names (and ALIASES) -> (dotted name, kind), for names unique in the config."""
     table = flag_table(cls)
     by_leaf: dict[str, list[str]] = {}
     for dotted in table:
@@ -203,6 +204,7 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
     """Rewrite reference-recipe flags into the parser's dotted flags (see module docstring)."""
     aliases = alias_table(cls)
     out: list[str] = []
+    precision: tuple[str, str] | None = None  # (switch, precision) of a --fp16/--bf16 seen
     i = 0
     argv = list(argv)
     while i < len(argv):
@@ -229,27 +231,35 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
                 value = argv[i]
                 i += 1
             if not eq or _bool_word(value) == "true":
-                out.append(f"--runtime.precision={PRECISION_SWITCHES[name]}")
+                chosen = PRECISION_SWITCHES[name]
+                if precision and precision[1] != chosen:
+                    from bertforge.errors import ConfigError
+                    raise ConfigError(f"--{precision[0]} and --{name} ask for different precisions "
+                                      f"({precision[1]}, {chosen}); give one")
+                precision = (name, chosen)
+                out.append(f"--runtime.precision={chosen}")
             continue
         name = _spelled_as_field(name, aliases)
         negated = False
         if name not in aliases:
             for prefix in ("no-", "no_", "no"):
                 stem = _spelled_as_field(name[len(prefix):], aliases)
-                if name.startswith(prefix) and stem in aliases and aliases[stem][1]:
+                if name.startswith(prefix) and stem in aliases and aliases[stem][1] in ("bool", "optional"):
                     name, negated = stem, True
                     break
         if name not in aliases:
             out.append(token)
             continue
-        dotted, is_bool = aliases[name]
-        if is_bool:
+        dotted, kind = aliases[name]
+        if kind == "bool" or (kind == "optional" and (negated or not eq)):
             if negated:
                 value = "false"
             elif not eq:
-                # absl: a bare --flag means true; a following true/false is its value
-                if i < len(argv) and argv[i].lower() in BOOL_WORDS:
-                    value = argv[i]
+                # absl: a bare --flag means true; a following true/false is its value (and, for
+                # an optional-value flag, any other word that is not a flag)
+                nxt = argv[i] if i < len(argv) else None
+                if nxt is not None and (nxt.lower() in BOOL_WORDS or (kind == "optional" and not nxt.startswith("-"))):
+                    value = nxt
                     i += 1
                 else:
                     value = "true"
@@ -358,6 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = handler(cfg, ns)
     except BertforgeError as e:
         print(f"bertforge {' '.join(command.path)}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Disk full, quota, permissions, read-only file systems met while writing results:
+        # one line naming the file, not a traceback.
+        if e.errno not in FILESYSTEM_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"bertforge {' '.join(command.path)}: error:{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Batch prediction over feature arrays, on one device or many.
 
 Features are sorted by length and cut into batches trimmed to their longest sequence
-(length-grouped batching: far less padding, same outputs). Under torchrun each rank predicts
+(length-grouped batching: far less padding, same outputs), optionally of a token budget. Under torchrun each rank predicts
 every world_size-th batch; the outputs are gathered so that every feature is predicted exactly
 once, and put back in the original order. The encoder layers are compiled where the runtime
 compiles (CUDA by default), as for training.
@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bertforge.train.batching import eval_batches
-from bertforge.train.loop import compile_layers
+from bertforge.train.batching import PAD_MULTIPLE, Prefetcher, make_batch
+from bertforge.train.loop import to_device
 from bertforge.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,47 @@ def length_order(attention_mask: np.ndarray) -> np.ndarray:
     return np.argsort(-attention_mask.sum(axis=1), kind="stable")
 
 
+def plan_batches(attention_mask: np.ndarray, batch_size: int, max_tokens: int | None = None
+                 ) -> list[np.ndarray]:
+    """Length-sorted batches of at most `batch_size` sequences and, with `max_tokens`, at most
+    that many tokens of trimmed grid (rows x longest row, rounded up to 8): short sequences then
+    go in bigger batches, so every batch costs about the same."""
+    order = length_order(attention_mask)
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    lengths = attention_mask.sum(axis=1)
+    batches, start = [], 0
+    while start < len(order):
+        width = -(-int(lengths[order[start]]) // PAD_MULTIPLE) * PAD_MULTIPLE  # the longest comes first
+        rows = max(1, min(batch_size, max_tokens // max(width, 1)))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
 def predict(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int, runtime: Runtime,
-            forward: Forward, desc: str = "predict", progress: bool = True) -> tuple[np.ndarray, ...]:
+            forward: Forward, desc: str = "predict", progress: bool = True,
+            max_tokens: int | None = None, per_token: bool = False,
+            fill: float = float("-inf")) -> tuple[np.ndarray, ...]:
     """Run `forward(model, batch)` over all rows of `arrays`; returns its outputs as float32
-    numpy arrays with one row per feature, in the input order, on every rank."""
+    numpy arrays with one row per feature, in the input order, on every rank.
+
+    With `per_token`, outputs are (B, W, ...) per token of batches trimmed to their own width W;
+    they come back as (N, T, ...), T the features' width, with `fill` (default -inf: "never an
+    answer") in the columns a batch did not have. Otherwise outputs are per sequence: (B, ...)."""
     n = len(arrays["input_ids"])
-    order = length_order(arrays["attention_mask"])
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    width = arrays["input_ids"].shape[1]
+    batches = plan_batches(arrays["attention_mask"], batch_size, max_tokens)
     mine = batches[runtime.dist.rank::runtime.world_size]
     model.eval()
     # Outside inference mode: parameters moved inside it would become inference tensors,
     # which a later training step cannot use.
     model.to(runtime.device)
-    if runtime.compile and not _is_compiled(model):
-        compile_layers(model)
+    if runtime.compile:
+        model.compile_layers()
     outputs = _predict_batches(model, arrays, mine, runtime, forward, desc, progress)
     gathered = _gather(outputs, runtime)
-    return _assemble(gathered, n)
+    return _assemble(gathered, n, width if per_token else None, fill)
 
 
 @torch.inference_mode()
@@ -60,21 +84,16 @@ def _predict_batches(model: nn.Module, arrays: Mapping[str, np.ndarray], mine: l
     outputs = []
     bar = tqdm(total=len(mine), desc=desc, unit="batch", disable=not (progress and runtime.is_main),
                dynamic_ncols=True)
-    for idx in mine:
-        _, batch = next(eval_batches(arrays, idx, len(idx)))
-        batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
+    pin = runtime.device.type != "cpu"
+    batches = Prefetcher(((idx, make_batch(arrays, idx)) for idx in mine), runtime.num_workers, pin)
+    for idx, batch in batches:
         with runtime.autocast():
-            out = forward(model, batch)
+            out = forward(model, to_device(batch, runtime.device))
         out = out if isinstance(out, tuple) else (out,)
         outputs.append((idx, tuple(o.float().cpu().numpy() for o in out)))
         bar.update(1)
     bar.close()
     return outputs
-
-
-def _is_compiled(model: nn.Module) -> bool:
-    """Whether compile_layers already ran on the model (a trainer compiles it for training)."""
-    return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
 def _gather(outputs, runtime: Runtime):
@@ -85,7 +104,8 @@ def _gather(outputs, runtime: Runtime):
     return [item for part in everything for item in part]
 
 
-def _assemble(parts, n: int) -> tuple[np.ndarray, ...]:
+def _assemble(parts, n: int, width: int | None, fill: float) -> tuple[np.ndarray, ...]:
+    """Rows back in feature order; per-token outputs (width given) widened to `width`."""
     seen = np.zeros(n, dtype=np.int64)
     n_out = len(parts[0][1])
     result: list[np.ndarray | None] = [None] * n_out
@@ -93,10 +113,9 @@ def _assemble(parts, n: int) -> tuple[np.ndarray, ...]:
         seen[idx] += 1
         for j, o in enumerate(outs):
             if result[j] is None:
-                width = max(p[1][j].shape[1] if p[1][j].ndim > 1 else 0 for p in parts)
-                shape = (n,) if o.ndim == 1 else (n, width, *o.shape[2:])
-                result[j] = np.zeros(shape, dtype=np.float32)
-            if o.ndim == 1:
+                shape = (n, *o.shape[1:]) if width is None else (n, width, *o.shape[2:])
+                result[j] = np.full(shape, fill, dtype=np.float32)
+            if width is None:
                 result[j][idx] = o
             else:
                 result[j][idx, : o.shape[1]] = o

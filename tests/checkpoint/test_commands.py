@@ -10,7 +10,7 @@ from bertforge.checkpoint import detect_format, load_checkpoint, load_into
 from bertforge.checkpoint.commands import ConvertArgs, convert
 from bertforge.errors import ConfigError
 from bertforge.model import build_model
-from helpers import hf_checkpoint
+from conftest import hf_checkpoint
 
 
 def _convert(src, dst, to, force=False):

@@ -15,7 +15,7 @@ from bertforge.checkpoint import (
 )
 from bertforge.errors import CheckpointError
 from bertforge.model import BertForQuestionAnswering, BertForSequenceClassification, build_model
-from helpers import HF_CLASSES, hf_checkpoint, random_batch, tiny_config
+from conftest import HF_CLASSES, hf_checkpoint, random_batch, tiny_config
 
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from bertforge.checkpoint import hub, load_checkpoint
 from bertforge.errors import CheckpointError
-from helpers import hf_checkpoint
+from conftest import hf_checkpoint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

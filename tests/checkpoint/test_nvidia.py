@@ -16,7 +16,7 @@ import transformers
 from bertforge.checkpoint import detect_format, load_checkpoint, load_into
 from bertforge.errors import CheckpointError
 from bertforge.model import build_model
-from helpers import assert_same_qa_logits, hf_config, random_batch, tiny_config
+from conftest import assert_same_qa_logits, hf_config, random_batch, tiny_config
 
 VOCAB = 99  # bert_config.json's size; DLE pads the embeddings to 104 rows
 PADDED = 104

@@ -27,7 +27,7 @@ from bertforge.checkpoint.tf_checkpoint import (
 )
 from bertforge.errors import CheckpointError
 from bertforge.model import build_model
-from helpers import assert_same_qa_logits, random_batch
+from conftest import assert_same_qa_logits, random_batch
 
 TF = Path(__file__).resolve().parents[1] / "fixtures" / "tf"
 PRETRAINING, SQUAD, CLASSIFIER = TF / "uncased_L-2_H-16_A-2", TF / "squad_sharded", TF / "classifier"

@@ -15,7 +15,7 @@ from bertforge.model import (
     BertForSequenceClassification, build_model,
 )
 from bertforge.tokenization import WordPieceTokenizer
-from helpers import assert_same_qa_logits, hf_config, random_batch, tiny_config
+from conftest import assert_same_qa_logits, hf_config, random_batch, tiny_config
 
 
 def _from_hf(ours, theirs):

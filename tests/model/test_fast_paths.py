@@ -18,7 +18,7 @@ from bertforge.checkpoint import native_to_hf
 from bertforge.errors import DataError
 from bertforge.model import BertForQuestionAnswering
 from bertforge.model import bert as bert_module
-from helpers import hf_config, random_batch, tiny_config
+from conftest import hf_config, random_batch, tiny_config
 
 aten = torch.ops.aten
 

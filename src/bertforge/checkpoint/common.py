@@ -26,6 +26,7 @@ from torch import Tensor
 
 from bertforge.config import BertConfig, find_config_file, resolve_config
 from bertforge.errors import CheckpointError
+from bertforge.fileio import default_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -195,4 +196,6 @@ def atomic_dir_write(out_dir: Path, write: Callable[[Path], None], last: str | N
         names = sorted(p.name for p in tmp_path.iterdir())
         names.sort(key=lambda n: n == last)
         for name in names:
+            if (tmp_path / name).is_file():  # some writers (safetensors) create files 0600
+                os.chmod(tmp_path / name, default_file_mode())
             os.replace(tmp_path / name, out_dir / name)

@@ -113,6 +113,11 @@ class LoadReport:
     initialized: list[str]  # head tensors the checkpoint lacks, left freshly initialised
     dropped: list[str]  # tensors of heads the model does not have
 
+    @property
+    def head_loaded(self) -> bool:
+        """Every tensor of the model's head came from the checkpoint (a trained head)."""
+        return not self.initialized
+
 
 def load_into(model: nn.Module, ckpt: Checkpoint, require_head: bool = False) -> LoadReport:
     """Copy `ckpt` into `model`, all or nothing.

@@ -1,15 +1,13 @@
-"""What every task runner needs: the model and tokenizer a `ModelArgs` describes, the run's
-output directory, JSON results, and the start-of-run summary of the batch arithmetic."""
+"""What every task needs: the model and tokenizer a `ModelArgs` describes, and JSON results."""
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 from bertforge.config import BertConfig, resolve_config
-from bertforge.checkpoint import Checkpoint, load_checkpoint, load_into
+from bertforge.checkpoint import load_checkpoint, load_into
 from bertforge.errors import ConfigError
 from bertforge.fileio import atomic_write_json
 from bertforge.model import BertPreTrainedModel, build_model, count_parameters
@@ -25,7 +23,9 @@ class LoadedModel:
     model: BertPreTrainedModel
     config: BertConfig
     tokenizer: WordPieceTokenizer
-    checkpoint: Checkpoint | None
+    labels: list[str] | None  # class names the checkpoint records for its classification head
+    task: str | None  # the task the checkpoint was fine-tuned for, where it records one
+    head_loaded: bool  # the checkpoint had trained weights for the model's head
 
     @property
     def vocab_file(self) -> Path:
@@ -33,8 +33,11 @@ class LoadedModel:
 
 
 def load_model(args: ModelArgs, head: str, *, num_labels: int = 2, unpad: bool = True,
-               require_head: bool = False) -> LoadedModel:
-    """Build the model with `head` and fill it from `args.init_checkpoint` when given."""
+               require_head: bool = False, default_vocab: str | Path | None = None,
+               default_lower_case: bool | None = None) -> LoadedModel:
+    """Build the model with `head` and fill it from `args.init_checkpoint` when given.
+    `default_vocab` / `default_lower_case` stand in for the checkpoint's when it has none (the
+    vocabulary prepared pretraining data was made with)."""
     ckpt = None
     if args.init_checkpoint:
         ckpt = load_checkpoint(args.init_checkpoint, config=args.bert_model)
@@ -44,11 +47,11 @@ def load_model(args: ModelArgs, head: str, *, num_labels: int = 2, unpad: bool =
     else:
         raise ConfigError("which model? give --init_checkpoint (weights) or --bert_model "
                           "(a preset such as base, or a bert_config.json)")
-    vocab = args.vocab_file or (ckpt.vocab_file if ckpt else None)
+    vocab = args.vocab_file or (ckpt.vocab_file if ckpt else None) or default_vocab
     if vocab is None:
         raise ConfigError("no vocab file: pass --vocab_file (the checkpoint has no vocab.txt beside it)")
     do_lower_case = args.do_lower_case
-    recorded = ckpt.do_lower_case if ckpt else None
+    recorded = ckpt.do_lower_case if ckpt and ckpt.do_lower_case is not None else default_lower_case
     if do_lower_case is None:
         if recorded is None:
             raise ConfigError("is the model cased or uncased? pass --do_lower_case true (uncased) or "
@@ -62,13 +65,17 @@ def load_model(args: ModelArgs, head: str, *, num_labels: int = 2, unpad: bool =
         raise ConfigError(f"vocab file {vocab} has {len(tokenizer)} tokens but the model's vocab_size "
                           f"is {config.vocab_size}: they do not belong together")
     model = build_model(config, head, num_labels=num_labels, unpad=unpad)
+    head_loaded = False
     if ckpt is not None:
-        load_into(model, ckpt, require_head=require_head)
+        head_loaded = load_into(model, ckpt, require_head=require_head).head_loaded
     elif require_head:
         raise ConfigError("prediction needs trained weights: pass --init_checkpoint")
     log.info("model: %s with %s head, %.1fM parameters%s", _describe(config), head,
              count_parameters(model) / 1e6, f", from {ckpt.source} ({ckpt.format})" if ckpt else "")
-    return LoadedModel(model, config, tokenizer, ckpt)
+    if ckpt is None and head != "pretraining":
+        log.warning("no --init_checkpoint: fine-tuning starts from random weights, not a pretrained model")
+    return LoadedModel(model, config, tokenizer, ckpt.labels if ckpt else None,
+                       ckpt.meta.get("task") if ckpt else None, head_loaded)
 
 
 def _describe(config: BertConfig) -> str:
@@ -76,35 +83,25 @@ def _describe(config: BertConfig) -> str:
             f"A={config.num_attention_heads}")
 
 
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "seq_lengths")
+
+
+def model_inputs(batch: dict, *extra: str) -> dict:
+    """The model's keyword inputs out of a batch that also holds labels."""
+    return {k: batch[k] for k in (*MODEL_INPUTS, *extra) if k in batch}
+
+
 def log_batch_plan(train: TrainArgs, runtime: Runtime, accumulation: int, steps: int,
                    steps_per_epoch: int) -> None:
     global_batch = train.train_batch_size * runtime.world_size * accumulation
-    msg = (f"global batch {global_batch} = {train.train_batch_size} per device x {runtime.world_size} "
-           f"device(s) x {accumulation} accumulation step(s); learning rate {train.learning_rate:g} "
-           f"applies to the global batch; {steps} optimizer steps ({steps / steps_per_epoch:.2f} epochs "
-           f"of {steps_per_epoch} steps); device {runtime.device}, precision {runtime.precision}")
-    log.info(msg)
-
-
-def total_steps(train: TrainArgs, steps_per_epoch: int) -> int:
-    if train.max_steps is not None:
-        return train.max_steps
-    return max(1, math.floor(train.num_train_epochs * steps_per_epoch))
-
-
-def json_safe(value):
-    """NaN/inf (an undefined correlation) become null: strict JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+    log.info(f"global batch {global_batch} = {train.train_batch_size} per device x {runtime.world_size} "
+             f"device(s) x {accumulation} accumulation step(s); learning rate {train.learning_rate:g} "
+             f"applies to the global batch; {steps} optimizer steps ({steps / steps_per_epoch:.2f} epochs "
+             f"of {steps_per_epoch} steps); device {runtime.device}, precision {runtime.precision}")
 
 
 def write_json(path: Path, data) -> Path:
     """Atomically (temp file + rename), so a crash never leaves half a results file."""
     if is_dataclass(data):
         data = asdict(data)
-    return atomic_write_json(path, json_safe(data))
+    return atomic_write_json(path, data)

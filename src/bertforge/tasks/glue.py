@@ -1,48 +1,97 @@
-"""GLUE fine-tuning, evaluation and test-set submission files (`bertforge finetune glue`)."""
+"""GLUE fine-tuning, evaluation and test-set submission files (`bertforge finetune glue`,
+`evaluate glue`, `predict glue`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertforge.checkpoint import save_native
 from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics
 from bertforge.infer import predict
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import load_model, log_batch_plan, total_steps, write_json
+from bertforge.tasks.common import LoadedModel, model_inputs, write_json
+from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
-from bertforge.train.loop import Trainer
-from bertforge.train.runtime import DistInfo, Runtime, seed_everything
+from bertforge.train.runtime import DistInfo, Runtime
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GlueData:
+    """Which GLUE task and where its files are."""
+
     task_name: str = "mrpc"
     """cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli (GLUE names like SST-2 work too; also --task)."""
     data_dir: str | None = None
     """The task's GLUE directory (or the GLUE root holding it)."""
     max_seq_length: int = 128
+    """Tokens per example: [CLS] sentence A [SEP] (sentence B [SEP]); longer pairs are cut."""
     eval_batch_size: int = 64
     """Sequences per device per prediction batch (also --predict_batch_size)."""
 
+    def __post_init__(self) -> None:
+        data.get_task(self.task_name)  # an unknown task fails here, naming the valid ones
+        for name in ("max_seq_length", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
-@dataclass
+
+@dataclass(kw_only=True)
+class GlueEvalRun:
+    """Evaluate (dev metrics) and/or predict (test-set submission files) with a fine-tuned checkpoint."""
+
+    output_dir: str = "runs/glue_eval"
+    """Where eval_results.json and the submission files go."""
+    overwrite_output_dir: bool = False
+    """Replace earlier results in output_dir."""
+    do_eval: bool = False
+    """Score the dev set(s) with the task's official metrics."""
+    do_predict: bool = False
+    """Write the test set's GLUE submission file(s) into output_dir."""
+    data: GlueData = field(default_factory=GlueData)
+    model: ModelArgs = field(default_factory=ModelArgs)
+    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+
+
+@dataclass(kw_only=True)
+class GluePredictRun(GlueEvalRun):
+    """Write GLUE test-set submission files with a fine-tuned checkpoint (--do_eval scores dev too)."""
+
+    do_predict: bool = True
+    """Write the test set's GLUE submission file(s) into output_dir."""
+
+
+@dataclass(kw_only=True)
+class GlueEvaluateRun(GlueEvalRun):
+    """GLUE dev-set metrics of a fine-tuned checkpoint (--do_predict writes submissions too)."""
+
+    do_eval: bool = True
+    """Score the dev set(s) with the task's official metrics."""
+
+
+@dataclass(kw_only=True)
 class GlueRun:
     """Fine-tune and/or evaluate BERT on a GLUE task."""
 
     output_dir: str = "runs/glue"
+    """The run directory: model, metrics.jsonl, checkpoints, eval results, submissions."""
+    overwrite_output_dir: bool = False
+    """Replace the run already in output_dir (only files bertforge wrote)."""
     do_train: bool = False
+    """Fine-tune on the train split."""
     do_eval: bool = False
+    """Score the dev set(s) with the task's official metrics."""
     do_predict: bool = False
     """Write the test set's GLUE submission file(s) into output_dir."""
     data: GlueData = field(default_factory=GlueData)
@@ -57,11 +106,11 @@ class ClassificationLoss:
     def __init__(self, regression: bool):
         self.regression = regression
 
-    def denominators(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def denominators(self, batch: dict) -> dict[str, float]:
         return {"cls": batch["labels"].shape[0]}
 
-    def loss_sums(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    def loss_sums(self, model: nn.Module, batch: dict) -> dict[str, Tensor]:
+        logits = model(**model_inputs(batch))
         if self.regression:
             return {"cls": F.mse_loss(logits.squeeze(-1).float(), batch["labels"].float(), reduction="sum")}
         return {"cls": F.cross_entropy(logits.float(), batch["labels"], reduction="sum")}
@@ -75,72 +124,124 @@ def _arrays(features: data.GlueFeatures) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+def _logits(model: nn.Module, batch: dict) -> Tensor:
+    return model(**model_inputs(batch))
 
 
-def run(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    """Train / evaluate / predict as asked; returns the dev metrics (empty without --do_eval)."""
-    if not (cfg.do_train or cfg.do_eval or cfg.do_predict):
-        raise ConfigError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
-    if cfg.data.data_dir is None:
-        raise ConfigError("--data_dir is required: the GLUE task's directory")
-    cfg.train.validate()
-    data.get_task(cfg.data.task_name)  # an unknown task fails before the device is set up
-    with Runtime(cfg.runtime, dist_info) as runtime:
-        return _run(cfg, runtime, progress)
+_UNNAMED = re.compile(r"^LABEL_\d+$")
 
 
-def _run(cfg: GlueRun, runtime: Runtime, progress: bool) -> dict:
-    task = data.get_task(cfg.data.task_name)
-    out = Path(cfg.output_dir)
-    accumulation = cfg.train.accumulation_for(runtime.world_size)  # fail before any work
-    seed_everything(cfg.train.seed)
-    loaded = load_model(cfg.model, "classification", num_labels=task.num_labels,
-                        unpad=cfg.runtime.unpad, require_head=not cfg.do_train)
-    model = loaded.model
-    labels = list(task.labels) if task.labels else None
-    results: dict = {}
-    if cfg.do_train:
-        features = data.encode_examples(data.read_split(task, cfg.data.data_dir, "train"),
-                                        loaded.tokenizer, cfg.data.max_seq_length, task)
-        plan = StepPlan(cfg.train.train_batch_size, accumulation, runtime.world_size)
-        loader = ArrayStepLoader(_arrays(features), plan, runtime.dist.rank, cfg.train.seed)
-        steps = total_steps(cfg.train, loader.steps_per_epoch)
-        log_batch_plan(cfg.train, runtime, accumulation, steps, loader.steps_per_epoch)
-        trainer = Trainer(model, ClassificationLoss(task.is_regression), loader, cfg.train, runtime,
-                          out, steps, accumulation, progress=progress)
-        result = trainer.fit()
-        results["train"] = {"steps": result.steps, "seconds": result.seconds,
-                            "first_loss": result.first_loss, "last_loss": result.last_loss}
-        if runtime.is_main:
-            save_native(out, model, loaded.config, vocab_file=loaded.vocab_file,
-                        do_lower_case=loaded.tokenizer.do_lower_case, labels=labels,
-                        extra={"task": f"glue/{task.name}"})
-            log.info("model written to %s", out)
-    if cfg.do_eval:
-        metrics = {}
-        for split in task.splits_of("dev"):
-            features = data.encode_examples(data.read_split(task, cfg.data.data_dir, split.name),
-                                            loaded.tokenizer, cfg.data.max_seq_length, task)
-            (logits,) = predict(model, _arrays(features), cfg.data.eval_batch_size, runtime, _logits,
-                                desc=f"eval {split.name}", progress=progress)
+def align_labels(model: nn.Module, checkpoint_labels: list[str] | None, task: data.GlueTask,
+                 source: str) -> None:
+    """Put a trained classifier's outputs in the task's label order.
+
+    A head whose labels are named in another order (an MNLI model from Hugging Face lists
+    entailment, neutral, contradiction; GLUE's files contradiction, entailment, neutral) has its
+    rows permuted; names that are not the task's are an error; unnamed labels (LABEL_0, ...) are
+    taken to be in the task's order, with a warning."""
+    if task.labels is None or not checkpoint_labels:
+        return
+    theirs, ours = [str(x) for x in checkpoint_labels], list(task.labels)
+    if theirs == ours:
+        return
+    if all(_UNNAMED.match(x) for x in theirs) and len(theirs) == len(ours):
+        log.warning("%s names its labels %s: assuming they are %s's labels in GLUE's order (%s)",
+                    source, ", ".join(theirs), task.name, ", ".join(ours))
+        return
+    if sorted(theirs) != sorted(ours):
+        raise ConfigError(f"{source} was trained with labels {theirs}, but GLUE {task.name} has labels "
+                          f"{ours}: it is not a {task.name} model")
+    order = [theirs.index(label) for label in ours]
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[order].clone())
+        model.classifier.bias.copy_(model.classifier.bias[order].clone())
+    log.info("%s lists its labels as %s; classifier reordered to GLUE's %s", source, theirs, ours)
+
+
+class GlueJob(Job):
+    head = "classification"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.task = data.get_task(cfg.data.task_name)
+        self.result_files = ("eval_results.json",) + tuple(s.submission_file for s in self.task.splits_of("test"))
+
+    def check(self) -> None:
+        cfg = self.cfg
+        if not (self.training or cfg.do_eval or cfg.do_predict):
+            raise ConfigError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
+        if cfg.data.data_dir is None:
+            raise ConfigError("--data_dir is required: the GLUE task's directory")
+
+    def model_options(self) -> dict:
+        return {"num_labels": self.task.num_labels, "require_head": not self.training}
+
+    def check_model(self, config) -> None:
+        check_seq_length(self.cfg.data.max_seq_length, config, pair=self.task.is_pair)
+
+    def prepare_model(self, loaded: LoadedModel) -> None:
+        source = self.cfg.model.init_checkpoint or "the model"
+        recorded = loaded.task
+        if loaded.head_loaded and recorded and recorded != f"glue/{self.task.name}":
+            log.warning("%s was fine-tuned for %s, not glue/%s: its scores on %s mean little", source,
+                        recorded, self.task.name, self.task.name)
+        if loaded.head_loaded:
+            align_labels(loaded.model, loaded.labels, self.task, source)
+
+    def _features(self, loaded: LoadedModel, split: str) -> data.GlueFeatures:
+        examples = data.read_split(self.task, self.cfg.data.data_dir, split)
+        return data.encode_examples(examples, loaded.tokenizer, self.cfg.data.max_seq_length, self.task)
+
+    def train_loader(self, loaded: LoadedModel, plan: StepPlan, runtime: Runtime) -> ArrayStepLoader:
+        return ArrayStepLoader(_arrays(self._features(loaded, "train")), plan, runtime.dist.rank,
+                               self.cfg.train.seed)
+
+    def loss(self) -> ClassificationLoss:
+        return ClassificationLoss(self.task.is_regression)
+
+    def labels(self, loaded: LoadedModel) -> list[str] | None:
+        return list(self.task.labels) if self.task.labels else None
+
+    def checkpoint_meta(self, loaded, trainer) -> dict:
+        return {"task": f"glue/{self.task.name}"}
+
+    def evaluate(self, loaded: LoadedModel, runtime: Runtime) -> dict:
+        task, metrics = self.task, {}
+        dev = task.splits_of("dev")
+        for split in dev:
+            features = self._features(loaded, split.name)
+            (logits,) = predict(loaded.model, _arrays(features), self.cfg.data.eval_batch_size, runtime,
+                                _logits, desc=f"eval {split.name}", progress=self.progress)
             scores = compute_metrics(task, logits, features.labels)
-            suffix = "" if len(task.splits_of("dev")) == 1 else "_" + split.name.removeprefix("dev_")
+            suffix = "" if len(dev) == 1 else "_" + split.name.removeprefix("dev_")
             metrics.update({f"{k}{suffix}": v for k, v in scores.items()})
-        if len(task.splits_of("dev")) > 1:  # MNLI: the matched accuracy is the headline number
+        if len(dev) > 1:  # MNLI: the matched accuracy is the headline number
             metrics = {"accuracy": metrics["accuracy_matched"], **metrics}
-        results["eval"] = metrics
-        if runtime.is_main:
-            write_json(out / "eval_results.json", {"task": task.name, **metrics})
-            print(json.dumps({k: (round(v, 6) if v == v else None) for k, v in metrics.items()}))
-    if cfg.do_predict:
-        for split in task.splits_of("test"):
-            examples = data.read_split(task, cfg.data.data_dir, split.name)
-            features = data.encode_examples(examples, loaded.tokenizer, cfg.data.max_seq_length, task)
-            (logits,) = predict(model, _arrays(features), cfg.data.eval_batch_size, runtime, _logits,
-                                desc=f"predict {split.name}", progress=progress)
+        return metrics
+
+    def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
+        cfg, task, more = self.cfg, self.task, {}
+        if cfg.do_eval:
+            metrics = self.evaluate(loaded, runtime)
+            more["eval"] = metrics
             if runtime.is_main:
-                path = data.write_submission(out, task, logits, split.name, indices=features.guids)
-                log.info("submission written to %s", path)
-    return results
+                write_json(out / "eval_results.json", {"task": task.name, **metrics})
+                print(json.dumps({k: (round(v, 6) if v == v else None) for k, v in metrics.items()}))
+        if cfg.do_predict:
+            for split in task.splits_of("test"):
+                features = self._features(loaded, split.name)
+                (logits,) = predict(loaded.model, _arrays(features), cfg.data.eval_batch_size, runtime,
+                                    _logits, desc=f"predict {split.name}", progress=self.progress)
+                if runtime.is_main:
+                    path = data.write_submission(out, task, logits, split.name, indices=features.guids)
+                    log.info("submission written to %s", path)
+        return more
+
+
+def finetune(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    """Train / evaluate / predict as asked; returns the dev metrics under "eval"."""
+    return run(GlueJob(cfg), dist_info, progress)
+
+
+def evaluate_run(cfg: GlueEvalRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    return run(GlueJob(cfg), dist_info, progress)

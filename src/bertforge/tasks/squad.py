@@ -12,48 +12,92 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertforge.checkpoint import save_native
 from bertforge.data import squad as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
 from bertforge.infer import predict
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import load_model, log_batch_plan, total_steps, write_json
+from bertforge.tasks.common import LoadedModel, model_inputs, write_json
+from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
-from bertforge.train.loop import Trainer
-from bertforge.train.runtime import DistInfo, Runtime, seed_everything
+from bertforge.train.runtime import DistInfo, Runtime
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SquadData:
+@dataclass(kw_only=True)
+class SquadPredictData:
+    """The SQuAD file to predict and Google's run_squad.py windowing and decoding settings."""
+
+    predict_file: str | None = None
+    """SQuAD JSON to predict (and, when it has answers, to evaluate)."""
+    predict_articles: str | None = None
+    """Use only these articles of predict_file, as a Python slice, e.g. '38:48'."""
+    max_seq_length: int = 384
+    """Tokens per window: [CLS] question [SEP] context piece [SEP]."""
+    doc_stride: int = 128
+    """Tokens between the starts of consecutive context windows."""
+    max_query_length: int = 64
+    """Questions longer than this many tokens are cut."""
+    predict_batch_size: int = 64
+    """Sequences per device per prediction batch."""
+    n_best_size: int = 20
+    """Start and end candidates considered per window (and answers listed per question)."""
+    max_answer_length: int = 30
+    """Longest answer, in tokens."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_seq_length", "doc_stride", "max_query_length", "predict_batch_size",
+                     "n_best_size", "max_answer_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_seq_length < self.max_query_length + 4:
+            raise ConfigError(f"--max_seq_length {self.max_seq_length} leaves no room for the context after "
+                              f"a question of --max_query_length {self.max_query_length} and 3 special tokens")
+        parse_slice(self.predict_articles, "predict_articles")
+
+
+@dataclass(kw_only=True)
+class SquadData(SquadPredictData):
     """SQuAD files and Google's run_squad.py windowing and decoding settings."""
 
     train_file: str | None = None
     """SQuAD JSON to train on."""
-    predict_file: str | None = None
-    """SQuAD JSON to predict (and, when it has answers, to evaluate)."""
     train_articles: str | None = None
     """Use only these articles of train_file, as a Python slice: '0:38' (the first 38)."""
-    predict_articles: str | None = None
-    """Use only these articles of predict_file, e.g. '38:48'."""
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
-    predict_batch_size: int = 64
-    """Sequences per device per prediction batch."""
-    n_best_size: int = 20
-    max_answer_length: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_slice(self.train_articles, "train_articles")
 
 
-@dataclass
+@dataclass(kw_only=True)
+class SquadPredictRun:
+    """Predict SQuAD answers with a fine-tuned checkpoint, and score them when the file has answers."""
+
+    output_dir: str = "runs/squad_predict"
+    """Where predictions.json, nbest_predictions.json and eval_results.json go."""
+    overwrite_output_dir: bool = False
+    """Replace earlier results in output_dir."""
+    do_eval: bool = True
+    """Score the predictions when predict_file has answers."""
+    data: SquadPredictData = field(default_factory=SquadPredictData)
+    model: ModelArgs = field(default_factory=ModelArgs)
+    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+
+
+@dataclass(kw_only=True)
 class SquadRun:
     """Fine-tune BERT on SQuAD v1.1, predict answers, and score them with the official metric."""
 
     output_dir: str = "runs/squad"
+    """The run directory: model, metrics.jsonl, checkpoints, predictions, scores."""
+    overwrite_output_dir: bool = False
+    """Replace the run already in output_dir (only files bertforge wrote)."""
     do_train: bool = False
+    """Fine-tune on train_file."""
     do_predict: bool = False
+    """Predict predict_file after training."""
     do_eval: bool = True
     """Score the predictions when predict_file has answers."""
     data: SquadData = field(default_factory=SquadData)
@@ -63,7 +107,7 @@ class SquadRun:
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvaluateArgs:
     """Official SQuAD v1.1 evaluation of a predictions file."""
 
@@ -75,13 +119,13 @@ class EvaluateArgs:
     """Where to write the scores as JSON (default: <predictions_file stem>_eval.json beside it)."""
 
 
-# ---- training loss -------------------------------------------------------------------------
+# ---- loss ----------------------------------------------------------------------------------
 
 
-def span_logits(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def span_logits(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
     """Start/end logits with padding positions at -inf: answers never start or end in padding,
     and the softmax does not depend on how much padding a batch carries."""
-    start, end = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    start, end = model(**model_inputs(batch))
     pad = batch["attention_mask"] == 0
     return start.float().masked_fill(pad, float("-inf")), end.float().masked_fill(pad, float("-inf"))
 
@@ -89,10 +133,10 @@ def span_logits(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Ten
 class SpanLoss:
     """(cross-entropy of the start + of the end position) / 2, as Google's run_squad.py."""
 
-    def denominators(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def denominators(self, batch: dict) -> dict[str, float]:
         return {"qa": batch["start_positions"].shape[0]}
 
-    def loss_sums(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def loss_sums(self, model: nn.Module, batch: dict) -> dict[str, Tensor]:
         start, end = span_logits(model, batch)
         loss = (F.cross_entropy(start, batch["start_positions"], reduction="sum")
                 + F.cross_entropy(end, batch["end_positions"], reduction="sum")) / 2
@@ -109,7 +153,7 @@ def parse_slice(text: str | None, what: str) -> slice | None:
         parts = [int(p) if p.strip() else None for p in text.split(":")]
     except ValueError:
         parts = []
-    if len(parts) not in (2, 3):
+    if len(parts) not in (2, 3) or parts[2:] == [0]:
         raise ConfigError(f"--{what} {text!r}: expected a Python slice such as '0:38' or '38:'")
     return slice(*parts)
 
@@ -122,7 +166,7 @@ def read_examples(path: str, articles: str | None, is_training: bool, what: str)
     return examples, problems
 
 
-def _model_arrays(features: data.SquadFeatures, with_labels: bool) -> dict[str, np.ndarray]:
+def model_arrays(features: data.SquadFeatures, with_labels: bool) -> dict[str, np.ndarray]:
     arrays = {"input_ids": features.input_ids, "token_type_ids": features.token_type_ids,
               "attention_mask": features.attention_mask}
     if with_labels:
@@ -140,106 +184,94 @@ def report_problems(problems: list[data.Problem], path: str, output_dir: Path, n
     write_json(output_dir / name, [{"id": p.qas_id, "problem": p.message} for p in problems])
 
 
-# ---- the run -------------------------------------------------------------------------------
+# ---- the job -------------------------------------------------------------------------------
 
 
-def run(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    """Train and/or predict as asked; returns {"train": ..., "eval": {"exact_match", "f1"}}."""
-    if not (cfg.do_train or cfg.do_predict):
-        raise ConfigError("nothing to do: pass --do_train and/or --do_predict")
-    if cfg.do_train and not cfg.data.train_file:
-        raise ConfigError("--do_train needs --train_file")
-    if cfg.do_predict and not cfg.data.predict_file:
-        raise ConfigError("--do_predict needs --predict_file")
-    cfg.train.validate()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with Runtime(cfg.runtime, dist_info) as runtime:
-        return _run(cfg, runtime, progress)
+class SquadJob(Job):
+    head = "qa"
+    result_files = ("predictions.json", "nbest_predictions.json", "eval_results.json", "predict_problems.json")
 
+    @property
+    def predicting(self) -> bool:
+        return getattr(self.cfg, "do_predict", True)
 
-def _run(cfg: SquadRun, runtime: Runtime, progress: bool) -> dict:
-    out = Path(cfg.output_dir)
-    accumulation = cfg.train.accumulation_for(runtime.world_size)  # fail before any work
-    seed_everything(cfg.train.seed)
-    loaded = load_model(cfg.model, "qa", unpad=cfg.runtime.unpad, require_head=not cfg.do_train)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    results: dict = {}
-    settings = dict(max_seq_length=cfg.data.max_seq_length, doc_stride=cfg.data.doc_stride,
-                    max_query_length=cfg.data.max_query_length)
+    def check(self) -> None:
+        cfg = self.cfg
+        if not (self.training or self.predicting):
+            raise ConfigError("nothing to do: pass --do_train and/or --do_predict")
+        if self.training and not cfg.data.train_file:
+            raise ConfigError("--do_train needs --train_file")
+        if self.predicting and not cfg.data.predict_file:
+            raise ConfigError("--predict_file is required to predict")
 
-    if cfg.do_train:
-        examples, problems = read_examples(cfg.data.train_file, cfg.data.train_articles, True,
-                                           "train_articles")
+    def model_options(self) -> dict:
+        return {"require_head": not self.training}
+
+    def check_model(self, config) -> None:
+        check_seq_length(self.cfg.data.max_seq_length, config)
+
+    def _settings(self) -> dict:
+        d = self.cfg.data
+        return dict(max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
+
+    def train_loader(self, loaded: LoadedModel, plan: StepPlan, runtime: Runtime) -> ArrayStepLoader:
+        d = self.cfg.data
+        examples, problems = read_examples(d.train_file, d.train_articles, True, "train_articles")
         if runtime.is_main:
-            report_problems(problems, cfg.data.train_file, out, "train_problems.json")
-        features = data.convert_examples_to_features(examples, tokenizer, is_training=True,
-                                                     progress=progress and runtime.is_main, **settings)
-        plan = StepPlan(cfg.train.train_batch_size, accumulation, runtime.world_size)
-        loader = ArrayStepLoader(_model_arrays(features, True), plan, runtime.dist.rank, cfg.train.seed)
-        steps = total_steps(cfg.train, loader.steps_per_epoch)
+            report_problems(problems, d.train_file, Path(self.cfg.output_dir), "train_problems.json")
+        features = data.convert_examples_to_features(examples, loaded.tokenizer, is_training=True,
+                                                     progress=self.progress and runtime.is_main,
+                                                     **self._settings())
         log.info("SQuAD training: %d questions -> %d features", len(examples), len(features))
-        log_batch_plan(cfg.train, runtime, accumulation, steps, loader.steps_per_epoch)
-        trainer = Trainer(model, SpanLoss(), loader, cfg.train, runtime, out, steps, accumulation,
-                          progress=progress)
-        result = trainer.fit()
-        results["train"] = {"steps": result.steps, "seconds": result.seconds,
-                            "samples": result.samples, "first_loss": result.first_loss,
-                            "last_loss": result.last_loss}
-        if runtime.is_main:
-            save_native(out, model, loaded.config, vocab_file=loaded.vocab_file,
-                        do_lower_case=tokenizer.do_lower_case, extra={"task": "squad"})
-            log.info("model written to %s", out)
-        runtime.barrier()
+        return ArrayStepLoader(model_arrays(features, True), plan, runtime.dist.rank, self.cfg.train.seed)
 
-    if cfg.do_predict:
-        results.update(predict_and_evaluate(cfg, model, tokenizer, runtime, out, progress))
-    return results
+    def loss(self) -> SpanLoss:
+        return SpanLoss()
+
+    def checkpoint_meta(self, loaded, trainer) -> dict:
+        return {"task": "squad"}
+
+    def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
+        if not self.predicting:
+            return {}
+        return predict_and_evaluate(self.cfg, loaded, runtime, out, self.progress)
 
 
-def predict_and_evaluate(cfg: SquadRun, model: nn.Module, tokenizer, runtime: Runtime, out: Path,
-                         progress: bool) -> dict:
-    examples, problems = read_examples(cfg.data.predict_file, cfg.data.predict_articles, False,
-                                       "predict_articles")
+def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, progress: bool = True) -> dict:
+    d = cfg.data
+    examples, problems = read_examples(d.predict_file, d.predict_articles, False, "predict_articles")
     if runtime.is_main:
-        report_problems(problems, cfg.data.predict_file, out, "predict_problems.json")
+        report_problems(problems, d.predict_file, out, "predict_problems.json")
     features = data.convert_examples_to_features(
-        examples, tokenizer, is_training=False, progress=progress and runtime.is_main,
-        max_seq_length=cfg.data.max_seq_length, doc_stride=cfg.data.doc_stride,
-        max_query_length=cfg.data.max_query_length)
-    start, end = predict(model, _model_arrays(features, False), cfg.data.predict_batch_size, runtime,
-                         span_logits, desc="predict", progress=progress)
-    results: dict = {"predict": {"questions": len(examples), "features": len(features),
-                                 "skipped": len(problems)}}
+        examples, loaded.tokenizer, is_training=False, progress=progress and runtime.is_main,
+        max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
+    start, end = predict(loaded.model, model_arrays(features, False), d.predict_batch_size, runtime,
+                         span_logits, desc="predict", progress=progress, per_token=True)
+    results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems)}}
     if not runtime.is_main:
         return results
-    T = features.max_seq_length
-    start = _widen(start, T)
-    end = _widen(end, T)
-    predictions, nbest = data.postprocess(examples, features, start, end, cfg.data.n_best_size,
-                                          cfg.data.max_answer_length, progress=progress)
+    predictions, nbest = data.postprocess(examples, features, start, end, d.n_best_size,
+                                          d.max_answer_length, progress=progress)
     data.write_predictions(out, predictions, nbest)
     log.info("%d predictions written to %s", len(predictions), out / "predictions.json")
     if cfg.do_eval and all(e.answers for e in examples):
-        gold = [{"paragraphs": [{"qas": [{"id": e.qas_id, "answers": e.answers}]}]} for e in examples]
-        scores = metric.evaluate(gold, predictions)
+        gold = {e.qas_id: [a["text"] for a in e.answers] for e in examples}
+        scores = metric.evaluate_answers(gold, predictions)
         print(json.dumps(scores))
-        write_json(out / "eval_results.json", {**scores, "questions": len(examples),
-                                                "skipped": len(problems),
-                                                "predict_file": cfg.data.predict_file,
-                                                "predict_articles": cfg.data.predict_articles})
+        write_json(out / "eval_results.json", {**scores, "questions": len(examples), "skipped": len(problems),
+                                               "predict_file": d.predict_file,
+                                               "predict_articles": d.predict_articles})
         results["eval"] = scores
     return results
 
 
-def _widen(logits: np.ndarray, width: int) -> np.ndarray:
-    """Per-batch trimmed logits, gathered, back to the features' full width (-inf = padding)."""
-    logits = np.where(np.isfinite(logits), logits, -1e9)
-    if logits.shape[1] == width:
-        return logits
-    full = np.full((logits.shape[0], width), -1e9, dtype=logits.dtype)
-    full[:, : logits.shape[1]] = logits
-    return full
+def finetune(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    """Train and/or predict as asked; returns {"train": ..., "eval": {"exact_match", "f1"}}."""
+    return run(SquadJob(cfg), dist_info, progress)
+
+
+def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    return run(SquadJob(cfg), dist_info, progress)
 
 
 def evaluate_files(args: EvaluateArgs) -> dict:
