@@ -12,18 +12,20 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bertforge.benchmark import BenchmarkArgs, batch_flops, measure, run_benchmark
+from bertforge.bench import BenchmarkArgs, batch_flops, measure, run_benchmark
+from bertforge.runconfig import ModelArgs, RuntimeArgs
 from bertforge.cli import main
 from bertforge.errors import ConfigError, DataError
 from bertforge.model import BertForPreTraining, BertForQuestionAnswering
-from helpers import random_batch, tiny_config
+from conftest import random_batch, tiny_config
 
-COMMON_KEYS = {"seq_per_s", "tokens_per_s", "step_ms_p50", "step_ms_p99", "model_tflops", "mfu",
-               "peak_memory_gb", "compiled", "unpadded"}
+COMMON_KEYS = {"seq_per_s", "tokens_per_s", "step_ms_p50", "step_ms_p99", "host_ms_p50", "first_step_s",
+               "model_tflops", "mfu", "peak_memory_gb", "compiled", "unpadded"}
 
 
-def tiny_args(**overrides) -> BenchmarkArgs:
-    base = dict(bert_model="tiny", seq_length=32, batch_size=2, steps=2, warmup=1, device="cpu")
+def tiny_args(vocab_file: str | None = None, **overrides) -> BenchmarkArgs:
+    base = dict(model=ModelArgs(bert_model="tiny", vocab_file=vocab_file), runtime=RuntimeArgs(device="cpu"),
+                seq_length=32, batch_size=2, steps=2, warmup=1)
     base.update(overrides)
     return BenchmarkArgs(**base)
 
@@ -164,7 +166,7 @@ def test_flops_match_torch_flop_counter_qa(seq):
     cfg = tiny_config(max_position_embeddings=64)
     model = BertForQuestionAnswering(cfg, unpad=False).eval()
     batch = random_batch(cfg, batch=3, seq=seq, min_len=seq)
-    args = BenchmarkArgs(bert_model="tiny", seq_length=seq, task="qa")
+    args = BenchmarkArgs(model=ModelArgs(bert_model="tiny"), seq_length=seq, task="qa")
     expected = _counted_forward_flops(model, **batch)
     assert batch_flops(cfg, args, [seq] * 3, training=False) == expected
     assert batch_flops(cfg, args, [seq] * 3, training=True) == 3 * expected
@@ -175,7 +177,7 @@ def test_flops_match_torch_flop_counter_pretraining():
     model = BertForPreTraining(cfg, unpad=False).eval()
     batch = random_batch(cfg, batch=2, seq=24, min_len=24)
     positions = torch.tensor([[1, 5, 9, 20], [2, 3, 4, 23]])
-    args = BenchmarkArgs(bert_model="tiny", seq_length=24, task="pretraining", masked_positions=4)
+    args = BenchmarkArgs(model=ModelArgs(bert_model="tiny"), seq_length=24, task="pretraining", masked_positions=4)
     expected = _counted_forward_flops(model, **batch, masked_lm_positions=positions)
     assert batch_flops(cfg, args, [24, 24], training=False) == expected
 
@@ -183,7 +185,7 @@ def test_flops_match_torch_flop_counter_pretraining():
 def test_flops_count_real_tokens_only():
     """Padding adds no FLOPs: a batch of lengths (a, b) counts as sequences of a and b alone."""
     cfg = tiny_config()
-    args = BenchmarkArgs(bert_model="tiny", seq_length=40, task="qa")
+    args = BenchmarkArgs(model=ModelArgs(bert_model="tiny"), seq_length=40, task="qa")
     model = BertForQuestionAnswering(cfg, unpad=False).eval()
     alone = sum(_counted_forward_flops(model, **random_batch(cfg, batch=1, seq=n, min_len=n))
                 for n in (7, 31))
@@ -193,8 +195,10 @@ def test_flops_count_real_tokens_only():
 def test_benchmark_flags_cover_the_issue():
     """Flag names the issue asks for exist, with the defaults it names."""
     args = BenchmarkArgs()
-    assert (args.bert_model, args.seq_length, args.batch_size, args.mode, args.task, args.data) == (
+    assert (args.model.bert_model, args.seq_length, args.batch_size, args.mode, args.task, args.data) == (
         "large", 384, 32, "train", "qa", "synthetic")
-    assert args.compile is None and args.unpad and not args.compare_hf and not args.json
+    # the runtime settings are every command's, with the same defaults
+    assert args.runtime == RuntimeArgs()
+    assert not args.compare_hf and not args.json
     assert BenchmarkArgs(seq_length=128).num_masked == 20
     assert BenchmarkArgs(seq_length=512).num_masked == 80

@@ -1,0 +1,11 @@
+"""`bertforge benchmark`: speed and memory of training and inference, side by side with Hugging
+Face transformers. `config` (what to measure), `inputs` (batches), `meter` (FLOPs, timers,
+memory), `contenders` (the models and their step), `run` (the measurement and its report).
+A new benchmark case is a new workload in `inputs` or a flag in `config`."""
+
+from bertforge.bench.config import BenchmarkArgs
+from bertforge.bench.meter import FLOPS_COUNTED, batch_flops, matmul_peak
+from bertforge.bench.run import format_table, measure, run_benchmark
+
+__all__ = ["BenchmarkArgs", "measure", "run_benchmark", "format_table", "batch_flops", "matmul_peak",
+           "FLOPS_COUNTED"]

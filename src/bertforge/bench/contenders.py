@@ -1,0 +1,171 @@
+"""The models under test and how one step runs each.
+
+A training step is `bertforge.train.loop.train_step`, the Trainer's own, for both models: forward
+and loss under autocast, backward (fp16 loss scaling), clipping at 1.0, an AdamW step (fused on
+CUDA), the schedule. transformers' model enters it through a loss adapter that returns its mean
+loss. An inference step is a forward under `torch.inference_mode`."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from bertforge.bench.config import BenchmarkArgs
+from bertforge.bench.inputs import Batch
+from bertforge.bench.meter import StepTimer
+from bertforge.config import BertConfig
+from bertforge.errors import ConfigError
+from bertforge.model import build_model
+from bertforge.runconfig import TrainArgs
+from bertforge.tasks.common import model_inputs
+from bertforge.train.loop import LossFn, StepOutput, TrainState, build_train_state, to_device, train_step
+from bertforge.train.runtime import Runtime
+
+# The optimizer every benchmarked training step uses (fine-tuning's); the schedule is far from
+# its end, so the learning rate never reaches 0.
+BENCH_TRAIN = TrainArgs(learning_rate=1e-5, weight_decay=0.01, max_grad_norm=1.0, warmup_proportion=0.0,
+                        max_steps=1_000_000)
+
+
+@dataclass
+class Contender:
+    """One model under test."""
+
+    name: str
+    model: nn.Module
+    loss_fn: LossFn
+    forward: Callable[[dict], Any]  # inference: host batch data -> outputs
+    compiled: bool
+    unpad: bool
+    state: TrainState | None = None
+    timer: StepTimer | None = None
+    losses: list[Tensor] = field(default_factory=list)
+    peak_memory_gb: float | None = None
+    first_step_seconds: float | None = None
+    compile_stats: dict = field(default_factory=dict)  # torch.compile counters during warm-up
+
+
+class HFLoss:
+    """transformers' mean loss as one loss term with denominator 1."""
+
+    def denominators(self, batch: dict) -> dict[str, float]:
+        return {"loss": 1.0}
+
+    def loss_sums(self, model: nn.Module, batch: dict) -> dict[str, Tensor]:
+        return {"loss": model(**batch["hf"]).loss}
+
+
+def ours(cfg: BenchmarkArgs, runtime: Runtime, config: BertConfig, ckpt) -> Contender:
+    from bertforge.checkpoint import load_into
+    from bertforge.tasks.pretraining import PretrainLoss
+    from bertforge.tasks.squad import SpanLoss, span_logits
+
+    head = "qa" if cfg.task == "qa" else "pretraining"
+    unpad = cfg.runtime.unpad and not cfg.cuda_graphs
+    with torch.device(runtime.device):  # initialise on the device: BERT-large in a blink
+        model = build_model(config, head, unpad=unpad)
+    if ckpt is not None:
+        load_into(model, ckpt)
+    if cfg.task == "qa":
+        loss_fn: LossFn = SpanLoss()
+
+        def forward(data: dict):
+            return span_logits(model, data)
+    else:
+        loss_fn = PretrainLoss()
+
+        def forward(data: dict):
+            return model(**model_inputs(data, "masked_lm_positions")).mlm_logits
+    if cfg.cuda_graphs:
+        forward = _graphed(model, cfg, runtime)
+    return Contender("bertforge", model, loss_fn, forward, compiled=runtime.compile, unpad=unpad)
+
+
+def _graphed(model: nn.Module, cfg: BenchmarkArgs, runtime: Runtime) -> Callable[[dict], Any]:
+    """bertforge's forward replayed from CUDA graphs: padded layout, no mask for batches the
+    host knows have no padding (so attention takes the flash kernel)."""
+    from bertforge.infer import CudaGraphForward
+
+    def qa(m: nn.Module, x: dict[str, Tensor]):
+        return m(**x)
+
+    def pretraining(m: nn.Module, x: dict[str, Tensor]):
+        return m(**x).mlm_logits
+
+    graphs = CudaGraphForward(model, qa if cfg.task == "qa" else pretraining, runtime.autocast_dtype)
+
+    def forward(data: dict):
+        full = all(n == cfg.seq_length for n in data["seq_lengths"])
+        keep = ["input_ids", "token_type_ids"] + ([] if full else ["attention_mask"])
+        keep += ["masked_lm_positions"] if cfg.task == "pretraining" else []
+        return graphs({k: data[k] for k in keep})
+    return forward
+
+
+def hf(cfg: BenchmarkArgs, runtime: Runtime, config: BertConfig, our_model: nn.Module) -> Contender:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("--compare-hf needs Hugging Face transformers: pip install transformers") from None
+    from bertforge.checkpoint import native_to_hf
+
+    cls = transformers.BertForQuestionAnswering if cfg.task == "qa" else transformers.BertForPreTraining
+    model = cls(transformers.BertConfig(**config.to_dict(), attn_implementation="sdpa"))
+    if model.config._attn_implementation != "sdpa":
+        raise ConfigError(f"transformers {transformers.__version__} did not take attn_implementation='sdpa'")
+    # The same weights as ours: outputs can be compared, and nothing differs but the code.
+    result = model.load_state_dict(native_to_hf(our_model.state_dict()), strict=False)
+    untied = [k for k in result.missing_keys if not k.startswith("cls.predictions.decoder.")]
+    if untied or result.unexpected_keys:
+        raise ConfigError(f"weights do not map onto transformers' model: missing {untied}, "
+                          f"unexpected {result.unexpected_keys}")
+    model.to(runtime.device)
+    call = torch.compile(model) if cfg.hf_compile else model
+
+    def forward(data: dict):
+        out = call(**data["hf"])
+        return out.start_logits if cfg.task == "qa" else out.prediction_logits
+    return Contender("hf", call, HFLoss(), forward, compiled=cfg.hf_compile, unpad=False)
+
+
+def agreement(a: Contender, b: Contender, batch: Batch, cfg: BenchmarkArgs, runtime: Runtime) -> float:
+    """Max |difference| of the two models' eval-mode outputs on one batch, at real positions
+    (QA: start logits) or masked positions (pretraining: MLM logits)."""
+    a.model.eval()
+    b.model.eval()
+    data = to_device(batch.data, runtime.device)
+    with torch.inference_mode(), runtime.autocast():
+        ours_out = a.model(**model_inputs(data, *(("masked_lm_positions",) if cfg.task == "pretraining" else ())))
+        theirs = b.model(**{k: data["hf"][k] for k in ("input_ids", "token_type_ids", "attention_mask")})
+        if cfg.task == "qa":
+            real = data["attention_mask"].bool()
+            diff = ours_out[0].float()[real] - theirs.start_logits.float()[real]
+        else:
+            pos = data["masked_lm_positions"]
+            picked = torch.gather(theirs.prediction_logits, 1,
+                                  pos.unsqueeze(-1).expand(-1, -1, theirs.prediction_logits.shape[-1]))
+            diff = ours_out.mlm_logits.float() - picked.float()
+    return float(diff.abs().max())
+
+
+def prepare(c: Contender, cfg: BenchmarkArgs, runtime: Runtime) -> None:
+    c.timer = StepTimer(runtime.device)
+    if cfg.mode == "train":
+        c.model.train()
+        c.state = build_train_state(c.model, BENCH_TRAIN, runtime, BENCH_TRAIN.max_steps)
+    else:
+        c.model.eval()
+
+
+def step(c: Contender, batch: Batch, cfg: BenchmarkArgs, runtime: Runtime) -> None:
+    if cfg.mode == "infer":
+        graphed = cfg.cuda_graphs and c.name == "bertforge"  # the graph holds its own autocast
+        with torch.inference_mode(), (nullcontext() if graphed else runtime.autocast()):
+            c.forward(to_device(batch.data, runtime.device))
+        return
+    out: StepOutput = train_step(c.state, c.loss_fn, [batch.data])
+    c.losses.append(out.loss.detach())
