@@ -4,8 +4,9 @@
   Hugging Face and NVIDIA use torch's AdamW with it; we do too), fused on CUDA, foreach elsewhere.
 - LAMB for pretraining (You et al., 2019), written with foreach ops: one kernel launch per op
   over all tensors, not a Python loop per parameter.
-- Weight decay, and LAMB's trust ratio, skip biases and LayerNorm weights: exactly the 1-D
-  parameters of BERT.
+- Weight decay skips biases and LayerNorm weights (exactly the 1-D parameters of BERT); LAMB's
+  trust ratio applies where weight decay is non-zero, as NVIDIA's FusedLAMB does (so with
+  --weight_decay 0 LAMB is Adam with bias correction).
 - Schedules: linear warmup then linear decay (fine-tuning, Hugging Face's); NVIDIA's
   PolyWarmUpScheduler (pretraining, degree 0.5; with degree 1.0 it is Google's optimization.py).
 """
@@ -27,8 +28,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "adapt": True},
-            {"params": no_decay, "weight_decay": 0.0, "adapt": False}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class Lamb(Optimizer):
@@ -120,8 +120,6 @@ def build_optimizer(model: nn.Module, name: OptimizerName, lr: float, weight_dec
     groups = param_groups(model, weight_decay)
     if name == "lamb":
         return Lamb(groups, lr=lr, weight_decay=weight_decay)
-    for g in groups:
-        g.pop("adapt")
     fused = device.type == "cuda"
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6,
                              fused=fused or None, foreach=None if fused else True)
@@ -144,11 +142,10 @@ def lr_multiplier(step: int, total_steps: int, warmup_proportion: float, kind: S
         if step < warmup:
             return step / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-    warmup = math.floor(warmup_proportion * total_steps)
-    if warmup > 0 and step < warmup:
-        return step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return (1.0 - progress) ** power
+    progress = (step + 1) / total_steps
+    if progress < warmup_proportion:
+        return progress / warmup_proportion
+    return max(0.0, 1.0 - progress) ** power
 
 
 def build_schedule(optimizer: Optimizer, total_steps: int, warmup_proportion: float,
