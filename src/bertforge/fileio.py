@@ -29,6 +29,9 @@ def read_json(path: str | Path, what: str = "JSON file",
         raise error(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read (thousands of levels of [ or {{); "
+                    "is it the file you meant?") from None
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

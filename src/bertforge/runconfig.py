@@ -40,8 +40,9 @@ class ModelArgs:
     """A preset (tiny, mini, small, medium, base, large) or a bert_config.json / config.json
     (also accepted as --bert_config_file, --config_file). Optional when init_checkpoint has one."""
     init_checkpoint: str | None = None
-    """Weights to start from: a bertforge run directory, a Hugging Face directory, a Google TF
-    checkpoint (bert_model.ckpt) or an NVIDIA DLE .pt file."""
+    """Weights to start from: a bertforge run directory, a Hugging Face directory or Hub id
+    (bert-base-uncased, through the local Hugging Face cache), a Google TF checkpoint
+    (bert_model.ckpt) or an NVIDIA DLE .pt file."""
     vocab_file: str | None = None
     """WordPiece vocab.txt; defaults to the one beside init_checkpoint."""
     do_lower_case: bool | None = None

@@ -16,7 +16,6 @@ what a user made.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from bertforge.errors import ConfigError
-from bertforge.fileio import atomic_write_json
+from bertforge.fileio import atomic_write_json, read_json
 
 try:  # advisory locks are POSIX; elsewhere runs are not protected against each other
     import fcntl
@@ -133,7 +132,7 @@ class OutputDir:
             self._clear()
         stored = self.path / RUN_CONFIG
         if self.training and self.resume and stored.is_file():
-            check_resumable(json.loads(stored.read_text(encoding="utf-8")), config, stored)
+            check_resumable(read_json(stored, "run config", ConfigError), config, stored)
         if self.training or not stored.exists():
             atomic_write_json(stored, config)
 

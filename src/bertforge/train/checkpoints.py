@@ -185,7 +185,7 @@ def load_training_checkpoint(path: Path, rank: int) -> TrainingCheckpoint:
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
         int(meta["step"]), meta["loader"], int(meta["total_steps"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path / META_FILE}: unreadable ({type(e).__name__}: {e})") from None
     state = _load_tensors_only(path / STATE_FILE)
     rng = _load_tensors_only(rng_file(path, rank))
