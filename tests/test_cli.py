@@ -173,3 +173,23 @@ def test_every_recipe_parses(recipe, capsys):
         main([*command, "--config", str(REPO / recipe), "--print_config"])
     assert exc.value.code == 0, capsys.readouterr().err
     assert "learning_rate" in capsys.readouterr().out
+
+
+def test_evaluate_squad_takes_its_files_as_positional_arguments(tmp_path, squad_dev_file, capsys):
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({"56be4db0acb8001400a502ec": "Denver Broncos"}))
+    assert main(["evaluate", "squad", str(squad_dev_file), str(predictions)]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["exact_match"] == pytest.approx(100 / 10570)  # one right answer of 10,570
+    assert json.loads((tmp_path / "predictions_eval.json").read_text()) == scores
+
+
+def test_evaluate_squad_checks_its_output_file_before_scoring(tmp_path, squad_dev_file, capsys):
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text("{}")
+    (tmp_path / "afile").write_text("x")
+    assert main(["evaluate", "squad", str(squad_dev_file), str(predictions),
+                 "--output_file", str(tmp_path / "afile" / "scores.json")]) == 2
+    captured = capsys.readouterr()
+    assert "a file is in the way" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # nothing was scored

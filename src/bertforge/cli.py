@@ -374,8 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one line naming the file, not a traceback.
         if e.errno not in FILESYSTEM_ERRNOS:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"bertforge {' '.join(command.path)}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        from bertforge.fileio import describe_os_error
+
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"bertforge {' '.join(command.path)}: error:{where} {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

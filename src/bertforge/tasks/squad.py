@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from bertforge.data import squad as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
+from bertforge.fileio import ensure_parent_dir
 from bertforge.infer import predict
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, write_json
@@ -107,8 +108,8 @@ class SquadRun:
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
-@dataclass(kw_only=True)
-class EvaluateArgs:
+@dataclass
+class EvaluateArgs:  # not kw_only: its required fields are the command's positional arguments
     """Official SQuAD v1.1 evaluation of a predictions file."""
 
     data_file: str
@@ -275,11 +276,12 @@ def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress
 
 
 def evaluate_files(args: EvaluateArgs) -> dict:
+    pred = Path(args.predictions_file)
+    out = Path(args.output_file) if args.output_file else pred.with_name(f"{pred.stem}_eval.json")
+    ensure_parent_dir(out, "--output_file")
     predictions = metric.load_predictions(args.predictions_file)
     scores = metric.evaluate(args.data_file, predictions)
     print(json.dumps(scores))
-    pred = Path(args.predictions_file)
-    out = Path(args.output_file) if args.output_file else pred.with_name(f"{pred.stem}_eval.json")
     write_json(out, scores)
     log.info("scores written to %s", out)
     return scores
