@@ -21,6 +21,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bertforge import reference_flags as refs
@@ -374,6 +375,12 @@ def _reference_values(flags: list, aliases: dict, family: str, notes: list[str],
         errors.append(f"--steps_this_run {steps_this_run}: bertforge runs to --max_steps; stop a run early "
                       f"and continue it with --save_every N and --resume")
     _model_name(flags, aliases, notes)
+    for f in [f for f in flags if isinstance(f, _Flag) and f.given_as == "output_file"]:
+        if f.value and ("," in f.value or Path(f.value).suffix.lower() in (".tfrecord", ".tfrecords", ".hdf5", ".h5")):
+            errors.append(f"--output_file {f.value}: bertforge writes a directory of shards, not a TFRecord/HDF5 "
+                          f"file; pass --output_dir DIR (bertforge pretrain --input_dir DIR reads it)")
+        else:
+            notes.append(f"--output_file {f.value}: written as a directory of shards (pretrain --input_dir reads it)")
     given = {f.dotted: f for f in flags if isinstance(f, _Flag)}
     if family == "nvidia":
         _nvidia_batch(given, value_of, put, notes, errors)
@@ -404,15 +411,17 @@ def _model_name(flags: list, aliases: dict, notes: list[str]) -> None:
     name = named[-1].value
     size, uncased = refs.MODEL_NAMES[name]
     keep = files[-1] if files else named[-1]
+    from_checkpoint = not files and any(isinstance(f, _Flag) and f.dotted == "model.init_checkpoint" for f in flags)
     for f in model:
-        if f is not keep:
+        if f is not keep or from_checkpoint:
             flags.remove(f)
     if keep is named[-1]:
         keep.value = size
     if not any(isinstance(f, _Flag) and f.dotted == "model.do_lower_case" for f in flags):
         flags.append(_Flag("model.do_lower_case", "true" if uncased else "false"))
         notes.append(f"--bert_model {name}: do_lower_case={str(uncased).lower()} from the name"
-                     + (f"; the architecture from --{keep.given_as}" if files else ""))
+                     + (f"; the architecture from --{keep.given_as}" if files else
+                        "; the architecture from --init_checkpoint" if from_checkpoint else ""))
 
 
 def _nvidia_batch(given, value_of, put, notes, errors) -> None:
@@ -598,6 +607,36 @@ def unknown_flags(argv: Sequence[str], parser, flat_names: Sequence[str] = ()) -
     return problems
 
 
+def parse_command(command: Command, argv: Sequence[str]):
+    """The run config of `command` from its flags (reference spellings rewritten, their notes
+    logged); returns (config, handler, namespace). ConfigError names every unknown flag, or the
+    first bad value, in one line."""
+    from jsonargparse import ArgumentError
+
+    from bertforge.errors import ConfigError
+
+    name = " ".join(command.path)
+    cls, handler = command.build()
+    parser = _build_parser(command, cls)
+    rewritten = rewrite_argv(argv, cls)
+    bad = unknown_flags(rewritten.argv, parser, list(alias_table(cls)))
+    if bad:
+        raise ConfigError(f"unknown flag{'s' if len(bad) > 1 else ''}: {', '.join(bad)} "
+                          f"(bertforge {name} --help lists the flags)")
+    if rewritten.notes:
+        log.warning("reference flags with another meaning here:\n  %s", "\n  ".join(rewritten.notes))
+    try:
+        ns = parser.parse_args(rewritten.argv)
+    except ArgumentError as e:
+        raise ConfigError(f"{' '.join(str(e).split())} (bertforge {name} --help lists the flags)") from None
+    return _instantiate(parser, ns, cls), handler, ns
+
+
+def find_command(argv: Sequence[str]) -> tuple[Command | None, list[str]]:
+    """The command argv names, and the rest of argv (launcher flags already taken out)."""
+    return _find_command(list(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -627,26 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TQDM_MININTERVAL", "30")
     name = " ".join(command.path)
     try:
-        from jsonargparse import ArgumentError
-
-        cls, handler = command.build()
-        parser = _build_parser(command, cls)
-        rewritten = rewrite_argv(rest, cls)
-        bad = unknown_flags(rewritten.argv, parser, list(alias_table(cls)))
-        if bad:
-            print(f"bertforge {name}: error: unknown flag{'s' if len(bad) > 1 else ''}: {', '.join(bad)} "
-                  f"(bertforge {name} --help lists the flags)", file=sys.stderr)
-            return 2
-        if rewritten.notes:
-            log.warning("reference flags with another meaning here:\n  %s", "\n  ".join(rewritten.notes))
+        cfg, handler, ns = parse_command(command, rest)
         _set_threads(threads)
-        try:
-            ns = parser.parse_args(rewritten.argv)
-        except ArgumentError as e:
-            message = " ".join(str(e).split())
-            print(f"bertforge {name}: error: {message} (bertforge {name} --help lists the flags)", file=sys.stderr)
-            return 2
-        cfg = _instantiate(parser, ns, cls)
         result = handler(cfg, ns)
     except BertforgeError as e:
         print(f"bertforge {name}: error: {e}", file=sys.stderr)

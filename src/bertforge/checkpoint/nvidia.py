@@ -25,7 +25,7 @@ from bertforge.checkpoint.common import (
     Checkpoint, adopt_padded_vocab, config_beside, infer_do_lower_case, read_torch_file, state_dict_of,
     vocab_beside,
 )
-from bertforge.checkpoint.hf import _TIED_DECODER, hf_to_native
+from bertforge.checkpoint.hf import _REDUNDANT, _TIED_DECODER, hf_to_native
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
 
@@ -170,7 +170,8 @@ def read_pretraining_checkpoint(path: str | Path, config: str | Path | BertConfi
             or not isinstance(optimizer.get("param_groups"), list):
         raise CheckpointError(f"{path}: no optimizer state (expected {{'optimizer': {{'state', 'param_groups'}}}}); "
                               "resume needs the LAMB moments: start a new run with --init_checkpoint instead")
-    names = [k for k in weights if k.removeprefix("module.") != _TIED_DECODER]
+    # without the tied decoder and the buffers, the state dict's order is named_parameters()'s
+    names = [k for k in weights if k.removeprefix("module.") not in _REDUNDANT | {_TIED_DECODER}]
     ordered = ([n for n in names if not any(nd in n for nd in _NO_DECAY)]
                + [n for n in names if any(nd in n for nd in _NO_DECAY)])
     indices = [i for group in optimizer["param_groups"] for i in group.get("params", [])]
