@@ -245,6 +245,10 @@ def rewrite_argv(argv: Sequence[str], cls: type) -> Rewritten:
             flags.append(token)
             continue
         name, eq, value = token[2:].partition("=")
+        negated_switch = next((name[len(p):] for p in ("no-", "no_", "no") if name.startswith(p)
+                               and name[len(p):] in refs.SWITCHES and name[len(p):] not in aliases), None)
+        if negated_switch and not eq:
+            continue  # absl's --noamp: the switch's default, off
         if name in refs.SWITCHES and name not in aliases:
             on = _bool_word(take_value(bool(eq), value, True)) == "true"
             for dotted, setting in refs.SWITCHES[name].items():

@@ -130,6 +130,9 @@ REFUSED = {
                                "tells phase-1 and phase-2 checkpoints apart by --phase1_end_step)"),
     "start_warmup_step": ("0", "warmup starts at step 0"),
     "null_score_diff_threshold": ("0.0", "SQuAD 2.0 (unanswerable questions) is not supported"),
+    # on the commands that only predict (where these are not fields)
+    "do_predict": ("true", "this command always predicts"),
+    "do_train": ("false", "this command does not train: bertforge finetune ... trains"),
 }
 
 # Flags that say the command line is NVIDIA's PyTorch scripts (or a port of them), whose
