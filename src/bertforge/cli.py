@@ -5,11 +5,16 @@ recipes through `--config recipe.yaml` and dotted overrides such as `--train.lea
 On top of that, this module (and only this module) makes the reference recipes' command lines
 work unchanged:
 - flat names: `--learning_rate` is `--train.learning_rate` (every field whose name is unique in
-  the run config), plus the aliases in `ALIASES` (`--bert_config_file`, `--task`, ...);
+  the run config), plus the aliases in `reference_flags.ALIASES` (`--bert_config_file`, ...);
 - absl-style booleans as Google's scripts take them: `--do_train`, `--do_train=true`,
-  `--nodo_lower_case`, `--no-compile`.
+  `--nodo_lower_case`, `--no-compile`;
+- the reference scripts' other flags as `bertforge.reference_flags` says: switches (`--fp16`,
+  `--use_habana`), knobs accepted with a note, values refused, NVIDIA's per-optimizer-step
+  `--train_batch_size`, Google's pretraining optimisation, `--bert_model bert-large-uncased`;
+- launcher flags anywhere (`--local_rank` of torch.distributed.launch, Intel's thread pools).
 It also reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE), sets up logging, and turns
-user errors into one clear message and exit status 2, without a traceback.
+user errors into one clear message and exit status 2, without a traceback: every unknown flag
+in one line with a "did you mean", a bad value in one line, never a usage dump.
 """
 
 from __future__ import annotations

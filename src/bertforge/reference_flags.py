@@ -136,13 +136,14 @@ REFUSED = {
 }
 
 # Flags that say the command line is NVIDIA's PyTorch scripts (or a port of them), whose
-# --train_batch_size is per optimizer step: no other family passes any of these.
+# --train_batch_size is per optimizer step: no other family passes any of these, and none is
+# bertforge's own spelling of a field (--phase2 is both, so it is not here).
 NVIDIA_MARKERS = frozenset({
     "config_file", "json-summary", "use_env", "phase1_end_step", "num_steps_per_checkpoint",
     "allreduce_post_accumulation", "allreduce_post_accumulation_fp16", "amp", "skip_checkpoint",
     "disable_progress_bar", "disable-progress-bar", "log_freq", "resume_from_checkpoint", "init_loss_scale",
     "steps_this_run", "eval_script", "use_habana", "autocast", "use_fused_lamb", "use_fused_adam",
-    "use_lazy_mode", "enable_packed_data_mode", "checkpoint_activations", "phase2", "resume_step",
+    "use_lazy_mode", "enable_packed_data_mode", "checkpoint_activations", "resume_step",
     "no_dense_sequence_output", "disable_jit_fusions", "cuda_graphs", "cnmix", "opt_level", "hmp",
 })
 

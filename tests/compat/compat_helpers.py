@@ -1,4 +1,4 @@
-"""Builders for the reference-command-line tests (plain functions; fixtures live in the tests).
+"""Builders and fixtures for the reference-command-line tests (test modules import the fixtures).
 
 The reference files are made here independently of bertforge's readers: NVIDIA's checkpoint
 layout (`{'model', 'optimizer', 'epoch'}` with DLE's `dense_act` names and run_pretraining.py's
@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import hf_config, shared, tiny_config
 
@@ -27,6 +28,18 @@ def tiny_bert(**overrides) -> BertConfig:
 def write_config(path: Path, config: BertConfig | None = None) -> Path:
     (config or tiny_bert()).to_json(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Prepared pretraining data (80 Wikipedia articles, 64 tokens) for one test module."""
+    return prepare_data(tmp_path_factory.mktemp("wiki") / "seq64")
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    """A tiny BERT's bert_config.json."""
+    return write_config(tmp_path_factory.mktemp("cfg") / "bert_config.json")
 
 
 def parse(argv: list[str]):

@@ -11,22 +11,14 @@ import logging
 import pytest
 import torch
 import transformers
-from compat_helpers import metrics, parse, prepare_data, squad_slice, tiny_bert, write_config
+from compat_helpers import config_file, data  # noqa: F401 (fixtures)
+from compat_helpers import metrics, parse, squad_slice, tiny_bert, write_config
 from conftest import hf_config, shared
 
 from bertforge.cli import main
 
 VOCAB = str(shared("vocab", "bert-base-uncased", "vocab.txt"))
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare_data(tmp_path_factory.mktemp("wiki") / "seq64")
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    return write_config(tmp_path_factory.mktemp("cfg") / "bert_config.json")
 
 
 def train_records(out):

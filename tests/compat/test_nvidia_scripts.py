@@ -10,9 +10,10 @@ import logging
 
 import pytest
 import torch
-from compat_helpers import (dle_names, logged, metrics, nvidia_pretraining_checkpoint, parse, prepare_data,
-                            read_dllog, squad_slice, tiny_bert, write_config)
-from conftest import hf_config, shared
+from compat_helpers import config_file, data  # noqa: F401 (fixtures)
+from compat_helpers import (logged, metrics, nvidia_pretraining_checkpoint, parse, read_dllog, squad_slice, tiny_bert,
+                            write_config)
+from conftest import shared
 from safetensors.torch import load_file
 
 from bertforge.checkpoint import load_checkpoint
@@ -20,15 +21,6 @@ from bertforge.cli import main
 
 VOCAB = str(shared("vocab", "bert-base-uncased", "vocab.txt"))
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare_data(tmp_path_factory.mktemp("wiki") / "seq64")
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    return write_config(tmp_path_factory.mktemp("cfg") / "bert_config.json")
 
 
 def phase1_argv(data, out, config_file, *extra):
