@@ -102,9 +102,14 @@ class TrainArgs:
     the checkpoint directory PATH (also --resume_from_checkpoint)."""
     max_fp16_skips: int = 50
     """fp16: stop when this many consecutive steps overflowed (the loss scale cannot recover)."""
+    skip_checkpoint: bool = False
+    """Write no checkpoint and not the trained model (NVIDIA's --skip_checkpoint, for benchmark runs);
+    overrides save_every."""
 
     def __post_init__(self) -> None:
         check_types(self, "train")
+        if self.skip_checkpoint:
+            self.save_every = None
         for name in ("train_batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints",
                      "max_fp16_skips"):
             _require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
@@ -166,6 +171,10 @@ class RuntimeArgs:
     num_workers: int = 0
     """Background threads that prepare the next batches (index, trim, pin memory) while the
     device computes; 0 prepares each batch when it is needed."""
+    json_summary: str | None = None
+    """Also write NVIDIA's dllogger JSON lines (`DLLL {...}`: e2e_train_time,
+    training_sequences_per_second, final_loss, exact_match, F1, ...) to this file (rank 0);
+    also --json-summary, --dllog_path."""
 
     def __post_init__(self) -> None:
         check_types(self, "runtime")

@@ -16,9 +16,9 @@ from bertforge.data import squad as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
 from bertforge.fileio import ensure_parent_dir
-from bertforge.infer import predict
+from bertforge.infer import predict_timed
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import LoadedModel, model_inputs, write_json
+from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.runtime import DistInfo, Runtime
@@ -246,9 +246,10 @@ def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, 
     features = data.convert_examples_to_features(
         examples, loaded.tokenizer, is_training=False, progress=progress and runtime.is_main,
         max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
-    start, end = predict(loaded.model, model_arrays(features, False), d.predict_batch_size, runtime,
-                         span_logits, desc="predict", progress=progress, per_token=True)
-    results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems)}}
+    (start, end), stats = predict_timed(loaded.model, model_arrays(features, False), d.predict_batch_size, runtime,
+                                        span_logits, desc="predict", progress=progress, per_token=True)
+    results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems),
+                                 **report_inference(out, stats, runtime, "predict")}}
     if not runtime.is_main:
         return results
     predictions, nbest = data.postprocess(examples, features, start, end, d.n_best_size,
