@@ -131,6 +131,11 @@ def _benchmark():
     return BenchmarkArgs, handler
 
 
+def _export():
+    from bertforge.export import ExportArgs, export
+    return ExportArgs, lambda cfg, _ns: export(cfg)
+
+
 COMMANDS = [
     Command(("finetune", "squad"), "fine-tune on SQuAD v1.1, then predict and evaluate", _squad("finetune")),
     Command(("finetune", "glue"), "fine-tune on a GLUE task, evaluate, write submissions", _glue("finetune")),
@@ -145,6 +150,7 @@ COMMANDS = [
             _convert, positional=True),
     Command(("info",), "print a checkpoint's config, parameter count and dtype", _info, positional=True),
     Command(("benchmark",), "measure training/inference speed (optionally against Hugging Face)", _benchmark),
+    Command(("export",), "export a trained model to ONNX or torch.export for serving", _export, positional=True),
 ]
 
 
