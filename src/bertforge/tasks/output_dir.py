@@ -38,7 +38,8 @@ RUN_CONFIG = "run_config.json"
 # Everything a bertforge run can write into its output directory (besides task result files,
 # which each job names), so --overwrite_output_dir knows what it may remove.
 RUN_FILES = ("metrics.jsonl", RUN_CONFIG, "checkpoints", "model.safetensors", "config.json",
-             "bertforge.json", "vocab.txt", "train_summary.json", LOCK)
+             "bertforge.json", "vocab.txt", "train_summary.json", LOCK,
+             "best", "tensorboard", "wandb")  # --save_best's weights, the trackers' files
 
 
 def config_dict(cfg) -> dict:
