@@ -20,7 +20,7 @@ import os
 import sys
 import types
 import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, Callable, Sequence
 
 from bertforge.errors import BertforgeError
@@ -131,6 +131,11 @@ def _benchmark():
     return BenchmarkArgs, handler
 
 
+def _plot():
+    from bertforge.plot import PlotArgs, plot
+    return PlotArgs, lambda cfg, _ns: plot(cfg)
+
+
 def _export():
     from bertforge.export import ExportArgs, export
     return ExportArgs, lambda cfg, _ns: export(cfg)
@@ -151,6 +156,8 @@ COMMANDS = [
     Command(("info",), "print a checkpoint's config, parameter count and dtype", _info, positional=True),
     Command(("benchmark",), "measure training/inference speed (optionally against Hugging Face)", _benchmark),
     Command(("export",), "export a trained model to ONNX or torch.export for serving", _export, positional=True),
+    Command(("plot",), "plot training curves of runs (loss, lr, seq/s, eval metrics) into a PNG", _plot,
+            positional=True),
 ]
 
 
@@ -329,7 +336,18 @@ def _build_parser(command: Command, cls: type):
     parser = ArgumentParser(prog="bertforge " + " ".join(command.path), description=command.help,
                             epilog=epilog, exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe (see configs/)")
-    parser.add_class_arguments(cls, None, as_positional=command.positional)
+    # A required list field takes one or more positional words (plot RUN [RUN ...]); jsonargparse
+    # would take a single JSON list there.
+    hints = typing.get_type_hints(cls)
+    variadic = [f.name for f in fields(cls) if command.positional and f.default is MISSING
+                and f.default_factory is MISSING and typing.get_origin(hints[f.name]) is list]
+    parser.add_class_arguments(cls, None, as_positional=command.positional, skip=set(variadic))
+    if variadic:
+        import docstring_parser
+
+        docs = {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params}
+        for name in variadic:
+            parser.add_argument(name, nargs="+", help=docs.get(name))
     return parser
 
 
