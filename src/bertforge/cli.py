@@ -20,6 +20,7 @@ import os
 import sys
 import types
 import typing
+from pathlib import Path
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, Callable, Sequence
 
@@ -131,6 +132,23 @@ def _benchmark():
     return BenchmarkArgs, handler
 
 
+def _download(dataset: str):
+    def build():
+        from bertforge import download
+
+        cls = download.DownloadSquadArgs if dataset == "squad" else download.DownloadGlueArgs
+
+        def handler(cfg, _ns):
+            download.download(dataset, cfg, default_cache_dir() if cfg.cache_dir is None else Path(cfg.cache_dir))
+        return cls, handler
+    return build
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/bertforge, else ~/.cache/bertforge (the XDG base directory convention)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bertforge"
+
+
 def _plot():
     from bertforge.plot import PlotArgs, plot
     return PlotArgs, lambda cfg, _ns: plot(cfg)
@@ -156,6 +174,10 @@ COMMANDS = [
     Command(("info",), "print a checkpoint's config, parameter count and dtype", _info, positional=True),
     Command(("benchmark",), "measure training/inference speed (optionally against Hugging Face)", _benchmark),
     Command(("export",), "export a trained model to ONNX or torch.export for serving", _export, positional=True),
+    Command(("download", "squad"), "download SQuAD v1.1 into a cache directory, checksums verified",
+            _download("squad")),
+    Command(("download", "glue"), "download GLUE tasks into a cache directory, checksums verified",
+            _download("glue")),
     Command(("plot",), "plot training curves of runs (loss, lr, seq/s, eval metrics) into a PNG", _plot,
             positional=True),
 ]
@@ -227,7 +249,7 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
             out.append(token)
             continue
         name, eq, value = token[2:].partition("=")
-        if name in IGNORED_FLAGS or name in UNSUPPORTED:
+        if (name in IGNORED_FLAGS and name not in aliases) or name in UNSUPPORTED:
             if not eq and i < len(argv) and not argv[i].startswith("--"):
                 value = argv[i]
                 i += 1
