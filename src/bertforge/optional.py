@@ -11,11 +11,11 @@ from types import ModuleType
 from bertforge.errors import ConfigError
 
 
-def require(module: str, extra: str, what: str) -> ModuleType:
+def require(module: str, extra: str, what: str, package: str | None = None) -> ModuleType:
     """Import `module`, or raise a ConfigError saying that `what` needs it and which extra
-    installs it."""
+    installs it. `package`: the name pip knows it by, when not the module's."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"{what} needs the Python package {module.split('.')[0]!r}, which is not "
-                          f"installed: pip install 'bertforge[{extra}]'") from None
+        raise ConfigError(f"{what} needs the Python package {package or module.split('.')[0]!r}, which "
+                          f"is not installed: pip install 'bertforge[{extra}]'") from None

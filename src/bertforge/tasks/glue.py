@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from bertforge.data import glue as data
 from bertforge.errors import ConfigError
-from bertforge.evaluate.glue import compute_metrics
+from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import predict
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, write_json
@@ -176,6 +176,8 @@ class GlueJob(Job):
             raise ConfigError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
         if cfg.data.data_dir is None:
             raise ConfigError("--data_dir is required: the GLUE task's directory")
+        if cfg.do_eval or (self.training and cfg.evaluation.eval_every):
+            require_metrics()
 
     def model_options(self) -> dict:
         return {"num_labels": self.task.num_labels, "require_head": not self.training}
