@@ -20,7 +20,8 @@ from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import predict
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, write_json
-from bertforge.tasks.runner import EvalDuringTraining, Job, check_seq_length, evaluate_during_training, run
+from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
+from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime

@@ -18,7 +18,8 @@ from bertforge.evaluate import squad as metric
 from bertforge.infer import predict
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, write_json
-from bertforge.tasks.runner import EvalDuringTraining, Job, check_seq_length, evaluate_during_training, run
+from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
+from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime

@@ -447,9 +447,12 @@ class Trainer:
                                 seq_s=f"{self.last_record['seq_per_s']:.1f}")
                 self.trigger("on_log")
                 self._check_finite()
+            # Callbacks (evaluation) before the checkpoint: a run resumed from step k has had
+            # step k's evaluation, and --save_best its weights. Evaluation draws no random
+            # numbers, so the checkpoint's generator states are the same either way.
+            self.trigger("on_step_end")
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                 self.save()
-            self.trigger("on_step_end")
             if self._preempted():
                 bar.close()
                 self._on_preemption()
