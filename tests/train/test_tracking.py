@@ -129,3 +129,16 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path, vocab_file, squad_dev_fil
     logged_f1 = [(r["_step"], r["eval/f1"]) for r in rows if "eval/f1" in r]
     assert logged_f1 == [(r["step"], pytest.approx(r["f1"], rel=1e-12)) for r in evals]
     assert [r["step"] for r in evals] == [2, 4]
+
+
+def test_time_in_step_callbacks_is_not_counted_as_training_time(tmp_path):
+    """An evaluation (here a 2 s sleep after step 2) must not lower the throughput the next
+    record reports: step 3's record covers step 3's training only."""
+    import time
+
+    trainer = make_trainer(tmp_path, "fp32")
+    trainer.add_callback("on_step_end", lambda t: time.sleep(2.0) if t.step == 2 else None)
+    trainer.fit()
+    record = next(r for r in metrics(tmp_path) if r.get("step") == 3 and "seq_per_s" in r)
+    seconds = 8 / record["seq_per_s"]  # one micro-batch of 8 sequences in that window
+    assert seconds < 2.0

@@ -449,8 +449,11 @@ class Trainer:
                 self._check_finite()
             # Callbacks (evaluation) before the checkpoint: a run resumed from step k has had
             # step k's evaluation, and --save_best its weights. Evaluation draws no random
-            # numbers, so the checkpoint's generator states are the same either way.
+            # numbers, so the checkpoint's generator states are the same either way. Their time
+            # is not training time: it stays out of the throughput the next record reports.
+            callbacks_start = time.perf_counter()
             self.trigger("on_step_end")
+            window.start += time.perf_counter() - callbacks_start
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                 self.save()
             if self._preempted():
