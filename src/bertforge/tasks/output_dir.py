@@ -172,7 +172,8 @@ class OutputDir:
 # What may differ when a run is resumed: how long it runs and how it reports; where it is kept
 # (a run directory may be moved); where and how fast it computes. Anything else (model, data, optimizer, batch, seed) would make it another run.
 RESUME_MAY_CHANGE = ("output_dir", "train.max_steps", "train.num_train_epochs", "train.log_every", "train.save_every",
-                     "train.keep_checkpoints", "train.resume", "train.max_fp16_skips", "runtime.",
+                     "train.keep_checkpoints", "train.resume", "train.max_fp16_skips", "train.report_to",
+                     "evaluation.eval_every", "runtime.",
                      "overwrite_output_dir", "do_predict", "do_eval", "data.predict_", "data.eval_",
                      "data.max_eval_samples", "data.n_best_size", "data.max_answer_length")
 
