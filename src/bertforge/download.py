@@ -61,34 +61,37 @@ SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
 
 SQUAD_FILES = {
     "train": RemoteFile(SQUAD_URL + "train-v1.1.json",
-                        "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955", 30288272),
+                      "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955", 30288272),
     "dev": RemoteFile(SQUAD_URL + "dev-v1.1.json",  # also checked against ../shared/data
-                      "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9", 4854279),
+                    "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9", 4854279),
 }
 # GLUE task -> its zip (which holds a folder named as the task's GLUE name)
 GLUE_ZIPS = {
-    "cola": RemoteFile(GLUE_URL + "CoLA.zip", "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff", 376971),
-    "sst2": RemoteFile(GLUE_URL + "SST-2.zip", "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa",
-                       7439277),
-    "qqp": RemoteFile(GLUE_URL + "QQP-clean.zip", "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0",
-                      41696084),
-    "stsb": RemoteFile(GLUE_URL + "STS-B.zip", "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85",
-                       802872),
-    "mnli": RemoteFile(GLUE_URL + "MNLI.zip", "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633",
-                       312783507),
-    "qnli": RemoteFile(GLUE_URL + "QNLIv2.zip", "e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5",
-                       10627589),
-    "rte": RemoteFile(GLUE_URL + "RTE.zip", "6bf86de103ecd335f3441bd43574d23fef87ecc695977a63b82d5efb206556ee", 697150),
-    "wnli": RemoteFile(GLUE_URL + "WNLI.zip", "ae0e8e4d16f4d46d4a0a566ec7ecceccfd3fbfaa4a7a4b4e02848c0f2561ac46", 28999),
+    "cola": RemoteFile(GLUE_URL + "CoLA.zip",
+                       "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff", 376971),
+    "sst2": RemoteFile(GLUE_URL + "SST-2.zip",
+                       "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa", 7439277),
+    "qqp": RemoteFile(GLUE_URL + "QQP-clean.zip",
+                      "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0", 41696084),
+    "stsb": RemoteFile(GLUE_URL + "STS-B.zip",
+                       "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85", 802872),
+    "mnli": RemoteFile(GLUE_URL + "MNLI.zip",
+                       "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633", 312783507),
+    "qnli": RemoteFile(GLUE_URL + "QNLIv2.zip",
+                       "e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5", 10627589),
+    "rte": RemoteFile(GLUE_URL + "RTE.zip",
+                      "6bf86de103ecd335f3441bd43574d23fef87ecc695977a63b82d5efb206556ee", 697150),
+    "wnli": RemoteFile(GLUE_URL + "WNLI.zip",
+                       "ae0e8e4d16f4d46d4a0a566ec7ecceccfd3fbfaa4a7a4b4e02848c0f2561ac46", 28999),
 }
 # GLUE does not redistribute MRPC: its script builds the task from these.
 MRPC_FILES = {
     "train": RemoteFile(SENTEVAL_URL + "msr_paraphrase_train.txt",
-                        "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89", 1047044),
+                      "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89", 1047044),
     "test": RemoteFile(SENTEVAL_URL + "msr_paraphrase_test.txt",
-                       "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784", 441275),
+                     "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784", 441275),
     "dev_ids": RemoteFile(GLUE_URL + "mrpc_dev_ids.tsv",
-                          "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7", 6222),
+                        "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7", 6222),
 }
 
 
