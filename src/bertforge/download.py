@@ -61,9 +61,9 @@ SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
 
 SQUAD_FILES = {
     "train": RemoteFile(SQUAD_URL + "train-v1.1.json",
-                      "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955", 30288272),
+                        "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955", 30288272),
     "dev": RemoteFile(SQUAD_URL + "dev-v1.1.json",  # also checked against ../shared/data
-                    "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9", 4854279),
+                      "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9", 4854279),
 }
 # GLUE task -> its zip (which holds a folder named as the task's GLUE name)
 GLUE_ZIPS = {
@@ -87,11 +87,11 @@ GLUE_ZIPS = {
 # GLUE does not redistribute MRPC: its script builds the task from these.
 MRPC_FILES = {
     "train": RemoteFile(SENTEVAL_URL + "msr_paraphrase_train.txt",
-                      "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89", 1047044),
+                        "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89", 1047044),
     "test": RemoteFile(SENTEVAL_URL + "msr_paraphrase_test.txt",
-                     "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784", 441275),
+                       "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784", 441275),
     "dev_ids": RemoteFile(GLUE_URL + "mrpc_dev_ids.tsv",
-                        "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7", 6222),
+                          "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7", 6222),
 }
 
 
