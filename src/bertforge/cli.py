@@ -25,7 +25,7 @@ import os
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -119,6 +119,33 @@ def _benchmark():
     return BenchmarkArgs, handler
 
 
+def _download(dataset: str):
+    def build():
+        from bertforge import download
+
+        cls = download.DownloadSquadArgs if dataset == "squad" else download.DownloadGlueArgs
+
+        def handler(cfg, _ns):
+            download.download(dataset, cfg, default_cache_dir() if cfg.cache_dir is None else Path(cfg.cache_dir))
+        return cls, handler
+    return build
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/bertforge, else ~/.cache/bertforge (the XDG base directory convention)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bertforge"
+
+
+def _plot():
+    from bertforge.plot import PlotArgs, plot
+    return PlotArgs, lambda cfg, _ns: plot(cfg)
+
+
+def _export():
+    from bertforge.export import ExportArgs, export
+    return ExportArgs, lambda cfg, _ns: export(cfg)
+
+
 COMMANDS = [
     Command(("finetune", "squad"), "fine-tune on SQuAD v1.1, then predict and evaluate", _squad("finetune")),
     Command(("finetune", "glue"), "fine-tune on a GLUE task, evaluate, write submissions", _glue("finetune")),
@@ -133,6 +160,13 @@ COMMANDS = [
             _convert, positional=True),
     Command(("info",), "print a checkpoint's config, parameter count and dtype", _info, positional=True),
     Command(("benchmark",), "measure training/inference speed (optionally against Hugging Face)", _benchmark),
+    Command(("export",), "export a trained model to ONNX or torch.export for serving", _export, positional=True),
+    Command(("download", "squad"), "download SQuAD v1.1 into a cache directory, checksums verified",
+            _download("squad")),
+    Command(("download", "glue"), "download GLUE tasks into a cache directory, checksums verified",
+            _download("glue")),
+    Command(("plot",), "plot training curves of runs (loss, lr, seq/s, eval metrics) into a PNG", _plot,
+            positional=True),
 ]
 
 
@@ -541,7 +575,18 @@ def _build_parser(command: Command, cls: type):
     parser = ArgumentParser(prog="bertforge " + " ".join(command.path), description=command.help,
                             epilog=epilog, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe (see configs/)")
-    parser.add_class_arguments(cls, None, as_positional=command.positional)
+    # A required list field takes one or more positional words (plot RUN [RUN ...]); jsonargparse
+    # would take a single JSON list there.
+    hints = typing.get_type_hints(cls)
+    variadic = [f.name for f in fields(cls) if command.positional and f.default is MISSING
+                and f.default_factory is MISSING and typing.get_origin(hints[f.name]) is list]
+    parser.add_class_arguments(cls, None, as_positional=command.positional, skip=set(variadic))
+    if variadic:
+        import docstring_parser
+
+        docs = {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params}
+        for name in variadic:
+            parser.add_argument(name, nargs="+", help=docs.get(name))
     return parser
 
 

@@ -25,6 +25,18 @@ from bertforge.validation import check_types
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 OptimizerName = Literal["adamw", "lamb"]
 ScheduleName = Literal["linear", "poly"]
+# Where a training run's metrics go besides metrics.jsonl, which is always written.
+TRACKERS = ("jsonl", "tensorboard", "wandb")
+
+
+def tracker_names(report_to: str) -> list[str]:
+    """--report_to's names, each once, jsonl first ("none": metrics.jsonl only)."""
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    if names == ["none"]:
+        return ["jsonl"]
+    _require(bool(names) and all(n in TRACKERS for n in names), "report_to",
+             f"a comma-separated list of {', '.join(TRACKERS)} (or none)", report_to)
+    return list(dict.fromkeys(["jsonl", *names]))
 
 
 def _require(ok: bool, flag: str, want: str, value) -> None:
@@ -105,6 +117,10 @@ class TrainArgs:
     skip_checkpoint: bool = False
     """Write no checkpoint and not the trained model (NVIDIA's --skip_checkpoint, for benchmark runs);
     overrides save_every."""
+    report_to: str = "jsonl"
+    """Where metrics go, comma-separated: jsonl (output_dir/metrics.jsonl, always written),
+    tensorboard (event files in output_dir/tensorboard), wandb (Weights & Biases; WANDB_MODE=offline
+    keeps the run local). Needs pip install 'bertforge[tracking]' for tensorboard and wandb."""
 
     def __post_init__(self) -> None:
         check_types(self, "train")
@@ -130,6 +146,11 @@ class TrainArgs:
                  self.save_every)
         _require(self.global_batch_size is None or self.global_batch_size >= 1, "global_batch_size",
                  "at least 1", self.global_batch_size)
+        tracker_names(self.report_to)
+
+    @property
+    def trackers(self) -> list[str]:
+        return tracker_names(self.report_to)
 
     def accumulation_for(self, world_size: int) -> int:
         """Gradient accumulation steps for `world_size` devices, checking the global batch."""

@@ -23,21 +23,35 @@ import warnings
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from bertforge.data.glue import GlueTask, get_task, prediction_ids
 from bertforge.errors import DataError
+from bertforge.optional import require
 
 METRIC_KEYS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 
 
+def _sklearn():
+    # scikit-learn and scipy are the `[glue]` extra: imported when a GLUE metric is computed.
+    return require("sklearn.metrics", "glue", "GLUE's metrics", package="scikit-learn")
+
+
+def _stats():
+    return require("scipy.stats", "glue", "GLUE's correlation metrics (STS-B)", package="scipy")
+
+
+def require_metrics() -> None:
+    """A ConfigError naming the `[glue]` extra, before any work, when the metrics cannot run."""
+    _sklearn()
+    _stats()
+
+
 def _accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
-    return float(accuracy_score(labels, preds))
+    return float(_sklearn().accuracy_score(labels, preds))
 
 
 def _f1(labels: np.ndarray, preds: np.ndarray) -> float:
-    return float(f1_score(labels, preds, pos_label=1, average="binary", zero_division=0.0))
+    return float(_sklearn().f1_score(labels, preds, pos_label=1, average="binary", zero_division=0.0))
 
 
 def _mcc(labels: np.ndarray, preds: np.ndarray) -> float:
@@ -46,7 +60,7 @@ def _mcc(labels: np.ndarray, preds: np.ndarray) -> float:
         # has a single label; 0.0 is the value we document, the warning is noise.
         warnings.filterwarnings("ignore", message="A single label was found",
                                 category=UserWarning)
-        return float(matthews_corrcoef(labels, preds))
+        return float(_sklearn().matthews_corrcoef(labels, preds))
 
 
 def _correlation_defined(labels: np.ndarray, preds: np.ndarray) -> bool:
@@ -57,13 +71,13 @@ def _correlation_defined(labels: np.ndarray, preds: np.ndarray) -> bool:
 def _pearson(labels: np.ndarray, preds: np.ndarray) -> float:
     if not _correlation_defined(labels, preds):
         return math.nan
-    return float(stats.pearsonr(labels, preds).statistic)
+    return float(_stats().pearsonr(labels, preds).statistic)
 
 
 def _spearman(labels: np.ndarray, preds: np.ndarray) -> float:
     if not _correlation_defined(labels, preds):
         return math.nan
-    return float(stats.spearmanr(labels, preds).statistic)
+    return float(_stats().spearmanr(labels, preds).statistic)
 
 
 _METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {

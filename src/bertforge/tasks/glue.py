@@ -16,12 +16,14 @@ from torch import Tensor, nn
 
 from bertforge.data import glue as data
 from bertforge.errors import ConfigError
-from bertforge.evaluate.glue import compute_metrics
+from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import InferenceStats, predict, predict_timed
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
+from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
+from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,8 @@ class GlueRun:
     data: GlueData = field(default_factory=GlueData)
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=2e-5, train_batch_size=32))
+    evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
+    """Dev metrics while training (--eval_every, --save_best)."""
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
@@ -165,6 +169,7 @@ class GlueJob(Job):
         super().__init__(cfg)
         self.task = data.get_task(cfg.data.task_name)
         self.result_files = ("eval_results.json",) + tuple(s.submission_file for s in self.task.splits_of("test"))
+        self._encoded: dict[str, data.GlueFeatures] = {}  # dev/test splits, encoded once per run
 
     def check(self) -> None:
         cfg = self.cfg
@@ -172,6 +177,8 @@ class GlueJob(Job):
             raise ConfigError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
         if cfg.data.data_dir is None:
             raise ConfigError("--data_dir is required: the GLUE task's directory")
+        if cfg.do_eval or (self.training and cfg.evaluation.eval_every):
+            require_metrics()
 
     def model_options(self) -> dict:
         return {"num_labels": self.task.num_labels, "require_head": not self.training}
@@ -189,8 +196,13 @@ class GlueJob(Job):
             align_labels(loaded.model, loaded.labels, self.task, source)
 
     def _features(self, loaded: LoadedModel, split: str) -> data.GlueFeatures:
-        examples = data.read_split(self.task, self.cfg.data.data_dir, split)
-        return data.encode_examples(examples, loaded.tokenizer, self.cfg.data.max_seq_length, self.task)
+        if split not in self._encoded:
+            examples = data.read_split(self.task, self.cfg.data.data_dir, split)
+            features = data.encode_examples(examples, loaded.tokenizer, self.cfg.data.max_seq_length, self.task)
+            if split == "train":  # read once; not worth keeping
+                return features
+            self._encoded[split] = features
+        return self._encoded[split]
 
     def train_loader(self, loaded: LoadedModel, plan: StepPlan, runtime: Runtime) -> ArrayStepLoader:
         return ArrayStepLoader(_arrays(self._features(loaded, "train")), plan, runtime.dist.rank,
@@ -204,6 +216,12 @@ class GlueJob(Job):
 
     def checkpoint_meta(self, loaded, trainer) -> dict:
         return {"task": f"glue/{self.task.name}"}
+
+    def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
+        # The main metric is the task's first: MNLI's matched accuracy, CoLA's MCC, STS-B's
+        # Pearson, accuracy elsewhere (MRPC and QQP too, F1 being their second).
+        evaluate_during_training(self, trainer, loaded, runtime, lambda: self.evaluate(loaded, runtime)[0],
+                                 self.task.metrics[0])
 
     def evaluate(self, loaded: LoadedModel, runtime: Runtime) -> tuple[dict, InferenceStats]:
         """The dev metrics, and how fast the dev set(s) were predicted."""

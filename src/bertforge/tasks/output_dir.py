@@ -36,7 +36,8 @@ RUN_CONFIG = "run_config.json"
 # Everything a bertforge run can write into its output directory (besides task result files,
 # which each job names), so --overwrite_output_dir knows what it may remove.
 RUN_FILES = ("metrics.jsonl", RUN_CONFIG, "checkpoints", "model.safetensors", "config.json",
-             "bertforge.json", "vocab.txt", "train_summary.json", LOCK)
+             "bertforge.json", "vocab.txt", "train_summary.json", LOCK,
+             "best", "tensorboard", "wandb")  # --save_best's weights, the trackers' files
 
 
 def config_dict(cfg) -> dict:
@@ -164,7 +165,8 @@ class OutputDir:
 # What may differ when a run is resumed: how long it runs and how it reports; where it is kept
 # (a run directory may be moved); where and how fast it computes. Anything else (model, data, optimizer, batch, seed) would make it another run.
 RESUME_MAY_CHANGE = ("output_dir", "train.max_steps", "train.num_train_epochs", "train.log_every", "train.save_every",
-                     "train.keep_checkpoints", "train.resume", "train.max_fp16_skips", "runtime.",
+                     "train.keep_checkpoints", "train.resume", "train.max_fp16_skips", "train.report_to",
+                     "evaluation.eval_every", "runtime.",
                      "overwrite_output_dir", "do_predict", "do_eval", "data.predict_", "data.eval_",
                      "data.max_eval_samples", "data.n_best_size", "data.max_answer_length")
 

@@ -24,8 +24,10 @@ from bertforge.runconfig import TrainArgs
 from bertforge.tasks.common import LoadedModel, load_model, log_batch_plan
 from bertforge.tasks.output_dir import OutputDir, config_dict
 from bertforge.train.batching import StepPlan
+from bertforge.tasks.evaluation import BestWeights
 from bertforge.train.loop import LossFn, StepLoader, Trainer
 from bertforge.train.runtime import DistInfo, Runtime, resolve_device, seed_everything
+from bertforge.train.tracking import attach_trackers
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Job:
     head: str  # the model head the task trains or uses
     result_files: tuple[str, ...] = ()  # what a prediction/evaluation run writes into output_dir
     progress: bool = True  # progress bars (run() sets it)
+    best: BestWeights | None = None  # with --save_best, where the final weights come from
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -141,6 +144,8 @@ def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
         if dllog is not None:
             log_losses(trainer, dllog)
         job.add_callbacks(trainer, loaded, runtime)
+        if runtime.is_main:
+            attach_trackers(trainer, train.trackers, config_dict(cfg))
         result = trainer.fit()
         results["train"] = {"steps": result.steps, "seconds": result.seconds, "samples": result.samples,
                             "first_loss": result.first_loss, "last_loss": result.last_loss}
@@ -149,7 +154,8 @@ def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
         elif runtime.is_main:
             save_native(out, loaded.model, loaded.config, vocab_file=loaded.vocab_file,
                         do_lower_case=loaded.tokenizer.do_lower_case, labels=job.labels(loaded),
-                        extra=job.checkpoint_meta(loaded, trainer))
+                        extra={**job.checkpoint_meta(loaded, trainer),
+                               **(job.best.meta() if job.best else {})})
             log.info("model written to %s", out)
         runtime.barrier()
     results.update(job.after(loaded, runtime, out, results))

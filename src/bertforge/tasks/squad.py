@@ -16,11 +16,13 @@ from bertforge.data import squad as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
 from bertforge.fileio import ensure_parent_dir
-from bertforge.infer import predict_timed
+from bertforge.infer import InferenceStats, predict_timed
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
+from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
+from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class SquadRun:
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=3e-5, num_train_epochs=2.0,
                                                                train_batch_size=32))
+    evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
+    """EM/F1 on predict_file while training (--eval_every, --save_best)."""
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
@@ -204,6 +208,8 @@ class SquadJob(Job):
             raise ConfigError("--do_train needs --train_file")
         if self.predicting and not cfg.data.predict_file:
             raise ConfigError("--predict_file is required to predict")
+        if self.training and cfg.evaluation.eval_every and not cfg.data.predict_file:
+            raise ConfigError("--eval_every scores --predict_file: give one (with answers)")
 
     def model_options(self) -> dict:
         return {"require_head": not self.training}
@@ -232,33 +238,69 @@ class SquadJob(Job):
     def checkpoint_meta(self, loaded, trainer) -> dict:
         return {"task": "squad"}
 
+    def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
+        if not self.cfg.evaluation.eval_every:
+            return
+        # Features once, scored at every evaluation.
+        examples, features, _ = predict_features(self.cfg.data, loaded, runtime, progress=False)
+        if not all(e.answers for e in examples):
+            raise ConfigError(f"--eval_every: {self.cfg.data.predict_file} has questions without answers "
+                              "to score against")
+
+        def evaluate() -> dict | None:
+            found, _ = predict_answers(self.cfg.data, loaded, runtime, examples, features, progress=False)
+            return None if found is None else metric.evaluate_answers(gold_answers(examples), found[0])
+
+        evaluate_during_training(self, trainer, loaded, runtime, evaluate, "f1")
+
     def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
         if not self.predicting:
             return {}
         return predict_and_evaluate(self.cfg, loaded, runtime, out, self.progress)
 
 
-def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, progress: bool = True) -> dict:
-    d = cfg.data
+def predict_features(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, progress: bool
+                     ) -> tuple[list, data.SquadFeatures, list[data.Problem]]:
+    """predict_file's questions (and those skipped) and their windows."""
     examples, problems = read_examples(d.predict_file, d.predict_articles, False, "predict_articles")
-    if runtime.is_main:
-        report_problems(problems, d.predict_file, out, "predict_problems.json")
     features = data.convert_examples_to_features(
         examples, loaded.tokenizer, is_training=False, progress=progress and runtime.is_main,
         max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
-    (start, end), stats = predict_timed(loaded.model, model_arrays(features, False), d.predict_batch_size, runtime,
-                                        span_logits, desc="predict", progress=progress, per_token=True)
+    return examples, features, problems
+
+
+def predict_answers(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, examples: list,
+                    features: data.SquadFeatures, progress: bool
+                    ) -> tuple[tuple[dict, dict] | None, InferenceStats]:
+    """(predictions, n-best lists) on rank 0 (every rank predicts its share; None elsewhere), and
+    how fast the windows were predicted."""
+    (start, end), stats = predict_timed(loaded.model, model_arrays(features, False), d.predict_batch_size,
+                                        runtime, span_logits, desc="predict", progress=progress, per_token=True)
+    if not runtime.is_main:
+        return None, stats
+    return data.postprocess(examples, features, start, end, d.n_best_size, d.max_answer_length,
+                            progress=progress), stats
+
+
+def gold_answers(examples: list) -> dict[str, list[str]]:
+    return {e.qas_id: [a["text"] for a in e.answers] for e in examples}
+
+
+def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, progress: bool = True) -> dict:
+    d = cfg.data
+    examples, features, problems = predict_features(d, loaded, runtime, progress)
+    if runtime.is_main:
+        report_problems(problems, d.predict_file, out, "predict_problems.json")
+    found, stats = predict_answers(d, loaded, runtime, examples, features, progress)
     results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems),
                                  **report_inference(out, stats, runtime, "predict")}}
-    if not runtime.is_main:
+    if found is None:
         return results
-    predictions, nbest = data.postprocess(examples, features, start, end, d.n_best_size,
-                                          d.max_answer_length, progress=progress)
+    predictions, nbest = found
     data.write_predictions(out, predictions, nbest)
     log.info("%d predictions written to %s", len(predictions), out / "predictions.json")
     if cfg.do_eval and all(e.answers for e in examples):
-        gold = {e.qas_id: [a["text"] for a in e.answers] for e in examples}
-        scores = metric.evaluate_answers(gold, predictions)
+        scores = metric.evaluate_answers(gold_answers(examples), predictions)
         print(json.dumps(scores))
         write_json(out / "eval_results.json", {**scores, "questions": len(examples), "skipped": len(problems),
                                                "predict_file": d.predict_file,

@@ -201,7 +201,10 @@ class MetricsLog:
 
 
 Callback = Callable[["Trainer"], None]
-EVENTS = ("on_step_end", "on_log", "on_train_end")
+# on_record: a metrics record was just written (training, evaluation or an event such as a
+# resume), readable as trainer.record: trackers hang here. on_close: the run is over, finished or
+# not (an error, a preemption): trackers flush and close here, after every record.
+EVENTS = ("on_step_end", "on_log", "on_record", "on_train_end", "on_close")
 
 
 @dataclass
@@ -245,7 +248,8 @@ class Trainer:
         self.state = build_train_state(model, cfg, runtime, total_steps)
         self.step = 0
         self.lr = self.state.schedule.get_last_lr()[0]  # the rate of the latest update, for the log
-        self.last_record: dict | None = None
+        self.last_record: dict | None = None  # the latest training record
+        self.record: dict | None = None  # the latest record of any kind (see log)
         # Writes what makes a checkpoint directory loadable by --init_checkpoint alone (config,
         # vocabulary, head); the run sets it.
         self.describe: Callable[[Path], None] | None = None
@@ -273,8 +277,11 @@ class Trainer:
             fn(self)
 
     def log(self, record: dict) -> None:
-        """Write a metrics record (rank 0)."""
+        """The one place every metrics record goes (training, evaluation, events): metrics.jsonl
+        on rank 0, then the on_record callbacks, which read it as `self.record`."""
         self.metrics.write(record)
+        self.record = record
+        self.trigger("on_record")
 
     # ---- checkpoints -----------------------------------------------------------------------
 
@@ -307,7 +314,7 @@ class Trainer:
                                   f"run's {self.total_steps} steps")
         self._rederive_schedule(int(meta["total_steps"]))
         checkpoints.set_rng_state(ckpt.rng)
-        self.metrics.write({"event": "resume", "step": self.step, "checkpoint": str(ckpt.path),
+        self.log({"event": "resume", "step": self.step, "checkpoint": str(ckpt.path),
                             "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"])})
         log.info("resumed from %s at step %d", ckpt.path, self.step)
 
@@ -366,7 +373,7 @@ class Trainer:
                     f"from step {step} on was saved. Lower --learning_rate, check the model config "
                     f"(e.g. layer_norm_eps) and the data, or resume from the last checkpoint.")
             self._fp16_skips_in_a_row += 1
-            self.metrics.write({"event": "fp16_overflow_skip", "step": step, "scale": before, "new_scale": scale})
+            self.log({"event": "fp16_overflow_skip", "step": step, "scale": before, "new_scale": scale})
             log.warning("step %d: inf/NaN gradients, update skipped; loss scale %.0f -> %.0f", step, before, scale)
             if self._fp16_skips_in_a_row >= self.cfg.max_fp16_skips:
                 raise TrainingDiverged(
@@ -404,12 +411,15 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        if self.cfg.resume:
-            found = self._resume_point()
-            if found is not None:
-                self.resume(found)
-        with self._preemption_signals():
-            return self._fit()
+        try:
+            if self.cfg.resume:
+                found = self._resume_point()
+                if found is not None:
+                    self.resume(found)
+            with self._preemption_signals():
+                return self._fit()
+        finally:
+            self.trigger("on_close")
 
     def _fit(self) -> TrainResult:
         cfg, rt = self.cfg, self.rt
@@ -440,9 +450,15 @@ class Trainer:
                                 seq_s=f"{self.last_record['seq_per_s']:.1f}")
                 self.trigger("on_log")
                 self._check_finite()
+            # Callbacks (evaluation) before the checkpoint: a run resumed from step k has had
+            # step k's evaluation, and --save_best its weights. Evaluation draws no random
+            # numbers, so the checkpoint's generator states are the same either way. Their time
+            # is not training time: it stays out of the throughput the next record reports.
+            callbacks_start = time.perf_counter()
+            self.trigger("on_step_end")
+            window.start += time.perf_counter() - callbacks_start
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                 self.save()
-            self.trigger("on_step_end")
             if self._preempted():
                 bar.close()
                 self._on_preemption()
@@ -458,7 +474,7 @@ class Trainer:
         saved = None
         if self.cfg.save_every:
             saved = self.save()
-        self.metrics.write({"event": "preempted", "step": self.step, "checkpoint": str(saved) if saved else None})
+        self.log({"event": "preempted", "step": self.step, "checkpoint": str(saved) if saved else None})
         raise Preempted(f"stopped by a termination signal after step {self.step}; "
                         + (f"checkpoint written to {saved}: run the same command with --resume to continue"
                            if saved else "no checkpoint written (pass --save_every to make runs resumable)"))
@@ -474,7 +490,7 @@ class Trainer:
                   "epoch": self.step / self.loader.steps_per_epoch, "grad_norm": float(grad_norm)}
         if self.state.scaler.is_enabled():
             record["loss_scale"] = self.state.scaler.get_scale()
-        self.metrics.write(record)
+        self.log(record)
         return record
 
 

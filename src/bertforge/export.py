@@ -1,0 +1,269 @@
+"""`bertforge export`: a trained model as a file a serving stack runs without bertforge.
+
+Two formats, both traced from the same module (`ServingModel`) with dynamic batch and sequence
+axes:
+- onnx: through torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`, which
+  needs `onnxscript`), for onnxruntime, TensorRT, OpenVINO, Triton;
+- torch_export: a `torch.export` program (`model.pt2`, `torch.export.load`), for AOTInductor,
+  ExecuTorch or plain PyTorch serving.
+
+The model is exported on its padded path (`unpad=False`): unpadding gathers a number of real
+tokens only the data knows, which `torch.export` cannot trace (a data-dependent guard). Outputs
+at padding positions are meaningless on that path; mask them with attention_mask.
+
+Beside the model file the output directory holds `vocab.txt` and `export.json` (format, head,
+input and output names with their axes, labels, casing), all a server needs to tokenize and to
+read the outputs. After writing, the file is run once on a ragged batch and compared with the
+PyTorch model (`--verify`, on by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from bertforge.checkpoint import load_checkpoint, load_into
+from bertforge.checkpoint.common import atomic_dir_write
+from bertforge.config import BertConfig
+from bertforge.errors import CheckpointError, ConfigError
+from bertforge.fileio import atomic_write_json
+from bertforge.model import build_model
+from bertforge.model.bert import BertOutput, PreTrainingOutput
+from bertforge.optional import require
+
+log = logging.getLogger(__name__)
+
+ExportFormat = Literal["onnx", "torch_export"]
+INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # each (batch, sequence) int64
+OUTPUTS = {  # per head, the output names and their axes
+    "qa": {"start_logits": ("batch", "sequence"), "end_logits": ("batch", "sequence")},
+    "classification": {"logits": ("batch", "num_labels")},
+    "base": {"sequence_output": ("batch", "sequence", "hidden"), "pooled_output": ("batch", "hidden")},
+    "pretraining": {"mlm_logits": ("batch", "sequence", "vocab"), "nsp_logits": ("batch", 2)},
+}
+MODEL_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
+EXPORT_FILES = ("model.onnx", "model.onnx.data", "model.pt2", "export.json", "vocab.txt")
+# Largest difference from the PyTorch model that verification accepts, relative to the outputs'
+# magnitude where that exceeds 1 (fp32 throughout).
+VERIFY_ATOL = 1e-4
+# protobuf files stop at 2 GiB: larger ONNX models keep their weights in model.onnx.data.
+ONNX_INLINE_LIMIT = 1_800_000_000
+
+
+@dataclass
+class ExportArgs:
+    """Export a trained model to ONNX or a torch.export program for serving."""
+
+    checkpoint: str
+    """The model: a bertforge run directory, a Hugging Face directory or Hub id, a Google TF or
+    NVIDIA DLE checkpoint."""
+    output_dir: str
+    """Where model.onnx (or model.pt2), export.json and vocab.txt go."""
+    format: ExportFormat = "onnx"
+    """onnx (onnxruntime, TensorRT, OpenVINO) or torch_export (model.pt2, torch.export.load)."""
+    head: Literal["auto", "qa", "classification", "base", "pretraining"] = "auto"
+    """Which head to export; auto: the checkpoint's (the encoder alone when it has none)."""
+    bert_model: str | None = None
+    """The bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
+    opset: int | None = None
+    """ONNX opset version (default: the exporter's, 20 with torch 2.13)."""
+    verify: bool = True
+    """Run the exported file once on a ragged padded batch and compare it with PyTorch."""
+    force: bool = False
+    """Replace an earlier export in output_dir (other files there are never deleted)."""
+
+
+class ServingModel(nn.Module):
+    """A BERT model with the three input tensors as positional arguments and a tuple of tensors
+    out, as exporters want: outputs in the order OUTPUTS[head] names them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor
+                ) -> tuple[Tensor, ...]:
+        """Each input (B, T) int64; outputs as OUTPUTS[head] lists them."""
+        out = self.model(input_ids, token_type_ids, attention_mask)
+        if isinstance(out, BertOutput):
+            return out.sequence_output, out.pooled_output
+        if isinstance(out, PreTrainingOutput):
+            return out.mlm_logits, out.nsp_logits
+        return out if isinstance(out, tuple) else (out,)
+
+
+def example_inputs(config: BertConfig, batch: int = 3, seq: int = 12, seed: int = 0
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """A ragged batch as BERT feeds look: [CLS]-like first token, two segments, right padding.
+    Batch and length are above 1 so the exporter does not take them for constants."""
+    seq = min(seq, config.max_position_embeddings)
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, seq + 1, (batch,), generator=g)
+    lengths[0] = seq
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()  # (B, T)
+    ids = torch.randint(1, config.vocab_size, (batch, seq), generator=g) * mask
+    types = ((torch.arange(seq)[None, :] >= (lengths[:, None] // 2)).long() * mask).clamp(
+        max=config.type_vocab_size - 1)
+    return ids, types, mask
+
+
+def dynamic_shapes(config: BertConfig) -> dict[str, dict[int, torch.export.Dim]]:
+    batch = torch.export.Dim("batch", min=1)
+    sequence = torch.export.Dim("sequence", min=1, max=config.max_position_embeddings)
+    return {name: {0: batch, 1: sequence} for name in INPUTS}
+
+
+def _check_destination(out: Path, force: bool, source: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if source.resolve() == out.resolve():
+        raise ConfigError(f"{out} is the checkpoint being exported: write the export elsewhere")
+    if not force:
+        raise ConfigError(f"{out} exists and is not empty; pass --force to replace the export in it")
+    foreign = [name for name in entries if name not in EXPORT_FILES]
+    if foreign:
+        raise ConfigError(f"{out} holds files that are not part of an export: {', '.join(foreign)}; "
+                          "bertforge does not delete them: move them away or choose another directory")
+
+
+def load_for_export(args: ExportArgs) -> tuple[nn.Module, str, dict]:
+    """The model on its padded path, in eval mode, the head, and what export.json records."""
+    ckpt = load_checkpoint(args.checkpoint, config=args.bert_model)
+    head = ckpt.head if args.head == "auto" else args.head
+    if head not in OUTPUTS:
+        raise ConfigError(f"cannot export head {head!r}; heads: {', '.join(OUTPUTS)}")
+    if head != "base" and head not in ckpt.heads:
+        raise CheckpointError(f"{args.checkpoint} has no trained {head} head (it has: "
+                              f"{', '.join(sorted(ckpt.heads)) or 'none, the encoder only'}); "
+                              f"pass --head base to export the encoder")
+    model = build_model(ckpt.config, head, num_labels=ckpt.num_labels or 2, unpad=False)
+    load_into(model, ckpt, require_head=head != "base")
+    model.eval()
+    meta = {"head": head, "labels": ckpt.labels if head == "classification" else None,
+            "do_lower_case": ckpt.do_lower_case, "task": ckpt.meta.get("task"),
+            "max_seq_length": ckpt.config.max_position_embeddings, "source": str(args.checkpoint),
+            "vocab_file": ckpt.vocab_file}
+    return model, head, meta
+
+
+def export(args: ExportArgs) -> Path:
+    """Write the export into args.output_dir; returns the model file's path."""
+    out = Path(args.output_dir)
+    _check_destination(out, args.force, Path(args.checkpoint))
+    if args.format == "onnx":  # fail before the (slow) load when the exporter is missing
+        require("onnxscript", "export", "ONNX export")
+        require("onnx", "export", "ONNX export")
+    if args.verify and args.format == "onnx":
+        require("onnxruntime", "export", "verifying an ONNX export (or pass --noverify)")
+    model, head, meta = load_for_export(args)
+    serving = ServingModel(model).eval()
+    config = model.config
+    vocab = meta.pop("vocab_file")
+    name = MODEL_FILES[args.format]
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = args.format == "onnx" and size > ONNX_INLINE_LIMIT
+    opset = None
+
+    def write(tmp: Path) -> None:
+        nonlocal opset
+        with torch.no_grad():
+            if args.format == "onnx":
+                opset = _write_onnx(serving, config, tmp / name, head, args.opset, external)
+            else:
+                _write_torch_export(serving, config, tmp / name)
+        if vocab is not None:
+            shutil.copyfile(vocab, tmp / "vocab.txt")
+
+    atomic_dir_write(out, write, last=name)
+    outputs = OUTPUTS[head]
+    written = {name, "export.json"} | ({f"{name}.data"} if external else set()) | (
+        {"vocab.txt"} if vocab is not None else set())
+    for stale in set(EXPORT_FILES) - written:  # left by an earlier export (--force) of another format
+        (out / stale).unlink(missing_ok=True)
+    record = {"format": args.format, "file": name, **meta, "inputs": {k: ["batch", "sequence"] for k in INPUTS},
+              "outputs": {k: list(axes) for k, axes in outputs.items()}, "padded": True, "opset": opset,
+              "torch": torch.__version__}
+    if vocab is None:
+        log.warning("%s has no vocab.txt beside it: the export has none either", args.checkpoint)
+    atomic_write_json(out / "export.json", record)
+    if args.verify:
+        diff = verify(out / name, args.format, serving, config)
+        log.info("verified: the export matches PyTorch within %.2g (max abs diff)", diff)
+    print(f"exported {head} model {args.checkpoint} -> {out / name} ({args.format}; inputs "
+          f"{', '.join(INPUTS)}; outputs {', '.join(outputs)})")
+    return out / name
+
+
+def _write_onnx(serving: ServingModel, config: BertConfig, path: Path, head: str, opset: int | None,
+                external: bool) -> int:
+    """Writes path (and, `external`, the weights into path.data); returns the opset used."""
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    with warnings.catch_warnings():
+        # The exporter warns that two inputs share each axis name (that is what is meant), and
+        # that torchvision's operators cannot be registered (BERT uses none); torch's own pytree
+        # code warns about its own deprecation.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        registry_log.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                serving, example_inputs(config), dynamo=True, input_names=list(INPUTS),
+                output_names=list(OUTPUTS[head]), dynamic_shapes=dynamic_shapes(config),
+                opset_version=opset, external_data=external, verbose=False)
+        finally:
+            registry_log.setLevel(level)
+    program.save(str(path), external_data=external)
+    return next(o.version for o in program.model_proto.opset_import if o.domain == "")
+
+
+def _write_torch_export(serving: ServingModel, config: BertConfig, path: Path) -> None:
+    program = torch.export.export(serving, example_inputs(config), dynamic_shapes=dynamic_shapes(config))
+    torch.export.save(program, path)
+
+
+def run_onnx(path: Path, inputs: dict[str, Tensor]) -> list:
+    """The ONNX file's outputs (numpy arrays) for `inputs` on onnxruntime's CPU provider."""
+    ort = require("onnxruntime", "export", "running an ONNX export")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {k: v.numpy() for k, v in inputs.items()})
+
+
+def verify(path: Path, fmt: str, serving: ServingModel, config: BertConfig) -> float:
+    """The largest difference between the export and the PyTorch model, relative to the size of
+    the outputs (at least 1), on a ragged batch of another shape than the one traced; a
+    CheckpointError when above VERIFY_ATOL."""
+    inputs = example_inputs(config, batch=5, seq=min(23, config.max_position_embeddings), seed=1)
+    with torch.no_grad():
+        expected = serving(*inputs)
+        if fmt == "onnx":
+            got = [torch.from_numpy(a) for a in run_onnx(path, dict(zip(INPUTS, inputs)))]
+        else:
+            got = torch.export.load(path).module()(*inputs)
+    diff = 0.0
+    for name, want, have in zip(OUTPUTS[serving.model.head], expected, got):
+        if have.shape != want.shape:
+            raise CheckpointError(f"{path}: output {name} has shape {tuple(have.shape)}, PyTorch gives "
+                                  f"{tuple(want.shape)}")
+        scale = max(1.0, want.abs().max().item())
+        diff = max(diff, (have.float() - want.float()).abs().max().item() / scale)
+    if not diff <= VERIFY_ATOL:
+        raise CheckpointError(f"{path}: the exported model differs from PyTorch by {diff:.3g} (more than "
+                              f"{VERIFY_ATOL}); please report this with the checkpoint's config")
+    return diff
+
+
+__all__ = ["ExportArgs", "ServingModel", "export", "load_for_export", "run_onnx", "verify", "INPUTS",
+           "OUTPUTS"]

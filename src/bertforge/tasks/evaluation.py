@@ -1,0 +1,121 @@
+"""Evaluation while fine-tuning (--eval_every) and keeping the best evaluation's weights as the
+run's final model (--save_best), for any task that can score its dev data: the task gives an
+`evaluate()` and the name of its main metric, `evaluate_during_training` hangs both on the
+trainer through `train.loop.evaluate_every`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from bertforge.checkpoint import load_checkpoint, load_into, save_native
+from bertforge.checkpoint.native import NATIVE_META
+from bertforge.errors import CheckpointError, ConfigError
+from bertforge.fileio import read_json
+from bertforge.tasks.common import LoadedModel
+from bertforge.train.loop import Trainer, evaluate_every
+from bertforge.train.runtime import Runtime
+
+if TYPE_CHECKING:
+    from bertforge.tasks.runner import Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class EvalDuringTraining:
+    """Evaluation on the dev data while fine-tuning."""
+
+    eval_every: int | None = None
+    """Evaluate on the dev data every N optimizer steps and after the last one (eval records in
+    metrics.jsonl and the trackers)."""
+    save_best: bool = False
+    """Make the weights of the best evaluation (the task's main metric: SQuAD F1, GLUE's first
+    metric) the run's final model; bertforge.json records their step."""
+
+    def __post_init__(self) -> None:
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"--eval_every must be at least 1, got {self.eval_every}")
+        if self.save_best and self.eval_every is None:
+            raise ConfigError("--save_best needs --eval_every: the best of which evaluations?")
+
+
+class BestWeights:
+    """The weights of the best evaluation so far, kept as a checkpoint of their own in
+    output_dir/best (on disk, so that a resumed run still knows them). After the last step every
+    rank loads them into its model, which the run then saves as its final model, and best/ goes."""
+
+    DIR = "best"
+
+    def __init__(self, loaded: LoadedModel, out: Path, metric: str, runtime: Runtime,
+                 labels: list[str] | None):
+        self.loaded, self.metric, self.runtime, self.labels = loaded, metric, runtime, labels
+        self.path = out / self.DIR
+        self.step: int | None = None
+        self.value = -math.inf
+        if (self.path / NATIVE_META).is_file():  # a resumed run: the best before the restart
+            meta = read_json(self.path / NATIVE_META, NATIVE_META, CheckpointError)
+            self.step, self.value = int(meta["best_step"]), float(meta["best_value"])
+
+    def consider(self, step: int, result: dict) -> None:
+        """Rank 0, after an evaluation: keep the weights when `result` beats the best so far
+        (ties keep the earlier step; NaN never wins)."""
+        value = result.get(self.metric)
+        if value is None or not value > self.value:
+            return
+        self.step, self.value = step, float(value)
+        save_native(self.path, self.loaded.model, self.loaded.config, vocab_file=self.loaded.vocab_file,
+                    do_lower_case=self.loaded.tokenizer.do_lower_case, labels=self.labels,
+                    extra={**self.meta(), "eval": result})
+        log.info("step %d: best %s so far (%.4f); weights kept in %s", step, self.metric, value, self.path)
+
+    def restore(self, trainer: Trainer) -> None:
+        """Every rank: the best weights into the model, then best/ removed (rank 0)."""
+        self.runtime.barrier()  # rank 0 has written the last evaluation's weights
+        if not (self.path / NATIVE_META).is_file():
+            log.warning("--save_best: no evaluation gave a %s; the final model is the last step's", self.metric)
+            return
+        ckpt = load_checkpoint(self.path)
+        self.step, self.value = int(ckpt.meta["best_step"]), float(ckpt.meta["best_value"])
+        load_into(self.loaded.model, ckpt, require_head=True)
+        log.info("--save_best: the final model is step %d's (%s %.4f), not step %d's", self.step, self.metric,
+                 self.value, trainer.step)
+        self.runtime.barrier()
+        if self.runtime.is_main:
+            shutil.rmtree(self.path)
+
+    def meta(self) -> dict:
+        """What bertforge.json records about where the final weights came from."""
+        if self.step is None:
+            return {}
+        return {"best_step": self.step, "best_metric": self.metric, "best_value": self.value}
+
+
+def evaluate_during_training(job: Job, trainer: Trainer, loaded: LoadedModel, runtime: Runtime,
+                             evaluate: Callable[[], dict | None], metric: str) -> None:
+    """Hook `evaluate()` (called on every rank; returns the metrics on rank 0, on other ranks the
+    same or None) onto the trainer as job.cfg.evaluation says, keeping the best weights by `metric`
+    with --save_best."""
+    args: EvalDuringTraining = job.cfg.evaluation
+    if args.eval_every is None:
+        return
+    best = None
+    if args.save_best:
+        best = job.best = BestWeights(loaded, Path(job.cfg.output_dir), metric, runtime, job.labels(loaded))
+
+    def run(step: int) -> dict | None:
+        result = evaluate()
+        if best is not None and result is not None and runtime.is_main:
+            best.consider(step, result)
+        return result
+
+    evaluate_every(trainer, args.eval_every, run)
+    if best is not None:  # after the final evaluation, which evaluate_every hung on on_train_end first
+        trainer.add_callback("on_train_end", best.restore)
+
+
+__all__ = ["EvalDuringTraining", "BestWeights", "evaluate_during_training"]
