@@ -691,7 +691,7 @@ def bundle(env: Env, target: Path) -> None:
     (data / "glue/SST-2/train.tsv").write_text("".join(sst2[:1 + SST2_TRAIN_ROWS]), encoding="utf-8")
     model = target / "minilm"
     model.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "vocab.txt"):
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):  # the last records the casing
         shutil.copy2(env.model_dir / name, model / name)
     weights = load_file(env.model_dir / "model.safetensors")
     save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, model / "model.safetensors")
