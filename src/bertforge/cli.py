@@ -131,6 +131,11 @@ def _benchmark():
     return BenchmarkArgs, handler
 
 
+def _serve():
+    from bertforge.serve import ServeArgs, serve
+    return ServeArgs, lambda cfg, _ns: serve(cfg)
+
+
 COMMANDS = [
     Command(("finetune", "squad"), "fine-tune on SQuAD v1.1, then predict and evaluate", _squad("finetune")),
     Command(("finetune", "glue"), "fine-tune on a GLUE task, evaluate, write submissions", _glue("finetune")),
@@ -145,6 +150,8 @@ COMMANDS = [
             _convert, positional=True),
     Command(("info",), "print a checkpoint's config, parameter count and dtype", _info, positional=True),
     Command(("benchmark",), "measure training/inference speed (optionally against Hugging Face)", _benchmark),
+    Command(("serve",), "serve a model's answer/classify/encode over HTTP and JSON, batching requests", _serve,
+            positional=True),
 ]
 
 
