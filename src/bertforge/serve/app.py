@@ -51,6 +51,14 @@ class EncodeRequest(BaseModel):
     text: StrictStr
 
 
+# Each endpoint's request, and the ServeArgs limit on the length of each of its texts.
+REQUESTS: dict[str, tuple[type[BaseModel], dict[str, str]]] = {
+    "answer": (AnswerRequest, {"question": "max_text_chars", "context": "max_context_chars"}),
+    "classify": (ClassifyRequest, {"text_a": "max_text_chars", "text_b": "max_text_chars"}),
+    "encode": (EncodeRequest, {"text": "max_text_chars"}),
+}
+
+
 # ---- request body limit --------------------------------------------------------------------
 
 
@@ -186,10 +194,6 @@ def build_app(predictor, args: ServeArgs) -> FastAPI:
                                      f"(--{flag})")
 
     async def run(name: str, item: Any) -> dict:
-        if name not in batchers:
-            raise HTTPException(404, f"/{name} needs a model with a trained "
-                                     f"{'qa' if name == 'answer' else 'classification'} head; this server's "
-                                     f"model has a {predictor.head} head and offers {', '.join(_endpoints(offered))}")
         try:
             return await batchers[name].submit(item)
         except Busy as e:
@@ -203,26 +207,21 @@ def build_app(predictor, args: ServeArgs) -> FastAPI:
                 "endpoints": _endpoints(offered), "batches": sum(b.batches for b in batchers.values()),
                 "requests": sum(b.items for b in batchers.values())}
 
-    @app.post("/answer")
-    async def post_answer(request: Request) -> dict:
-        item = await parse(request, AnswerRequest)
-        check_length("question", item.question, args.max_text_chars, "max_text_chars")
-        check_length("context", item.context, args.max_context_chars, "max_context_chars")
-        return await run("answer", item)
+    def endpoint(name: str, model: type[BaseModel], limits: dict[str, str]):
+        async def handle(request: Request) -> dict:
+            if name not in batchers:
+                raise HTTPException(404, f"/{name} needs a model with a trained "
+                                         f"{'qa' if name == 'answer' else 'classification'} head; this server's "
+                                         f"model has a {predictor.head} head and offers "
+                                         f"{', '.join(_endpoints(offered))}")
+            item = await parse(request, model)
+            for field_name, flag in limits.items():
+                check_length(field_name, getattr(item, field_name), getattr(args, flag), flag)
+            return await run(name, item)
+        return handle
 
-    @app.post("/classify")
-    async def post_classify(request: Request) -> dict:
-        item = await parse(request, ClassifyRequest)
-        check_length("text_a", item.text_a, args.max_text_chars, "max_text_chars")
-        check_length("text_b", item.text_b, args.max_text_chars, "max_text_chars")
-        return await run("classify", item)
-
-    @app.post("/encode")
-    async def post_encode(request: Request) -> dict:
-        item = await parse(request, EncodeRequest)
-        check_length("text", item.text, args.max_text_chars, "max_text_chars")
-        return await run("encode", item)
-
+    for name, (model, limits) in REQUESTS.items():
+        app.add_api_route(f"/{name}", endpoint(name, model, limits), methods=["POST"])
     return app
 
 
