@@ -288,3 +288,11 @@ def test_readme_python_snippet_runs_offline_from_the_hub_cache(qa_dir, cls_dir, 
     assert squeeze(result["context"][result["start"]:result["end"]]) == result["text"] != ""
     assert result["label"] in ("LABEL_0", "LABEL_1", "negative", "positive")
     assert result["shape"] == [2, 384]
+
+
+def test_importing_bertforge_loads_torch_only_when_the_api_is_used():
+    code = ("import sys, bertforge; assert 'torch' not in sys.modules; "
+            "assert bertforge.load is bertforge.api.load; assert 'torch' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
