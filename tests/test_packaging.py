@@ -18,7 +18,8 @@ from bertforge.cli import main
 from conftest import shared
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONAL = ("sklearn", "scipy", "onnx", "onnxruntime", "onnxscript", "tensorboard", "wandb", "matplotlib")
+OPTIONAL = ("sklearn", "scipy", "onnx", "onnxruntime", "onnxscript", "tensorboard", "wandb", "matplotlib",
+            "fastapi", "uvicorn")
 
 
 def pyproject() -> dict:
@@ -28,13 +29,13 @@ def pyproject() -> dict:
 def test_optional_packages_are_extras_not_core_dependencies():
     project = pyproject()["project"]
     core = " ".join(project["dependencies"]).lower()
-    for name in ("scikit-learn", "scipy", "onnx", "tensorboard", "wandb", "matplotlib"):
+    for name in ("scikit-learn", "scipy", "onnx", "tensorboard", "wandb", "matplotlib", "fastapi", "uvicorn"):
         assert name not in core
     extras = project["optional-dependencies"]
-    assert {"glue", "export", "tracking", "plot", "test"} <= extras.keys()
+    assert {"glue", "export", "tracking", "plot", "serve", "test"} <= extras.keys()
     assert any(d.startswith("onnxscript") for d in extras["export"])
     # CI installs .[test]: it must bring every extra so that their tests run
-    assert "bertforge[glue,export,tracking,plot]" in extras["test"]
+    assert "bertforge[glue,export,tracking,plot,serve]" in extras["test"]
 
 
 def test_every_module_imports_without_the_optional_packages():
@@ -44,13 +45,17 @@ import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in {OPTIONAL!r}:
-            raise ImportError("blocked: " + name)
+            raise ModuleNotFoundError("blocked: " + name, name=name)
 sys.meta_path.insert(0, Block())
 import importlib, pkgutil, bertforge
+from bertforge.errors import ConfigError
 names = [m.name for m in pkgutil.walk_packages(bertforge.__path__, "bertforge.")
          if m.name != "bertforge.__main__"]  # that one runs the command
 for name in names:
-    importlib.import_module(name)
+    try:
+        importlib.import_module(name)
+    except ConfigError as e:  # only a module that is an extra's feature itself may refuse, naming it
+        assert name == "bertforge.serve.app" and 'bertforge[serve]' in str(e), (name, e)
 from bertforge.cli import main
 assert main(["--help"]) == 0
 print(len(names), "modules")

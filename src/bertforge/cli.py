@@ -146,6 +146,11 @@ def _export():
     return ExportArgs, lambda cfg, _ns: export(cfg)
 
 
+def _serve():
+    from bertforge.serve import ServeArgs, serve
+    return ServeArgs, lambda cfg, _ns: serve(cfg)
+
+
 COMMANDS = [
     Command(("finetune", "squad"), "fine-tune on SQuAD v1.1, then predict and evaluate", _squad("finetune")),
     Command(("finetune", "glue"), "fine-tune on a GLUE task, evaluate, write submissions", _glue("finetune")),
@@ -166,6 +171,8 @@ COMMANDS = [
     Command(("download", "glue"), "download GLUE tasks into a cache directory, checksums verified",
             _download("glue")),
     Command(("plot",), "plot training curves of runs (loss, lr, seq/s, eval metrics) into a PNG", _plot,
+            positional=True),
+    Command(("serve",), "serve a model's answer/classify/encode over HTTP and JSON, batching requests", _serve,
             positional=True),
 ]
 

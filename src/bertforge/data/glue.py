@@ -390,31 +390,45 @@ def encode_examples(examples: Sequence[GlueExample], tokenizer: WordPieceTokeniz
         raise ConfigError(f"max_seq_length {max_seq_length} leaves no room for the "
                           f"{specials} special tokens of GLUE {t.glue_name}")
     _check_texts(t, examples)
-    ids_a = tokenizer.ids_batch([e.text_a for e in examples])
-    ids_b = tokenizer.ids_batch([e.text_b for e in examples]) if t.is_pair else None
+    inputs, truncated = encode_texts([e.text_a for e in examples],
+                                     [e.text_b for e in examples] if t.is_pair else None,
+                                     tokenizer, max_seq_length)
+    if truncated:
+        logger.info("GLUE %s: truncated %d text(s) of %d examples to max_seq_length %d",
+                    t.glue_name, truncated, len(examples), max_seq_length)
+    return GlueFeatures(*inputs, _label_array(t, examples), tuple(e.guid for e in examples))
 
-    n = len(examples)
+
+def encode_texts(texts_a: Sequence[str], texts_b: Sequence[str | None] | None,
+                 tokenizer: WordPieceTokenizer, max_seq_length: int
+                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """Texts (or pairs, where texts_b[i] is not None) as `[CLS] a [SEP] (b [SEP])` model inputs:
+    input_ids, token_type_ids, attention_mask, each (N, max_seq_length) int64, and how many
+    texts were cut. Single texts keep their first max_seq_length - 2 tokens; pairs share
+    max_seq_length - 3 as `truncate_pair_lengths` does."""
+    ids_a = tokenizer.ids_batch(texts_a)
+    has_b = [i for i, b in enumerate(texts_b or ()) if b is not None]
+    ids_b: list[list[int] | None] = [None] * len(texts_a)
+    for i, ids in zip(has_b, tokenizer.ids_batch([texts_b[i] for i in has_b])):
+        ids_b[i] = ids
+    n = len(texts_a)
     input_ids = np.full((n, max_seq_length), tokenizer.pad_id, dtype=np.int64)
     token_type_ids = np.zeros((n, max_seq_length), dtype=np.int64)
     attention_mask = np.zeros((n, max_seq_length), dtype=np.int64)
     truncated = 0
-    for i, a in enumerate(ids_a):
-        if ids_b is None:
-            keep_a, b = min(len(a), max_seq_length - 2), None
+    for i, (a, b) in enumerate(zip(ids_a, ids_b)):
+        if b is None:
+            keep_a = min(len(a), max_seq_length - 2)
         else:
-            keep_a, keep_b = truncate_pair_lengths(len(a), len(ids_b[i]), max_seq_length - 3)
-            b = ids_b[i][:keep_b]
-            truncated += keep_b < len(ids_b[i])
+            keep_a, keep_b = truncate_pair_lengths(len(a), len(b), max_seq_length - 3)
+            truncated += keep_b < len(b)
+            b = b[:keep_b]
         truncated += keep_a < len(a)
         ids, segments = tokenizer.build_pair(a[:keep_a], b)
         input_ids[i, :len(ids)] = ids
         token_type_ids[i, :len(ids)] = segments
         attention_mask[i, :len(ids)] = 1
-    if truncated:
-        logger.info("GLUE %s: truncated %d text(s) of %d examples to max_seq_length %d",
-                    t.glue_name, truncated, n, max_seq_length)
-    return GlueFeatures(input_ids, token_type_ids, attention_mask, _label_array(t, examples),
-                        tuple(e.guid for e in examples))
+    return (input_ids, token_type_ids, attention_mask), truncated
 
 
 def _check_texts(task: GlueTask, examples: Sequence[GlueExample]) -> None:

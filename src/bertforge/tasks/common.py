@@ -32,16 +32,21 @@ class LoadedModel:
         return self.tokenizer.vocab_file
 
 
-def load_model(args: ModelArgs, head: str, *, num_labels: int = 2, unpad: bool = True,
+def load_model(args: ModelArgs, head: str | None, *, num_labels: int = 2, unpad: bool = True,
                require_head: bool = False, default_vocab: str | Path | None = None,
                default_lower_case: bool | None = None) -> LoadedModel:
     """Build the model with `head` and fill it from `args.init_checkpoint` when given.
+    `head=None` takes the head the checkpoint has (`Checkpoint.head`) with its number of labels.
     `default_vocab` / `default_lower_case` stand in for the checkpoint's when it has none (the
     vocabulary prepared pretraining data was made with)."""
     ckpt = None
     if args.init_checkpoint:
         ckpt = load_checkpoint(args.init_checkpoint, config=args.bert_model)
         config = ckpt.config
+        if head is None:
+            head, num_labels = ckpt.head, ckpt.num_labels or num_labels
+    elif head is None:
+        raise ConfigError("no checkpoint to take the model's head from: pass --init_checkpoint")
     elif args.bert_model:
         config = resolve_config(args.bert_model)
     else:

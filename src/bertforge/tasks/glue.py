@@ -61,6 +61,11 @@ class GlueEvalRun:
     """Score the dev set(s) with the task's official metrics."""
     do_predict: bool = False
     """Write the test set's GLUE submission file(s) into output_dir."""
+    input_jsonl: str | None = None
+    """Instead of data_dir: JSON lines {"id", "text_a", "text_b" (optional)} to classify ('-':
+    standard input); writes {"id", "label", "score", "probabilities"} lines to output_jsonl."""
+    output_jsonl: str | None = None
+    """Where the classes of --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: GlueData = field(default_factory=GlueData)
     model: ModelArgs = field(default_factory=ModelArgs)
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
@@ -267,4 +272,8 @@ def finetune(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = Tr
 
 
 def evaluate_run(cfg: GlueEvalRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    if cfg.input_jsonl:
+        from bertforge.tasks.raw_text import classify_run
+        classify_run(cfg)
+        return {}
     return run(GlueJob(cfg), dist_info, progress)

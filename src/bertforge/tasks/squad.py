@@ -84,6 +84,16 @@ class SquadPredictRun:
     """Replace earlier results in output_dir."""
     do_eval: bool = True
     """Score the predictions when predict_file has answers."""
+    question: str | None = None
+    """Instead of predict_file: one question to answer about --context; prints the answer as JSON
+    ({"answer", "score", "start", "end"}: start/end are character offsets in the context)."""
+    context: str | None = None
+    """The text to find the answer to --question in."""
+    input_jsonl: str | None = None
+    """Instead of predict_file: JSON lines {"id", "question", "context"} to answer ('-': standard
+    input); writes {"id", "answer", "score", "start", "end"} lines to output_jsonl."""
+    output_jsonl: str | None = None
+    """Where the answers to --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: SquadPredictData = field(default_factory=SquadPredictData)
     model: ModelArgs = field(default_factory=ModelArgs)
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
@@ -315,6 +325,10 @@ def finetune(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = T
 
 
 def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    if cfg.question is not None or cfg.context is not None or cfg.input_jsonl:
+        from bertforge.tasks.raw_text import answer_run
+        answer_run(cfg)
+        return {}
     return run(SquadJob(cfg), dist_info, progress)
 
 

@@ -12,8 +12,9 @@ from bertforge.data.squad.examples import (Answer, Problem, SquadExample, read_s
                                            split_whitespace)
 from bertforge.data.squad.features import (ContextTokens, SquadFeatures,
                                            convert_examples_to_features)
-from bertforge.data.squad.postprocess import get_final_text, postprocess, write_predictions
+from bertforge.data.squad.postprocess import (final_text_span, get_final_text, postprocess,
+                                              write_predictions)
 
 __all__ = ["Answer", "ContextTokens", "Problem", "SquadExample", "SquadFeatures",
-           "convert_examples_to_features", "get_final_text", "postprocess", "read_squad_examples",
-           "split_whitespace", "write_predictions"]
+           "convert_examples_to_features", "final_text_span", "get_final_text", "postprocess",
+           "read_squad_examples", "split_whitespace", "write_predictions"]

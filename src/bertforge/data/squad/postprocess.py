@@ -44,6 +44,12 @@ def postprocess(examples: Sequence[SquadExample], features: SquadFeatures,
     the n-best list, with softmax probabilities. `do_lower_case` defaults to the tokenizer
     setting the features were built with. Every example gets a prediction: "" when it has no
     candidate.
+
+    Each n-best entry holds text, probability, start_logit, end_logit, and start, end: where
+    the answer lies in the example's context, as character offsets. `context[start:end]` is
+    the text, except that where the answer spans several words, the text joins them with
+    single spaces (as Google's does) and the context has its own whitespace between them. The
+    empty answer has start = end = 0.
     """
     start_logits = _checked_logits(start_logits, features, "start_logits")
     end_logits = _checked_logits(end_logits, features, "end_logits")
@@ -116,33 +122,45 @@ def _nbest(example: SquadExample, features: SquadFeatures, feature: np.ndarray,
            start: np.ndarray, end: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray,
            n_best_size: int, do_lower_case: bool) -> list[dict[str, Any]]:
     """The first n_best_size distinct answer texts of an example's ranked candidates."""
-    entries: list[tuple[str, float, float]] = []
+    entries: list[tuple[str, tuple[int, int], float, float]] = []
     seen: set[str] = set()
     for f, s, e in zip(feature.tolist(), start.tolist(), end.tolist()):
         if len(entries) >= n_best_size:
             break
-        text = _span_text(example, features, f, s, e, do_lower_case)
+        text, span = _span_text(example, features, f, s, e, do_lower_case)
         if text in seen:
             continue
         seen.add(text)
-        entries.append((text, float(start_logits[f, s]), float(end_logits[f, e])))
+        entries.append((text, span, float(start_logits[f, s]), float(end_logits[f, e])))
     if not entries:
-        entries.append(("", 0.0, 0.0))
-    probs = _softmax([s + e for _, s, e in entries])
-    return [{"text": t, "probability": p, "start_logit": s, "end_logit": e}
-            for (t, s, e), p in zip(entries, probs)]
+        entries.append(("", (0, 0), 0.0, 0.0))
+    probs = _softmax([s + e for _, _, s, e in entries])
+    return [{"text": t, "probability": p, "start_logit": s, "end_logit": e, "start": a, "end": b}
+            for (t, (a, b), s, e), p in zip(entries, probs)]
 
 
 def _span_text(example: SquadExample, features: SquadFeatures, f: int, start: int, end: int,
-               do_lower_case: bool) -> str:
-    """Original context text of the tokens start..end of window f."""
+               do_lower_case: bool) -> tuple[str, tuple[int, int]]:
+    """Original context text of the tokens start..end of window f, and its character span
+    in the context."""
     ids = features.input_ids[f, start:end + 1].tolist()
     pieces = " ".join(map(features.id_to_token.__getitem__, ids))
     # Undo WordPiece's split-offs, then normalise whitespace (Google's order of steps).
     tok_text = " ".join(pieces.replace(" ##", "").replace("##", "").strip().split())
     first, last = features.token_to_orig(f, start), features.token_to_orig(f, end)
     orig_text = " ".join(example.doc_tokens[first:last + 1])
-    return get_final_text(tok_text, orig_text, do_lower_case)
+    a, b = final_text_span(tok_text, orig_text, do_lower_case)
+    return orig_text[a:b], (_context_position(example, first, orig_text, a),
+                            _context_position(example, first, orig_text, b - 1) + 1)
+
+
+def _context_position(example: SquadExample, first_word: int, orig_text: str, k: int) -> int:
+    """Where character k of `orig_text` (the words from `first_word` on, joined by single
+    spaces; k not a space) lies in the example's context."""
+    word = first_word + orig_text.count(" ", 0, k)
+    within = k - (orig_text.rfind(" ", 0, k) + 1)
+    # char_to_word_offset never decreases, and a word's first character is the first to map to it.
+    return int(np.searchsorted(example.char_to_word_offset, word)) + within
 
 
 def _softmax(scores: list[float]) -> list[float]:
@@ -159,18 +177,25 @@ def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> str:
     Characters of the basic-tokenized original and of the original are aligned one to one
     after removing spaces; when that is impossible, the whole `orig_text` is returned.
     """
+    start, end = final_text_span(pred_text, orig_text, do_lower_case)
+    return orig_text[start:end]
+
+
+def final_text_span(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple[int, int]:
+    """Where `get_final_text`'s answer lies in `orig_text`: (start, end), end exclusive."""
+    whole = (0, len(orig_text))
     tok_text = " ".join(basic_tokenize(orig_text, do_lower_case))
     start = tok_text.find(pred_text)
     end = start + len(pred_text) - 1
     if start == -1 or end < start or " " in (tok_text[start], tok_text[end]):
-        return orig_text
+        return whole
     if len(orig_text) - orig_text.count(" ") != len(tok_text) - tok_text.count(" "):
-        return orig_text
+        return whole
     # Position among non-space characters = position - spaces before it.
     ns_start = start - tok_text.count(" ", 0, start)
     ns_end = end - tok_text.count(" ", 0, end)
-    return orig_text[_non_space_position(orig_text, ns_start):
-                     _non_space_position(orig_text, ns_end) + 1]
+    return (_non_space_position(orig_text, ns_start),
+            _non_space_position(orig_text, ns_end) + 1)
 
 
 def _non_space_position(text: str, k: int) -> int:

@@ -1,0 +1,325 @@
+"""bertforge from Python: load a checkpoint, then answer questions, classify texts or embed them.
+
+    import bertforge
+    qa = bertforge.load("google-bert/bert-large-uncased-whole-word-masking-finetuned-squad")
+    qa.answer("Who wrote Frankenstein?", "Frankenstein was written by Mary Shelley in 1818.")
+    # Answer(text='Mary Shelley', score=0.97, start=28, end=40)
+
+`load` takes whatever `--init_checkpoint` takes: a bertforge run directory, a Hugging Face
+directory, a Google TF checkpoint, an NVIDIA DLE `.pt` file, or a Hugging Face Hub id (fetched
+into huggingface_hub's cache, which honours HF_HUB_OFFLINE). The model keeps the head its
+checkpoint has: `answer` needs a question-answering head, `classify` a classification head;
+`encode` works with any.
+
+Nothing here is a second implementation: answers come from SQuAD's doc-stride windows and n-best
+decoding (`bertforge.data.squad`), text pairs are encoded as GLUE's (`data.glue.encode_texts`),
+and every forward runs through `bertforge.infer.predict` (length-grouped batches trimmed to
+their longest sequence), exactly as `bertforge predict` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, overload
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bertforge.data import squad
+from bertforge.data.glue import encode_texts, get_task
+from bertforge.errors import ConfigError, DataError
+from bertforge.infer import predict
+from bertforge.runconfig import ModelArgs, Precision, RuntimeArgs
+from bertforge.tasks.common import load_model, model_inputs
+from bertforge.tasks.runner import check_seq_length
+from bertforge.tasks.squad import model_arrays, span_logits
+from bertforge.train.runtime import Runtime
+
+Pooling = Literal["mean", "cls", "pooled"]
+TextOrPair = str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to one question about one context."""
+
+    text: str
+    """The answer as SQuAD predicts it: words of the context, joined by single spaces ("" when
+    no span of the context qualifies)."""
+    score: float
+    """Its probability among the n-best answers (softmax of start + end logit over them)."""
+    start: int
+    """Character offset in the context where the answer starts."""
+    end: int
+    """Character offset just past its end: `context[start:end]` is the answer as the context
+    writes it (the same words, with the context's own whitespace between them)."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The class of one text (or text pair)."""
+
+    label: str | None
+    """The most probable class's name; None for a regression head (one output, e.g. STS-B)."""
+    score: float
+    """The probability of `label`; a regression head's predicted value."""
+    probabilities: dict[str, float]
+    """Every class's probability, by name, in the head's output order (empty for regression)."""
+
+
+def load(source: str | Path, *, device: str = "auto", precision: Precision = "fp32",
+         batch_size: int = 64, head: str | None = None, vocab_file: str | Path | None = None,
+         do_lower_case: bool | None = None, bert_config: str | Path | None = None,
+         compile: bool | None = None) -> Predictor:
+    """A ready model from any checkpoint bertforge reads, or a Hugging Face Hub id.
+
+    device: auto (the accelerator if there is one, else cpu), cpu, cuda, cuda:1, xpu, mps, ...
+    precision: fp32, tf32, bf16 or fp16 (autocast). batch_size: sequences per forward pass.
+    head: the model head to build (qa, classification, pretraining, base); default: the one the
+    checkpoint has. vocab_file, do_lower_case, bert_config: for checkpoints that lack them (a TF
+    checkpoint without its bert_config.json, say); by default what the checkpoint records.
+    compile: torch.compile the encoder layers (default: on CUDA only).
+    """
+    model = ModelArgs(init_checkpoint=str(source), vocab_file=None if vocab_file is None else str(vocab_file),
+                      do_lower_case=do_lower_case,
+                      bert_model=None if bert_config is None else str(bert_config))
+    return Predictor(model, RuntimeArgs(device=device, precision=precision, compile=compile),
+                     head=head, batch_size=batch_size)
+
+
+class Predictor:
+    """A loaded model on its device, with its tokenizer: `answer`, `classify`, `encode`.
+
+    One forward runs at a time; calls from several threads must take turns (the server does).
+    """
+
+    def __init__(self, model: ModelArgs, runtime: RuntimeArgs | None = None, *,
+                 head: str | None = None, batch_size: int = 64):
+        runtime = runtime or RuntimeArgs()
+        if not model.init_checkpoint:
+            raise ConfigError("which checkpoint? give its path or Hugging Face Hub id")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.runtime = Runtime(runtime)
+        self.loaded = load_model(model, head, unpad=runtime.unpad)
+        self.source = model.init_checkpoint
+        self.model.eval()
+        self.model.to(self.runtime.device)
+        self.labels = _labels(self.loaded.labels, self.loaded.task, self.model)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def head(self) -> str:
+        """qa, classification, pretraining or base."""
+        return self.model.head
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def max_seq_length(self) -> int:
+        """The longest sequence the model embeds (its max_position_embeddings)."""
+        return self.loaded.config.max_position_embeddings
+
+    def __repr__(self) -> str:
+        c = self.loaded.config
+        return (f"Predictor({self.source!r}, head={self.head!r}, BERT L={c.num_hidden_layers} "
+                f"H={c.hidden_size}, device={str(self.device)!r})")
+
+    # ---- question answering ----------------------------------------------------------------
+
+    @overload
+    def answer(self, question: str, context: str, **settings) -> Answer: ...
+    @overload
+    def answer(self, question: Sequence[str], context: str | Sequence[str], **settings) -> list[Answer]: ...
+
+    def answer(self, question, context, *, max_seq_length: int = 384, doc_stride: int = 128,
+               max_query_length: int = 64, n_best_size: int = 20, max_answer_length: int = 30):
+        """The answer to `question` in `context` (a span of the context), or a list of answers
+        for a list of questions, about one context or a list of as many contexts.
+
+        Contexts longer than a window are read in windows of max_seq_length tokens
+        ([CLS] question [SEP] context part [SEP]) that start doc_stride tokens apart; questions
+        longer than max_query_length tokens are cut; the best of the n_best_size start and end
+        candidates of each window, at most max_answer_length tokens long, wins (Google's
+        run_squad.py settings and decoding).
+        """
+        self._need("qa", "answer", "bertforge finetune squad")
+        single = isinstance(question, str)
+        questions = [question] if single else list(question)
+        contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+        if len(contexts) != len(questions):
+            raise DataError(f"{len(questions)} questions but {len(contexts)} contexts: give one context "
+                            "for all, or one per question")
+        for name, value in (("max_seq_length", max_seq_length), ("doc_stride", doc_stride),
+                            ("max_query_length", max_query_length), ("n_best_size", n_best_size),
+                            ("max_answer_length", max_answer_length)):
+            _positive(name, value)
+        check_seq_length(max_seq_length, self.loaded.config)
+        examples = []
+        for i, (q, c) in enumerate(zip(questions, contexts)):
+            _text(q, "question", i, single)
+            _text(c, "context", i, single)
+            if not q.strip():
+                raise DataError(f"{_where('question', i, single)} is empty")
+            doc_tokens, char_to_word = squad.split_whitespace(c)
+            if not doc_tokens:
+                raise DataError(f"{_where('context', i, single)} is empty: there is nothing to answer from")
+            examples.append(squad.SquadExample(str(i), q, c, doc_tokens, char_to_word, answers=[]))
+        if not examples:
+            return []
+        features = squad.convert_examples_to_features(
+            examples, self.loaded.tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride,
+            max_query_length=max_query_length, progress=False)
+        if len(features):
+            start, end = self._predict(model_arrays(features, False), span_logits, per_token=True)
+        else:  # no context had a single WordPiece token: every answer is ""
+            start = end = np.zeros((0, max_seq_length), dtype=np.float32)
+        _, nbest = squad.postprocess(examples, features, start, end, n_best_size, max_answer_length,
+                                     progress=False)
+        answers = [Answer(text=best["text"], score=best["probability"], start=best["start"], end=best["end"])
+                   for best in (nbest[e.qas_id][0] for e in examples)]
+        return answers[0] if single else answers
+
+    # ---- classification --------------------------------------------------------------------
+
+    @overload
+    def classify(self, texts: TextOrPair, *, max_seq_length: int | None = None) -> Classification: ...
+    @overload
+    def classify(self, texts: Sequence[TextOrPair], *, max_seq_length: int | None = None
+                 ) -> list[Classification]: ...
+
+    def classify(self, texts, *, max_seq_length=None):
+        """The class of a text or a (text_a, text_b) pair, or of each of a list of them.
+
+        Inputs are `[CLS] a [SEP] (b [SEP])`, cut to max_seq_length tokens as Google's
+        run_classifier.py cuts them (default: the longest the model embeds).
+        """
+        self._need("classification", "classify", "bertforge finetune glue")
+        single, inputs = self._encode_inputs(texts, max_seq_length)
+        if not single and not len(inputs[0]):
+            return []
+        (logits,) = self._predict(dict(zip(("input_ids", "token_type_ids", "attention_mask"), inputs)),
+                                  _classifier_logits)
+        results = [self._classification(row) for row in logits.astype(np.float64)]
+        return results[0] if single else results
+
+    def _classification(self, logits: np.ndarray) -> Classification:
+        if len(logits) == 1:
+            return Classification(label=None, score=float(logits[0]), probabilities={})
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        best = int(p.argmax())
+        return Classification(label=self.labels[best], score=float(p[best]),
+                              probabilities={name: float(x) for name, x in zip(self.labels, p)})
+
+    # ---- embeddings ------------------------------------------------------------------------
+
+    def encode(self, texts: TextOrPair | Sequence[TextOrPair], *, pooling: Pooling = "mean",
+               normalize: bool = False, max_seq_length: int | None = None) -> np.ndarray:
+        """Embeddings of a text (or pair): (H,) float32, or (N, H) for a list of N.
+
+        pooling: mean (the average of the last hidden states over the real tokens, as
+        sentence-transformers models are trained), cls (the last hidden state of [CLS]) or
+        pooled (BERT's pooler, tanh(W h_[CLS] + b), where the checkpoint has trained one).
+        normalize: scale each embedding to unit length (cosine similarity = dot product).
+        """
+        if pooling not in ("mean", "cls", "pooled"):
+            raise ConfigError(f"pooling must be mean, cls or pooled, got {pooling!r}")
+        if pooling == "pooled" and (self.model.bert.pooler is None or not self.loaded.head_loaded):
+            raise ConfigError(f"{self.source} has no trained pooler (its {self.head} head has none, or "
+                              "the checkpoint lacks its weights): use pooling='mean' or 'cls'")
+        single, inputs = self._encode_inputs(texts, max_seq_length)
+        width = self.loaded.config.hidden_size
+        if not single and not len(inputs[0]):
+            return np.zeros((0, width), dtype=np.float32)
+
+        def embed(model: nn.Module, batch: dict) -> Tensor:
+            out = model.bert(**model_inputs(batch))
+            if pooling == "pooled":
+                return out.pooled_output
+            if pooling == "cls":
+                return out.sequence_output[:, 0]
+            mask = batch["attention_mask"].unsqueeze(-1).to(out.sequence_output.dtype)  # (B, T, 1)
+            return (out.sequence_output * mask).sum(1) / mask.sum(1)  # (B, H)
+
+        (vectors,) = self._predict(dict(zip(("input_ids", "token_type_ids", "attention_mask"), inputs)), embed)
+        if normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors[0] if single else vectors
+
+    # ---- shared --------------------------------------------------------------------------
+
+    def _need(self, head: str, method: str, how: str) -> None:
+        if self.head != head or not self.loaded.head_loaded:
+            has = f"a {self.head} head" if self.loaded.head_loaded else f"no trained {self.head} head"
+            raise ConfigError(f"{method}() needs a model with a trained {head} head, but {self.source} "
+                              f"has {has}; fine-tune it first ({how})")
+
+    def _encode_inputs(self, texts, max_seq_length: int | None
+                       ) -> tuple[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        single = isinstance(texts, (str, tuple))
+        items = [texts] if single else list(texts)
+        texts_a: list[str] = []
+        texts_b: list[str | None] = []
+        for i, item in enumerate(items):
+            a, b = (item if isinstance(item, tuple) and len(item) == 2 else (item, None))
+            _text(a, "text", i, single)
+            if b is not None:
+                _text(b, "text pair's second text", i, single)
+            texts_a.append(a)
+            texts_b.append(b)
+        length = self.max_seq_length if max_seq_length is None else max_seq_length
+        _positive("max_seq_length", length)
+        check_seq_length(length, self.loaded.config, pair=any(b is not None for b in texts_b))
+        if length < 3:
+            raise ConfigError(f"max_seq_length {length} leaves no room for a text between [CLS] and [SEP]")
+        inputs, _ = encode_texts(texts_a, texts_b, self.loaded.tokenizer, length)
+        return single, inputs
+
+    def _predict(self, arrays: dict[str, np.ndarray], forward, per_token: bool = False
+                 ) -> tuple[np.ndarray, ...]:
+        return predict(self.model, arrays, self.batch_size, self.runtime, forward, progress=False,
+                       per_token=per_token)
+
+
+def _classifier_logits(model: nn.Module, batch: dict) -> Tensor:
+    return model(**model_inputs(batch))
+
+
+def _labels(recorded: list[str] | None, task: str | None, model: nn.Module) -> list[str]:
+    """Class names: those the checkpoint records, else those of the GLUE task it was trained
+    for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
+    count = getattr(model, "num_labels", 0)
+    if recorded and len(recorded) == count:
+        return [str(x) for x in recorded]
+    if task and task.startswith("glue/"):
+        names = get_task(task.removeprefix("glue/")).labels
+        if names and len(names) == count:
+            return list(names)
+    return [f"LABEL_{i}" for i in range(count)]
+
+
+def _where(what: str, i: int, single: bool) -> str:
+    return what if single else f"{what} {i}"
+
+
+def _text(value: object, what: str, i: int, single: bool) -> None:
+    if not isinstance(value, str):
+        raise DataError(f"{_where(what, i, single)} must be a string, got {type(value).__name__}")
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+__all__ = ["Answer", "Classification", "Pooling", "Predictor", "load"]
