@@ -20,7 +20,8 @@ import pytest
 import torch
 import transformers
 
-from bertforge.checkpoint import common, google, tf_checkpoint
+from bertforge import tfwire
+from bertforge.checkpoint import common, google
 from bertforge.checkpoint import detect_format, load_checkpoint, load_into
 from bertforge.checkpoint.tf_checkpoint import (
     TFCheckpointReader, list_variables, read_tf_checkpoint, resolve_prefix,
@@ -76,7 +77,7 @@ def masked_crc(data: bytes) -> int:
 @pytest.fixture
 def reference_crc(monkeypatch):
     """Make the reader verify checksums with the pure-Python CRC above (google-crc32c or not)."""
-    monkeypatch.setattr(tf_checkpoint, "_crc32c_extend", crc32c_extend)
+    monkeypatch.setattr(tfwire, "crc32c_extend", crc32c_extend)
 
 
 def test_reference_crc32c_is_crc32c():
@@ -199,7 +200,7 @@ def test_google_crc32c_when_installed_matches_the_reference(tmp_path):
 
 
 def test_without_crc32c_reading_still_works(monkeypatch):
-    monkeypatch.setattr(tf_checkpoint, "_crc32c_extend", None)
+    monkeypatch.setattr(tfwire, "crc32c_extend", None)
     reader = TFCheckpointReader(CLASSIFIER)
     assert not reader.verifies_checksums
     assert reader.read("output_bias").tobytes() == expected(CLASSIFIER)["output_bias"].tobytes()
