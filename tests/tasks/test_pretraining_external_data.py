@@ -160,6 +160,8 @@ def test_max_samples_termination_ends_the_run(data, tmp_path):
     run_stop = records[-1]
     assert run_stop["status"] == "aborted" and run_stop["step"] == 7
     assert run_stop["reason"] == "max_samples_termination: 112 samples trained"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["stop_reason"] == run_stop["reason"] and summary["steps"] == 7
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -189,6 +189,7 @@ class PretrainJob(Job):
         self.train_set: PretrainingData | None = None
         self.eval_set: PretrainingData | None = None
         self.plan: StepPlan | None = None
+        self.trainer: Trainer | None = None
         self.run_stop: RunStop | None = None
 
     @property
@@ -239,6 +240,7 @@ class PretrainJob(Job):
 
     def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
         d = self.cfg.data
+        self.trainer = trainer
         evaluate = None
         if self.eval_set is not None:
             def evaluate(step: int) -> dict:
@@ -258,6 +260,8 @@ class PretrainJob(Job):
 
     def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
         summary = results["train"]
+        if self.trainer is not None and self.trainer.stop_reason is not None:
+            summary = {**summary, "stop_reason": self.trainer.stop_reason}
         if self.run_stop is not None and self.run_stop.record is not None:
             summary = {**summary, "run_stop": self.run_stop.record}
         if runtime.is_main:

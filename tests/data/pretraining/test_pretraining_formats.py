@@ -185,6 +185,15 @@ def test_hdf5_without_the_fields_names_what_is_missing(tmp_path):
         open_data(str(tmp_path))
 
 
+def test_variable_length_hdf5_is_refused_with_a_pointer(tmp_path):
+    with h5py.File(tmp_path / "part_eval_10k", "w") as f:
+        ids = f.create_dataset("input_ids", (2,), dtype=h5py.vlen_dtype(np.dtype("int16")))
+        ids[0], ids[1] = np.array([101, 7, 102], np.int16), np.array([101, 102], np.int16)
+        f.create_dataset("next_sentence_labels", data=np.zeros(2, np.int8))
+    with pytest.raises(DataError, match=r"part_eval_10k: variable-length HDF5 .* not supported; use the fixed-length"):
+        open_data(str(tmp_path))
+
+
 def test_hdf5_shapes_must_agree(tmp_path, samples):
     s = rows(samples, slice(0, 4))
     write_nvidia_hdf5(tmp_path / "a.hdf5", s)

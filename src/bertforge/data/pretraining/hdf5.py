@@ -74,6 +74,10 @@ class Hdf5Shard:
             raise DataError(f"{self.path}: cannot be read as HDF5 ({e})") from None
         with f:
             keys = set(f.keys())
+            if "input_ids" in keys and h5py.check_vlen_dtype(f["input_ids"].dtype) is not None:
+                raise DataError(f"{self.path}: variable-length HDF5 (NVIDIA's MLPerf submissions, "
+                                "hdf5_*_varlength / eval_varlength) is not supported; use the fixed-length "
+                                "files MLPerf's reference trains on (hdf5_*_shards_uncompressed)")
             if set(PACKED_FIELDS) <= keys:
                 self.layout = "Habana packed HDF5"
                 fields = PACKED_FIELDS

@@ -20,7 +20,7 @@ from bertforge.data.pretraining.dataset import PretrainingDataset
 from bertforge.data.pretraining.hdf5 import Hdf5Shard, is_hdf5
 from bertforge.data.pretraining.shards import MANIFEST
 from bertforge.data.pretraining.static_masks import StaticMaskDataset
-from bertforge.data.pretraining.tfrecord import HEADER_BYTES, TFRecordShard, looks_like_tfrecord
+from bertforge.data.pretraining.tfrecord import HEADER_BYTES, TFRecordShard, looks_like_tfrecord, verifies_checksums
 from bertforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ def open_pretraining_data(spec: str | list[str], *, flag: str, seed: int, shuffl
         data = StaticMaskDataset([reader(p) for p in files], seed=seed, shuffle_window=shuffle_window,
                                  source=f"{flag} {_shown(spec)}")
         log.info("%s: %s", flag, data.describe())
+        if kind == "TFRecord" and not verifies_checksums():
+            log.info("google-crc32c's C implementation is not installed: TFRecord checksums are not verified")
         return data
     found = "; ".join(f"{len(paths)} {kind} ({_names(paths)})" for kind, paths in sorted(kinds.items()))
     if len(kinds) > 1 and set(kinds) & set(_READERS):
