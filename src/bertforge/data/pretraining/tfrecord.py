@@ -16,7 +16,6 @@ reads every record header (`record_offsets`).
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 from pathlib import Path
@@ -26,8 +25,6 @@ import numpy as np
 from bertforge import tfwire
 from bertforge.errors import DataError
 from bertforge.tfwire import masked_crc32c, packed_varints, proto_fields
-
-log = logging.getLogger(__name__)
 
 HEADER_BYTES = 12  # uint64 length + masked CRC-32C of it
 FOOTER_BYTES = 4  # masked CRC-32C of the data
