@@ -5,11 +5,16 @@ recipes through `--config recipe.yaml` and dotted overrides such as `--train.lea
 On top of that, this module (and only this module) makes the reference recipes' command lines
 work unchanged:
 - flat names: `--learning_rate` is `--train.learning_rate` (every field whose name is unique in
-  the run config), plus the aliases in `ALIASES` (`--bert_config_file`, `--task`, ...);
+  the run config), plus the aliases in `reference_flags.ALIASES` (`--bert_config_file`, ...);
 - absl-style booleans as Google's scripts take them: `--do_train`, `--do_train=true`,
-  `--nodo_lower_case`, `--no-compile`.
+  `--nodo_lower_case`, `--no-compile`;
+- the reference scripts' other flags as `bertforge.reference_flags` says: switches (`--fp16`,
+  `--use_habana`), knobs accepted with a note, values refused, NVIDIA's per-optimizer-step
+  `--train_batch_size`, Google's pretraining optimisation, `--bert_model bert-large-uncased`;
+- launcher flags anywhere (`--local_rank` of torch.distributed.launch, Intel's thread pools).
 It also reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE), sets up logging, and turns
-user errors into one clear message and exit status 2, without a traceback.
+user errors into one clear message and exit status 2, without a traceback: every unknown flag
+in one line with a "did you mean", a bad value in one line, never a usage dump.
 """
 
 from __future__ import annotations
@@ -20,36 +25,15 @@ import os
 import sys
 import types
 import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from bertforge import reference_flags as refs
 from bertforge.errors import BertforgeError
 
 log = logging.getLogger("bertforge")
 
-# Extra names for config fields (flat name -> field name, resolved like a flat name).
-ALIASES = {
-    "bert_config_file": "bert_model",
-    "config_file": "bert_model",
-    "task": "task_name",
-    "predict_batch_size": "eval_batch_size",
-    "num_steps_per_checkpoint": "save_every",
-    "save_checkpoints_steps": "save_every",
-    "log_freq": "log_every",
-    "resume_from_checkpoint": "resume",
-    "output_file": "output_dir",
-}
-# Reference-script switches that name a precision (NVIDIA: --fp16 / --amp / --bf16).
-PRECISION_SWITCHES = {"fp16": "fp16", "amp": "fp16", "bf16": "bf16", "tf32": "tf32"}
-# Reference flags that mean nothing here (TPU settings, NVIDIA's launcher and logging knobs):
-# accepted with a warning, so existing command lines run.
-IGNORED_FLAGS = {
-    "use_tpu", "tpu_name", "tpu_zone", "gcp_project", "master", "num_tpu_cores", "iterations_per_loop",
-    "verbose_logging", "allreduce_post_accumulation", "allreduce_post_accumulation_fp16", "json-summary",
-    "disable_progress_bar", "skip_checkpoint", "local_rank", "cache_dir", "use_env", "eval_batch_size_tpu",
-}
-# Reference flags whose only supported value is the default; anything else is an error.
-UNSUPPORTED = {"version_2_with_negative": ("false", "SQuAD 2.0 (unanswerable questions) is not supported")}
 FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
                      errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
 BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "t", "f", "y", "n"}
@@ -66,9 +50,13 @@ class Command:
 # ---- the commands ------------------------------------------------------------------------------
 
 
+_ARGV_LOCAL_RANK: list[int] = []  # a --local_rank that torch.distributed.launch put on the command line
+
+
 def _dist_info():
     from bertforge.train.runtime import DistInfo
-    return DistInfo(rank=int(os.environ.get("RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    local_rank = os.environ.get("LOCAL_RANK", _ARGV_LOCAL_RANK[-1] if _ARGV_LOCAL_RANK else 0)
+    return DistInfo(rank=int(os.environ.get("RANK", 0)), local_rank=int(local_rank),
                     world_size=int(os.environ.get("WORLD_SIZE", 1)))
 
 
@@ -194,50 +182,117 @@ def alias_table(cls: type) -> dict[str, tuple[str, str]]:
     for leaf, dotted in by_leaf.items():
         if len(dotted) == 1:
             aliases.setdefault(leaf, table[dotted[0]])
-    for alias, target in ALIASES.items():
+    for alias, target in refs.ALIASES.items():
         if target is not None and target in aliases and alias not in aliases:
             aliases[alias] = aliases[target]
     return aliases
 
 
+@dataclass
+class _Flag:
+    """One flag of the rewritten command line: `--dotted=value`, `--dotted value` or `--dotted`."""
+
+    dotted: str
+    value: str | None
+    eq: bool = True
+    given_as: str = ""  # the name the user wrote, for messages
+
+    def tokens(self) -> list[str]:
+        if self.value is None:
+            return [f"--{self.dotted}"]
+        return [f"--{self.dotted}={self.value}"] if self.eq else [f"--{self.dotted}", self.value]
+
+
+@dataclass
+class Rewritten:
+    """normalize_argv's result: the parser's argv, and what the user should be told."""
+
+    argv: list[str]
+    notes: list[str] = field(default_factory=list)  # accepted flags whose meaning differs or is void
+    family: str = "bertforge"  # "nvidia" when NVIDIA's (per-optimizer-step) batch flags are read
+
+
 def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
     """Rewrite reference-recipe flags into the parser's dotted flags (see module docstring)."""
+    return rewrite_argv(argv, cls).argv
+
+
+def rewrite_argv(argv: Sequence[str], cls: type) -> Rewritten:
+    """normalize_argv with the notes for the user (flags accepted with another meaning or none)."""
+    from bertforge.errors import ConfigError
+
     aliases = alias_table(cls)
-    out: list[str] = []
+    names = [t[2:].partition("=")[0] for t in argv if t.startswith("--") and len(t) > 2]
+    family = "nvidia" if any(n in refs.NVIDIA_MARKERS for n in names) else "bertforge"
+    flags: list[_Flag | str] = []  # rewritten flags, and tokens passed through unchanged
+    notes: list[str] = []
+    errors: list[str] = []
     precision: tuple[str, str] | None = None  # (switch, precision) of a --fp16/--bf16 seen
     i = 0
     argv = list(argv)
+
+    def take_value(eq: bool, value: str, bool_like: bool) -> str:
+        """The flag's value: after '=', else the next token when it is one (a bool word, for a
+        switch; anything but a flag, otherwise); a bare switch means true."""
+        nonlocal i
+        if eq:
+            return value
+        nxt = argv[i] if i < len(argv) else None
+        if nxt is not None and (nxt.lower() in BOOL_WORDS if bool_like else not nxt.startswith("--")):
+            i += 1
+            return nxt
+        return "true"
+
     while i < len(argv):
         token = argv[i]
         i += 1
         if not token.startswith("--") or token == "--":
-            out.append(token)
+            flags.append(token)
             continue
         name, eq, value = token[2:].partition("=")
-        if name in IGNORED_FLAGS or name in UNSUPPORTED:
-            if not eq and i < len(argv) and not argv[i].startswith("--"):
-                value = argv[i]
-                i += 1
-            elif not eq:
-                value = "true"
-            if name in UNSUPPORTED and _bool_word(value) != UNSUPPORTED[name][0]:
-                from bertforge.errors import ConfigError
-                raise ConfigError(f"--{name}={value}: {UNSUPPORTED[name][1]}")
-            if name in IGNORED_FLAGS:
-                log.warning("--%s is a reference-script flag with no meaning here; ignored", name)
+        negated_switch = next((name[len(p):] for p in ("no-", "no_", "no") if name.startswith(p)
+                               and name[len(p):] in refs.SWITCHES and name[len(p):] not in aliases), None)
+        if negated_switch and not eq:
+            continue  # absl's --noamp: the switch's default, off
+        if name in refs.SWITCHES and name not in aliases:
+            on = _bool_word(take_value(bool(eq), value, True)) == "true"
+            for dotted, setting in refs.SWITCHES[name].items():
+                if dotted not in aliases or not on:
+                    continue
+                if dotted == "runtime.precision":
+                    if precision and precision[1] != setting:
+                        errors.append(f"--{precision[0]} and --{name} ask for different precisions "
+                                      f"({precision[1]}, {setting}); give one")
+                    precision = (name, setting)
+                flags.append(_Flag(dotted, setting, given_as=name))
             continue
-        if name in PRECISION_SWITCHES and name not in aliases and "runtime.precision" in aliases:
-            if not eq and i < len(argv) and argv[i].lower() in BOOL_WORDS:
-                value = argv[i]
-                i += 1
-            if not eq or _bool_word(value) == "true":
-                chosen = PRECISION_SWITCHES[name]
-                if precision and precision[1] != chosen:
-                    from bertforge.errors import ConfigError
-                    raise ConfigError(f"--{precision[0]} and --{name} ask for different precisions "
-                                      f"({precision[1]}, {chosen}); give one")
-                precision = (name, chosen)
-                out.append(f"--runtime.precision={chosen}")
+        if name in refs.NOTED and name not in aliases:
+            take_value(bool(eq), value, False)
+            notes.append(f"--{name}: {refs.NOTED[name]}")
+            continue
+        if name in refs.REFUSED and name not in aliases:
+            value = take_value(bool(eq), value, True)
+            allowed, reason = refs.REFUSED[name]
+            if _same_value(value, allowed):
+                continue
+            errors.append(f"--{name}={value}: {reason}")
+            continue
+        if name in refs.THREAD_FLAGS:
+            errors.append(f"--{name} sets a process-wide thread pool; give it before any other flag")
+            continue
+        if name == "mode" and name not in aliases:
+            value = take_value(bool(eq), value, False)
+            if value in refs.INTEL_MODES:
+                notes.append(f"--mode {value}: {refs.NOTED['benchmark']}")
+            else:
+                errors.append(f"--mode {value}: this command has no mode (Intel's benchmark/accuracy modes "
+                              f"are accepted and mean nothing here)")
+            continue
+        if name == "num_warmup_steps" and "data.input_dir" in aliases:
+            flags.append(_Flag("__num_warmup_steps", take_value(bool(eq), value, False), given_as=name))
+            continue
+        if name == "steps_this_run":
+            flags.append(_Flag("__steps_this_run", take_value(bool(eq), value, False), given_as=name))
             continue
         name = _spelled_as_field(name, aliases)
         negated = False
@@ -248,7 +303,7 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
                     name, negated = stem, True
                     break
         if name not in aliases:
-            out.append(token)
+            flags.append(token)
             continue
         dotted, kind = aliases[name]
         if kind == "bool" or (kind == "optional" and (negated or not eq)):
@@ -263,12 +318,173 @@ def normalize_argv(argv: Sequence[str], cls: type) -> list[str]:
                     i += 1
                 else:
                     value = "true"
-            out.append(f"--{dotted}={_bool_word(value)}")
+            flags.append(_Flag(dotted, _bool_word(value), given_as=name))
         elif eq:
-            out.append(f"--{dotted}={value}")
+            flags.append(_Flag(dotted, value, given_as=name))
+        elif i < len(argv) and not argv[i].startswith("--"):
+            flags.append(_Flag(dotted, argv[i], eq=False, given_as=name))
+            i += 1
         else:
-            out.append(f"--{dotted}")
-    return out
+            flags.append(_Flag(dotted, None, given_as=name))
+    _reference_values(flags, aliases, family, notes, errors)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    out: list[str] = []
+    for f in flags:
+        out.extend(f.tokens() if isinstance(f, _Flag) else [f])
+    return Rewritten(out, notes, family)
+
+
+def _same_value(value: str, allowed: str) -> bool:
+    try:
+        return float(value) == float(allowed)
+    except ValueError:
+        return _bool_word(value) == allowed
+
+
+def _reference_values(flags: list, aliases: dict, family: str, notes: list[str], errors: list[str]) -> None:
+    """Values the reference scripts spell differently, and flags whose meaning depends on the
+    family of the command line (see bertforge.reference_flags)."""
+    given = {f.dotted: f for f in flags if isinstance(f, _Flag)}
+
+    def value_of(dotted: str) -> str | None:
+        f = given.get(dotted)
+        return f.value if f is not None else None
+
+    def drop(dotted: str) -> None:
+        for f in [f for f in flags if isinstance(f, _Flag) and f.dotted == dotted]:
+            flags.remove(f)
+        given.pop(dotted, None)
+
+    def put(dotted: str, value: str) -> None:
+        if dotted in given:
+            given[dotted].value = value
+        else:
+            given[dotted] = _Flag(dotted, value)
+            flags.append(given[dotted])
+
+    for f in given.values():
+        if f.value is None:
+            continue
+        leaf = f.dotted.rsplit(".", 1)[-1]
+        if leaf == "precision" and f.value.lower() in refs.PRECISION_NAMES:
+            f.value = refs.PRECISION_NAMES[f.value.lower()]
+        elif leaf in ("max_steps", "log_every", "save_every") or f.dotted == "__steps_this_run":
+            number = _whole_number(f.value)
+            if number is None:
+                errors.append(f"--{f.given_as or leaf} {f.value}: expected a whole number of steps")
+            elif leaf == "max_steps" and number <= 0:
+                f.value = "null"  # NVIDIA's -1: no step limit (the epochs decide)
+            else:
+                f.value = str(number)
+    steps_this_run = value_of("__steps_this_run")
+    drop("__steps_this_run")
+    if (steps_this_run is not None and steps_this_run.isdigit() and int(steps_this_run) > 0
+            and steps_this_run != value_of("train.max_steps")):
+        errors.append(f"--steps_this_run {steps_this_run}: bertforge runs to --max_steps; stop a run early "
+                      f"and continue it with --save_every N and --resume")
+    _model_name(flags, aliases, notes)
+    for f in [f for f in flags if isinstance(f, _Flag) and f.given_as == "output_file"]:
+        if f.value and ("," in f.value or Path(f.value).suffix.lower() in (".tfrecord", ".tfrecords", ".hdf5", ".h5")):
+            errors.append(f"--output_file {f.value}: bertforge writes a directory of shards, not a TFRecord/HDF5 "
+                          f"file; pass --output_dir DIR (bertforge pretrain --input_dir DIR reads it)")
+        else:
+            notes.append(f"--output_file {f.value}: written as a directory of shards (pretrain --input_dir reads it)")
+    given = {f.dotted: f for f in flags if isinstance(f, _Flag)}
+    if family == "nvidia":
+        _nvidia_batch(given, value_of, put, notes, errors)
+    if "data.input_dir" in aliases and any(f.given_as in refs.GOOGLE_PRETRAINING_MARKERS or
+                                           f.dotted == "__num_warmup_steps" for f in given.values()):
+        _google_pretraining(given, value_of, put, notes, errors)
+    flags[:] = [f for f in flags if not (isinstance(f, _Flag) and f.dotted.startswith("__"))]
+
+
+def _whole_number(text: str) -> int | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _model_name(flags: list, aliases: dict, notes: list[str]) -> None:
+    """NVIDIA's --bert_model bert-large-uncased: a preset that implies the casing. A config file
+    (--config_file / --bert_config_file) gives the architecture instead, whatever the order."""
+    if "model.bert_model" not in aliases:
+        return
+    model = [f for f in flags if isinstance(f, _Flag) and f.dotted == "model.bert_model"]
+    files = [f for f in model if f.given_as in ("config_file", "bert_config_file")]
+    named = [f for f in model if f not in files and f.value in refs.MODEL_NAMES]
+    if not named:
+        return
+    name = named[-1].value
+    size, uncased = refs.MODEL_NAMES[name]
+    keep = files[-1] if files else named[-1]
+    from_checkpoint = not files and any(isinstance(f, _Flag) and f.dotted == "model.init_checkpoint" for f in flags)
+    for f in model:
+        if f is not keep or from_checkpoint:
+            flags.remove(f)
+    if keep is named[-1]:
+        keep.value = size
+    if not any(isinstance(f, _Flag) and f.dotted == "model.do_lower_case" for f in flags):
+        flags.append(_Flag("model.do_lower_case", "true" if uncased else "false"))
+        notes.append(f"--bert_model {name}: do_lower_case={str(uncased).lower()} from the name"
+                     + (f"; the architecture from --{keep.given_as}" if files else
+                        "; the architecture from --init_checkpoint" if from_checkpoint else ""))
+
+
+def _nvidia_batch(given, value_of, put, notes, errors) -> None:
+    """NVIDIA's --train_batch_size N is per device per optimizer step; with
+    --gradient_accumulation_steps K its scripts train micro-batches of N / K."""
+    batch, accumulation = value_of("train.train_batch_size"), value_of("train.gradient_accumulation_steps")
+    if batch is None or accumulation is None or given["train.gradient_accumulation_steps"].given_as != \
+            "gradient_accumulation_steps":
+        return
+    try:
+        n, k = int(batch), int(accumulation)
+    except ValueError:
+        return  # the parser reports the value
+    if k <= 1:
+        return
+    if value_of("train.global_batch_size") is not None:
+        errors.append("--global_batch_size with NVIDIA's --train_batch_size and --gradient_accumulation_steps: "
+                      "give one spelling of the batch")
+        return
+    if n % k:
+        errors.append(f"NVIDIA's --train_batch_size {n} is per optimizer step and must divide by "
+                      f"--gradient_accumulation_steps {k}; in bertforge's terms give "
+                      f"--train.train_batch_size MICRO --train.gradient_accumulation_steps {k} "
+                      f"(global = MICRO x devices x {k}) or --global_batch_size")
+        return
+    put("train.train_batch_size", str(n // k))
+    notes.append(f"--train_batch_size {n} --gradient_accumulation_steps {k}: NVIDIA's batch is per optimizer "
+                 f"step, so micro-batches of {n // k} (bertforge: --train.train_batch_size {n // k} "
+                 f"--train.gradient_accumulation_steps {k}, or --global_batch_size {n} x devices)")
+
+
+def _google_pretraining(given, value_of, put, notes, errors) -> None:
+    """Google's run_pretraining.py: AdamWeightDecay, linear (poly power 1) decay to 0 over all
+    steps, warmup counted in steps (MLPerf adds --optimizer and --poly_power)."""
+    if value_of("train.optimizer") is None:
+        put("train.optimizer", "adamw")
+    put("train.schedule", "poly")
+    if value_of("train.schedule_power") is None:
+        put("train.schedule_power", "1.0")
+    warmup = given.pop("__num_warmup_steps", None)
+    steps = value_of("train.max_steps")
+    if warmup is None:
+        warmup_steps = refs.GOOGLE_DEFAULT_WARMUP_STEPS
+    else:
+        warmup_steps = _whole_number(warmup.value or "")
+        if warmup_steps is None or warmup_steps < 0:
+            errors.append(f"--num_warmup_steps {warmup.value}: expected a whole number of steps")
+            return
+    if steps is None or steps == "null":
+        errors.append("--num_warmup_steps counts steps: give --num_train_steps (or --max_steps) too")
+        return
+    put("train.warmup_proportion", repr(min(1.0, warmup_steps / int(steps))))
+    notes.append(f"Google's run_pretraining flags: AdamW with linear decay over {steps} steps, "
+                 f"{min(warmup_steps, int(steps))} warmup steps (--optimizer lamb for LAMB)")
 
 
 def _spelled_as_field(name: str, aliases: dict) -> str:
@@ -320,8 +536,10 @@ def _build_parser(command: Command, cls: type):
     aliases = {k: v[0] for k, v in alias_table(cls).items() if k != v[0]}
     epilog = "Reference flag names accepted: " + ", ".join(
         f"--{k} (= --{v})" for k, v in sorted(aliases.items())) if aliases else None
+    # No prefix matching: --mode must not be taken for --model. Errors come back as exceptions
+    # so that main() reports them in one line.
     parser = ArgumentParser(prog="bertforge " + " ".join(command.path), description=command.help,
-                            epilog=epilog, exit_on_error=True)
+                            epilog=epilog, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe (see configs/)")
     parser.add_class_arguments(cls, None, as_positional=command.positional)
     return parser
@@ -340,6 +558,94 @@ def setup_logging(rank: int) -> None:
                         "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def take_launcher_flags(argv: list[str]) -> tuple[list[str], int | None, dict[str, int]]:
+    """Flags for the process rather than the command, taken out wherever they stand:
+    `--local_rank N` / `--local-rank=N` (torch.distributed.launch puts it before the command) and
+    Intel's `--intra_op_parallelism_threads` / `--inter_op_parallelism_threads` (torch's pools)."""
+    from bertforge.errors import ConfigError
+
+    rest, local_rank, threads = [], None, {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name in ("local_rank", "local-rank") or name in refs.THREAD_FLAGS:
+            if not eq:
+                value = argv[i] if i < len(argv) else ""
+                i += 1
+            if not value.lstrip("-").isdigit():
+                raise ConfigError(f"--{name} takes a whole number, got {value!r}")
+            if name in refs.THREAD_FLAGS:
+                threads[refs.THREAD_FLAGS[name]] = int(value)
+            else:
+                local_rank = int(value)
+            continue
+        rest.append(token)
+    return rest, local_rank, threads
+
+
+def _set_threads(threads: dict[str, int]) -> None:
+    import torch
+
+    if threads.get("intra", 0) > 0:
+        torch.set_num_threads(threads["intra"])
+    if threads.get("inter", 0) > 0:
+        try:
+            torch.set_num_interop_threads(threads["inter"])
+        except RuntimeError:  # already set in this process (tests call main repeatedly)
+            log.warning("--inter_op_parallelism_threads: torch's inter-op pool was already started")
+
+
+def unknown_flags(argv: Sequence[str], parser, flat_names: Sequence[str] = ()) -> list[str]:
+    """Every --flag the parser does not know, each with a suggestion when one is close (among
+    its flags and the flat names that stand for them)."""
+    import difflib
+
+    known = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+    candidates = sorted(known | {f"--{n}" for n in flat_names})
+    problems = []
+    for token in argv:
+        if not token.startswith("--") or token == "--":
+            continue
+        flag = token.partition("=")[0]
+        if flag in known or any(flag.startswith(k + ".") for k in known):
+            continue
+        close = difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)
+        problems.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    return problems
+
+
+def parse_command(command: Command, argv: Sequence[str]):
+    """The run config of `command` from its flags (reference spellings rewritten, their notes
+    logged); returns (config, handler, namespace). ConfigError names every unknown flag, or the
+    first bad value, in one line."""
+    from jsonargparse import ArgumentError
+
+    from bertforge.errors import ConfigError
+
+    name = " ".join(command.path)
+    cls, handler = command.build()
+    parser = _build_parser(command, cls)
+    rewritten = rewrite_argv(argv, cls)
+    bad = unknown_flags(rewritten.argv, parser, list(alias_table(cls)))
+    if bad:
+        raise ConfigError(f"unknown flag{'s' if len(bad) > 1 else ''}: {', '.join(bad)} "
+                          f"(bertforge {name} --help lists the flags)")
+    if rewritten.notes:
+        log.warning("reference flags with another meaning here:\n  %s", "\n  ".join(rewritten.notes))
+    try:
+        ns = parser.parse_args(rewritten.argv)
+    except ArgumentError as e:
+        raise ConfigError(f"{' '.join(str(e).split())} (bertforge {name} --help lists the flags)") from None
+    return _instantiate(parser, ns, cls), handler, ns
+
+
+def find_command(argv: Sequence[str]) -> tuple[Command | None, list[str]]:
+    """The command argv names, and the rest of argv (launcher flags already taken out)."""
+    return _find_command(list(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -349,6 +655,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bertforge import __version__
         print(f"bertforge {__version__}")
         return 0
+    try:
+        argv, local_rank, threads = take_launcher_flags(argv)
+    except BertforgeError as e:
+        print(f"bertforge: error: {e}", file=sys.stderr)
+        return 2
+    if local_rank is not None:
+        _ARGV_LOCAL_RANK.append(local_rank)
     command, rest = _find_command(argv)
     if command is None:
         known = [" ".join(c.path) for c in COMMANDS]
@@ -360,22 +673,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sys.stderr.isatty():
         # Progress bars in a log file: one line every 30 s, not one per update.
         os.environ.setdefault("TQDM_MININTERVAL", "30")
+    name = " ".join(command.path)
     try:
-        cls, handler = command.build()
-        parser = _build_parser(command, cls)
-        ns = parser.parse_args(normalize_argv(rest, cls))
-        cfg = _instantiate(parser, ns, cls)
+        cfg, handler, ns = parse_command(command, rest)
+        _set_threads(threads)
         result = handler(cfg, ns)
     except BertforgeError as e:
-        print(f"bertforge {' '.join(command.path)}: error: {e}", file=sys.stderr)
+        print(f"bertforge {name}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         # Disk full, quota, permissions, read-only file systems met while writing results:
         # one line naming the file, not a traceback.
         if e.errno not in FILESYSTEM_ERRNOS:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"bertforge {' '.join(command.path)}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        from bertforge.fileio import describe_os_error
+
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"bertforge {name}: error:{where} {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ renamed over the target: a crash leaves the old file or the new one, never half 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -29,6 +30,9 @@ def read_json(path: str | Path, what: str = "JSON file",
         raise error(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read (thousands of levels of [ or {{); "
+                    "is it the file you meant?") from None
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -75,3 +79,31 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+_REASONS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.ENOTDIR: "a file is in the way where a directory should be",
+            errno.EEXIST: "a file is in the way where a directory should be",
+            errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+            errno.EFBIG: "file too large for the file system", errno.EDQUOT: "disk quota exceeded",
+            errno.EISDIR: "is a directory", errno.ENAMETOOLONG: "file name too long"}
+
+
+def describe_os_error(e: OSError) -> str:
+    """A filesystem error in words, for one-line messages."""
+    return _REASONS.get(e.errno, e.strerror or str(e))
+
+
+def ensure_parent_dir(path: str | Path, what: str) -> Path:
+    """Create the directory `path` goes into, before any work; ConfigError naming `what` and the
+    path when it cannot be (a file in the way, no permission, read-only)."""
+    from bertforge.errors import ConfigError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write {what} {path}: {describe_os_error(e)}") from None
+    if path.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: it is a directory")
+    return path

@@ -12,6 +12,8 @@ compiles (CUDA by default), as for training.
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
@@ -52,12 +54,40 @@ def plan_batches(attention_mask: np.ndarray, batch_size: int, max_tokens: int | 
     return batches
 
 
+@dataclass
+class InferenceStats:
+    """How fast this rank predicted: wall time over its batches, and the latency of each batch
+    from host batch to outputs on the host (what NVIDIA's and Intel's benchmark modes report)."""
+
+    sequences: int  # sequences this rank predicted
+    batches: int
+    seconds: float  # wall time of this rank's prediction loop
+    latencies_ms: list[float]  # per batch
+
+    def as_dict(self) -> dict:
+        lat = np.asarray(self.latencies_ms or [0.0])
+        return {"sequences": self.sequences, "batches": self.batches, "seconds": self.seconds,
+                "sequences_per_second": self.sequences / self.seconds if self.seconds > 0 else None,
+                "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p90": float(np.percentile(lat, 90)),
+                "latency_ms_p99": float(np.percentile(lat, 99)), "latency_ms_mean": float(lat.mean())}
+
+
 def predict(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int, runtime: Runtime,
             forward: Forward, desc: str = "predict", progress: bool = True,
             max_tokens: int | None = None, per_token: bool = False,
             fill: float = float("-inf")) -> tuple[np.ndarray, ...]:
+    """`predict_timed` without the timings."""
+    return predict_timed(model, arrays, batch_size, runtime, forward, desc, progress, max_tokens, per_token,
+                         fill)[0]
+
+
+def predict_timed(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int, runtime: Runtime,
+                  forward: Forward, desc: str = "predict", progress: bool = True,
+                  max_tokens: int | None = None, per_token: bool = False,
+                  fill: float = float("-inf")) -> tuple[tuple[np.ndarray, ...], InferenceStats]:
     """Run `forward(model, batch)` over all rows of `arrays`; returns its outputs as float32
-    numpy arrays with one row per feature, in the input order, on every rank.
+    numpy arrays with one row per feature, in the input order, on every rank, and this rank's
+    InferenceStats.
 
     With `per_token`, outputs are (B, W, ...) per token of batches trimmed to their own width W;
     they come back as (N, T, ...), T the features' width, with `fill` (default -inf: "never an
@@ -72,28 +102,33 @@ def predict(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int,
     model.to(runtime.device)
     if runtime.compile:
         model.compile_layers()
-    outputs = _predict_batches(model, arrays, mine, runtime, forward, desc, progress)
+    t0 = time.perf_counter()
+    outputs, latencies = _predict_batches(model, arrays, mine, runtime, forward, desc, progress)
+    stats = InferenceStats(sum(len(idx) for idx in mine), len(mine), time.perf_counter() - t0, latencies)
     gathered = _gather(outputs, runtime)
-    return _assemble(gathered, n, width if per_token else None, fill)
+    return _assemble(gathered, n, width if per_token else None, fill), stats
 
 
 @torch.inference_mode()
 def _predict_batches(model: nn.Module, arrays: Mapping[str, np.ndarray], mine: list[np.ndarray],
                      runtime: Runtime, forward: Forward, desc: str, progress: bool
-                     ) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
-    outputs = []
+                     ) -> tuple[list[tuple[np.ndarray, tuple[np.ndarray, ...]]], list[float]]:
+    outputs, latencies = [], []
     bar = tqdm(total=len(mine), desc=desc, unit="batch", disable=not (progress and runtime.is_main),
                dynamic_ncols=True)
     pin = runtime.device.type != "cpu"
     batches = Prefetcher(((idx, make_batch(arrays, idx)) for idx in mine), runtime.num_workers, pin)
     for idx, batch in batches:
+        start = time.perf_counter()
         with runtime.autocast():
             out = forward(model, to_device(batch, runtime.device))
         out = out if isinstance(out, tuple) else (out,)
+        # .cpu() waits for the device: the latency covers the whole batch
         outputs.append((idx, tuple(o.float().cpu().numpy() for o in out)))
+        latencies.append(1000.0 * (time.perf_counter() - start))
         bar.update(1)
     bar.close()
-    return outputs
+    return outputs, latencies
 
 
 def _gather(outputs, runtime: Runtime):

@@ -40,8 +40,9 @@ class ModelArgs:
     """A preset (tiny, mini, small, medium, base, large) or a bert_config.json / config.json
     (also accepted as --bert_config_file, --config_file). Optional when init_checkpoint has one."""
     init_checkpoint: str | None = None
-    """Weights to start from: a bertforge run directory, a Hugging Face directory, a Google TF
-    checkpoint (bert_model.ckpt) or an NVIDIA DLE .pt file."""
+    """Weights to start from: a bertforge run directory, a Hugging Face directory or Hub id
+    (bert-base-uncased, through the local Hugging Face cache), a Google TF checkpoint
+    (bert_model.ckpt) or an NVIDIA DLE .pt file."""
     vocab_file: str | None = None
     """WordPiece vocab.txt; defaults to the one beside init_checkpoint."""
     do_lower_case: bool | None = None
@@ -101,9 +102,14 @@ class TrainArgs:
     the checkpoint directory PATH (also --resume_from_checkpoint)."""
     max_fp16_skips: int = 50
     """fp16: stop when this many consecutive steps overflowed (the loss scale cannot recover)."""
+    skip_checkpoint: bool = False
+    """Write no checkpoint and not the trained model (NVIDIA's --skip_checkpoint, for benchmark runs);
+    overrides save_every."""
 
     def __post_init__(self) -> None:
         check_types(self, "train")
+        if self.skip_checkpoint:
+            self.save_every = None
         for name in ("train_batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints",
                      "max_fp16_skips"):
             _require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
@@ -165,6 +171,10 @@ class RuntimeArgs:
     num_workers: int = 0
     """Background threads that prepare the next batches (index, trim, pin memory) while the
     device computes; 0 prepares each batch when it is needed."""
+    json_summary: str | None = None
+    """Also write NVIDIA's dllogger JSON lines (`DLLL {...}`: e2e_train_time,
+    training_sequences_per_second, final_loss, exact_match, F1, ...) to this file (rank 0);
+    also --json-summary, --dllog_path."""
 
     def __post_init__(self) -> None:
         check_types(self, "runtime")

@@ -176,6 +176,26 @@ def test_evaluation_settings_are_checked_before_work(argv, message, data, tmp_pa
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_reference_flag_names(data, tmp_path):
+    """MLPerf's PyTorch (Iluvatar, NVIDIA) and TensorFlow (Habana) spellings of the loop's flags."""
+    from bertforge.cli import find_command, parse_command
+
+    def parse(argv):
+        command, rest = find_command(argv)
+        return parse_command(command, rest)[0].data
+
+    pytorch = parse(["pretrain", "--input_dir", "d", "--eval_dir", "e", "--eval_iter_samples", "150000",
+                     "--eval_iter_start_samples", "3000000", "--target_mlm_accuracy", "0.72",
+                     "--num_eval_examples", "10000", "--max_samples_termination", "4500000"])
+    tensorflow = parse(["pretrain", "--input_files_dir", "d", "--eval_files_dir", "e", "--samples_between_eval",
+                        "150000", "--samples_start_eval", "3000000", "--stop_threshold", "0.72",
+                        "--max_eval_samples", "10000", "--max_samples_termination", "4500000"])
+    assert pytorch == tensorflow
+    assert (pytorch.input_dir, pytorch.eval_dir, pytorch.samples_between_eval, pytorch.samples_start_eval,
+            pytorch.stop_threshold, pytorch.max_eval_samples, pytorch.max_samples_termination) == \
+        ("d", "e", 150000, 3000000, 0.72, 10000, 4500000)
+
+
 @pytest.mark.parametrize("every, start, per_step", [(64, 0, 16), (150, 0, 64), (150, 1000, 48), (100, 30, 7)])
 def test_sample_schedule_is_mlperfs(every, start, per_step):
     """Evaluation steps as Iluvatar's run_pretraining.py computes them from the start of a run:

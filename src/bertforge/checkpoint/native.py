@@ -37,22 +37,32 @@ def write_native(out_dir: str | Path, state: dict[str, Tensor], config: BertConf
     bertforge.json (the task a run trained, where a conversion came from, ...)."""
     out_dir = Path(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / NATIVE_WEIGHTS), metadata={"format": "pt"})
+        write_description(tmp, config, head=head, vocab_file=vocab_file, do_lower_case=do_lower_case,
+                          labels=labels, extra=extra)
+
+    # bertforge.json last: a reader that finds it finds complete weights.
+    atomic_dir_write(out_dir, write, last=NATIVE_META)
+    return out_dir
+
+
+def write_description(directory: str | Path, config: BertConfig, *, head: str,
+                      vocab_file: str | Path | None = None, do_lower_case: bool | None = None,
+                      labels: list[str] | None = None, extra: dict | None = None) -> None:
+    """Everything of a native checkpoint but the weights (config.json, vocab.txt, then
+    bertforge.json), into a directory that has or will have model.safetensors."""
+    directory = Path(directory)
     meta = {"format": "bertforge", "format_version": FORMAT_VERSION, "head": head,
             "do_lower_case": do_lower_case}
     if labels:
         meta["labels"] = list(labels)
     meta.update(extra or {})
-
-    def write(tmp: Path) -> None:
-        save_file(state, str(tmp / NATIVE_WEIGHTS), metadata={"format": "pt"})
-        config.to_json(tmp / NATIVE_CONFIG)
-        if vocab_file is not None:
-            shutil.copyfile(vocab_file, tmp / "vocab.txt")
-        (tmp / NATIVE_META).write_text(json.dumps(meta, indent=2) + "\n")
-
-    # bertforge.json last: a reader that finds it finds complete weights.
-    atomic_dir_write(out_dir, write, last=NATIVE_META)
-    return out_dir
+    config.to_json(directory / NATIVE_CONFIG)
+    if vocab_file is not None:
+        shutil.copyfile(vocab_file, directory / "vocab.txt")
+    (directory / NATIVE_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def save_native(out_dir: str | Path, model: nn.Module, config: BertConfig, *,

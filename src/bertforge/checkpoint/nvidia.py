@@ -14,7 +14,9 @@ from __future__ import annotations
 import collections
 import logging
 import pickle
+import re
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from bertforge.checkpoint.common import (
     Checkpoint, adopt_padded_vocab, config_beside, infer_do_lower_case, read_torch_file, state_dict_of,
     vocab_beside,
 )
-from bertforge.checkpoint.hf import hf_to_native
+from bertforge.checkpoint.hf import _REDUNDANT, _TIED_DECODER, hf_to_native
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
 
@@ -111,10 +113,85 @@ def load_nvidia_checkpoint(path: str | Path, config: str | Path | BertConfig | N
     weights = _weights_file(path)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint not found: {weights}")
-    native = hf_to_native(state_dict_of(read_dle_file(weights), weights), source=str(weights))
+    return _as_checkpoint(state_dict_of(read_dle_file(weights), weights), path, weights, config)
+
+
+def _as_checkpoint(state: dict, path: Path, weights: Path, config) -> Checkpoint:
+    native = hf_to_native(state, source=str(weights))
     cfg = adopt_padded_vocab(config_beside(path, config, "NVIDIA DLE"), native, str(weights))
     return Checkpoint(cfg, native, path, "nvidia", vocab_file=vocab_beside(path),
                       do_lower_case=infer_do_lower_case(path))
 
 
-__all__ = ["load_nvidia_checkpoint", "read_dle_file"]
+# ---- run_pretraining.py's training checkpoints (ckpt_<step>.pt) --------------------------------
+
+CKPT_FILE = re.compile(r"^ckpt_(\d+)\.pt$")
+# run_pretraining.py's rule for the parameters without weight decay (its second LAMB group).
+_NO_DECAY = ("bias", "gamma", "beta", "LayerNorm")
+
+
+def find_pretraining_checkpoints(directory: str | Path) -> dict[int, Path]:
+    """The `ckpt_<step>.pt` files run_pretraining.py writes into its --output_dir, by step."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in directory.iterdir() if (m := CKPT_FILE.match(p.name))}
+
+
+@dataclass
+class PretrainingState:
+    """What a run_pretraining.py checkpoint holds besides the weights, in bertforge names."""
+
+    path: Path
+    step: int  # the global step in the file name
+    exp_avg: dict[str, torch.Tensor]  # LAMB's first moments, by bertforge parameter name
+    exp_avg_sq: dict[str, torch.Tensor]  # and second moments
+    optimizer_steps: int | None  # LAMB's step count (bias correction), where the file records it
+    grad_scaler: dict | None  # torch.cuda.amp.GradScaler state (newer versions, fp16 runs)
+    checkpoint: Checkpoint  # the weights
+
+
+def read_pretraining_checkpoint(path: str | Path, config: str | Path | BertConfig | None) -> PretrainingState:
+    """A `ckpt_<step>.pt` of NVIDIA's run_pretraining.py: weights, LAMB moments and step.
+
+    Its optimizer state numbers the parameters in the order run_pretraining.py grouped them:
+    `model.named_parameters()` (the state dict's order without the tied MLM decoder), those
+    without any of bias/gamma/beta/LayerNorm in their name first. The moments are renamed the
+    way the weights are (query/key/value concatenated), so they fit bertforge's parameters."""
+    path = Path(path)
+    m = CKPT_FILE.match(path.name)
+    if m is None or not path.is_file():
+        raise CheckpointError(f"{path}: not a run_pretraining.py checkpoint (ckpt_<step>.pt)")
+    obj = read_dle_file(path)
+    weights = state_dict_of(obj, path)
+    ckpt = _as_checkpoint(weights, path, path, config)
+    optimizer = obj.get("optimizer") if isinstance(obj, dict) else None
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
+            or not isinstance(optimizer.get("param_groups"), list):
+        raise CheckpointError(f"{path}: no optimizer state (expected {{'optimizer': {{'state', 'param_groups'}}}}); "
+                              "resume needs the LAMB moments: start a new run with --init_checkpoint instead")
+    # without the tied decoder and the buffers, the state dict's order is named_parameters()'s
+    names = [k for k in weights if k.removeprefix("module.") not in _REDUNDANT | {_TIED_DECODER}]
+    ordered = ([n for n in names if not any(nd in n for nd in _NO_DECAY)]
+               + [n for n in names if any(nd in n for nd in _NO_DECAY)])
+    indices = [i for group in optimizer["param_groups"] for i in group.get("params", [])]
+    if len(indices) != len(ordered):
+        raise CheckpointError(f"{path}: the optimizer holds {len(indices)} parameters, the model {len(ordered)}; "
+                              "cannot tell which moments belong to which weights")
+    moments: dict[str, dict[str, torch.Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}}
+    for index, name in zip(indices, ordered):
+        state = optimizer["state"].get(index, {})
+        for key, found in moments.items():
+            value = state.get(key)
+            if not isinstance(value, torch.Tensor) or value.shape != weights[name].shape:
+                raise CheckpointError(f"{path}: optimizer entry {index} ({name}) has no {key} of the "
+                                      f"weight's shape {tuple(weights[name].shape)}")
+            found[name] = value.float()
+    steps = {int(g["step"]) for g in optimizer["param_groups"] if "step" in g}
+    return PretrainingState(path, int(m.group(1)), hf_to_native(moments["exp_avg"], str(path)),
+                            hf_to_native(moments["exp_avg_sq"], str(path)), max(steps) if steps else None,
+                            obj.get("grad_scaler") if isinstance(obj.get("grad_scaler"), dict) else None, ckpt)
+
+
+__all__ = ["load_nvidia_checkpoint", "read_dle_file", "find_pretraining_checkpoints", "read_pretraining_checkpoint",
+           "PretrainingState"]

@@ -100,6 +100,20 @@ def log_batch_plan(train: TrainArgs, runtime: Runtime, accumulation: int, steps:
              f"of {steps_per_epoch} steps); device {runtime.device}, precision {runtime.precision}")
 
 
+def report_inference(out: Path, stats, runtime: Runtime, split: str) -> dict:
+    """Log a prediction's throughput and latency (an infer.InferenceStats of rank 0's share),
+    append it to metrics.jsonl, and return it for the run's results."""
+    from bertforge.train.loop import MetricsLog
+
+    record = stats.as_dict()
+    if runtime.is_main:
+        MetricsLog(out / "metrics.jsonl").write({"split": split, "world_size": runtime.world_size, **record})
+        log.info("%s: %d sequences in %.2f s on rank 0 (%.1f sequences/s); batch latency p50 %.1f ms, "
+                 "p99 %.1f ms", split, record["sequences"], record["seconds"], record["sequences_per_second"] or 0.0,
+                 record["latency_ms_p50"], record["latency_ms_p99"])
+    return record
+
+
 def write_json(path: Path, data) -> Path:
     """Atomically (temp file + rename), so a crash never leaves half a results file."""
     if is_dataclass(data):

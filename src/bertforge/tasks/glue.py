@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics
-from bertforge.infer import predict
+from bertforge.infer import InferenceStats, predict, predict_timed
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import LoadedModel, model_inputs, write_json
+from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.runtime import DistInfo, Runtime
@@ -205,25 +205,30 @@ class GlueJob(Job):
     def checkpoint_meta(self, loaded, trainer) -> dict:
         return {"task": f"glue/{self.task.name}"}
 
-    def evaluate(self, loaded: LoadedModel, runtime: Runtime) -> dict:
+    def evaluate(self, loaded: LoadedModel, runtime: Runtime) -> tuple[dict, InferenceStats]:
+        """The dev metrics, and how fast the dev set(s) were predicted."""
         task, metrics = self.task, {}
         dev = task.splits_of("dev")
+        timing = InferenceStats(0, 0, 0.0, [])
         for split in dev:
             features = self._features(loaded, split.name)
-            (logits,) = predict(loaded.model, _arrays(features), self.cfg.data.eval_batch_size, runtime,
-                                _logits, desc=f"eval {split.name}", progress=self.progress)
+            (logits,), stats = predict_timed(loaded.model, _arrays(features), self.cfg.data.eval_batch_size, runtime,
+                                             _logits, desc=f"eval {split.name}", progress=self.progress)
+            timing = InferenceStats(timing.sequences + stats.sequences, timing.batches + stats.batches,
+                                    timing.seconds + stats.seconds, timing.latencies_ms + stats.latencies_ms)
             scores = compute_metrics(task, logits, features.labels)
             suffix = "" if len(dev) == 1 else "_" + split.name.removeprefix("dev_")
             metrics.update({f"{k}{suffix}": v for k, v in scores.items()})
         if len(dev) > 1:  # MNLI: the matched accuracy is the headline number
             metrics = {"accuracy": metrics["accuracy_matched"], **metrics}
-        return metrics
+        return metrics, timing
 
     def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
         cfg, task, more = self.cfg, self.task, {}
         if cfg.do_eval:
-            metrics = self.evaluate(loaded, runtime)
+            metrics, timing = self.evaluate(loaded, runtime)
             more["eval"] = metrics
+            more["predict"] = report_inference(out, timing, runtime, "eval")
             if runtime.is_main:
                 write_json(out / "eval_results.json", {"task": task.name, **metrics})
                 print(json.dumps({k: (round(v, 6) if v == v else None) for k, v in metrics.items()}))

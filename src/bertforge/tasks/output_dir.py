@@ -15,8 +15,6 @@ what a user made.
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
 import shutil
@@ -24,7 +22,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from bertforge.errors import ConfigError
-from bertforge.fileio import atomic_write_json
+from bertforge.fileio import atomic_write_json, describe_os_error, read_json
 
 try:  # advisory locks are POSIX; elsewhere runs are not protected against each other
     import fcntl
@@ -57,12 +55,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def os_error(e: OSError, path: Path, doing: str) -> ConfigError:
     """A filesystem error as one line naming the path."""
-    reasons = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-               errno.ENOTDIR: "a file is in the way (not a directory)",
-               errno.EEXIST: "exists and is not a directory", errno.ENOSPC: "no space left on the device",
-               errno.EROFS: "read-only file system", errno.EFBIG: "file too large for the file system",
-               errno.EDQUOT: "disk quota exceeded"}
-    return ConfigError(f"cannot {doing} {path}: {reasons.get(e.errno, e.strerror or str(e))}")
+    return ConfigError(f"cannot {doing} {path}: {describe_os_error(e)}")
 
 
 class OutputDir:
@@ -133,7 +126,7 @@ class OutputDir:
             self._clear()
         stored = self.path / RUN_CONFIG
         if self.training and self.resume and stored.is_file():
-            check_resumable(json.loads(stored.read_text(encoding="utf-8")), config, stored)
+            check_resumable(read_json(stored, "run config", ConfigError), config, stored)
         if self.training or not stored.exists():
             atomic_write_json(stored, config)
 

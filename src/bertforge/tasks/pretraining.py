@@ -37,25 +37,29 @@ class PretrainData:
     """The training data: a directory `bertforge prepare pretraining` wrote (recommended: masks
     are drawn anew each epoch), or files NVIDIA's, Habana's, Google's or MLPerf's scripts
     prepared (HDF5 or TFRecord, read with the masks they hold) as a directory, a glob,
-    comma-separated paths or a list. Also --input_files_dir."""
+    comma-separated paths or a list. Also --input_files_dir, --input_file."""
     eval_dir: str | list[str] | None = None
     """A separate evaluation set, in any format input_dir takes (prepared data: its train
-    split). Default: the held_out split of prepared input_dir data; other data has none."""
+    split). Default: the held_out split of prepared input_dir data; other data has none. Also
+    --eval_files_dir."""
     eval_every: int | None = None
     """Evaluate MLM/NSP accuracy every N steps (and at the end)."""
     samples_between_eval: int | None = None
-    """Evaluate every this many training samples instead (MLPerf's schedule), and at the end."""
+    """Evaluate every this many training samples instead (MLPerf's schedule), and at the end.
+    Also --eval_iter_samples."""
     samples_start_eval: int = 0
-    """With samples_between_eval: no evaluation before this many training samples."""
+    """With samples_between_eval: no evaluation before this many training samples. Also
+    --eval_iter_start_samples."""
     stop_threshold: float | None = None
     """End training at the first evaluation whose masked-LM accuracy reaches this (MLPerf:
-    0.720); metrics.jsonl gets a run_stop record with the time to train."""
+    0.720); metrics.jsonl gets a run_stop record with the time to train. Also --target_mlm_accuracy."""
     max_samples_termination: int | None = None
     """End training once this many samples are trained (MLPerf's budget; max_steps still holds)."""
     eval_batch_size: int = 64
     """Sequences per device per evaluation batch."""
     max_eval_samples: int | None = None
-    """Evaluate on the first this many samples of the evaluation set (all by default; MLPerf: 10000)."""
+    """Evaluate on the first this many samples of the evaluation set (all by default; MLPerf:
+    10000). Also --num_eval_examples."""
     shuffle_window: int = 1
     """HDF5/TFRecord data: files whose samples are shuffled together (each epoch shuffles the
     file order, then the samples of each window of this many files). A rank holds about this
@@ -99,7 +103,23 @@ class PretrainRun:
     """Replace the run already in output_dir (only files bertforge wrote)."""
     phase2: bool = False
     """Phase 2: start from --init_checkpoint's weights (phase 1's output_dir) with a fresh
-    optimizer and schedule, on seq-512 data."""
+    optimizer and schedule, on seq-512 data. NVIDIA's spelling, --phase2 --resume_from_checkpoint
+    --phase1_end_step N in a directory holding its ckpt_N.pt, starts from that file's weights and
+    LAMB moments with the step count reset, as run_pretraining.py does."""
+    phase1_end_step: int | None = None
+    """NVIDIA's run_pretraining.py: the last step of phase 1, which tells its phase-1 checkpoints
+    (ckpt_<step <= N>.pt) from phase-2 ones (ckpt_<N + phase-2 step>.pt) in output_dir."""
+    resume_step: int | None = None
+    """NVIDIA's run_pretraining.py: resume from output_dir/ckpt_<resume_step>.pt rather than the latest."""
+    do_train: bool = True
+    """Pretraining trains (the reference scripts' --do_train); false is refused."""
+    do_eval: bool = True
+    """Evaluate MLM/NSP accuracy on the evaluation set (--eval_dir, or prepared data's held-out
+    split): at the end, and as --eval_every / --samples_between_eval say."""
+    max_seq_length: int | None = None
+    """As the reference scripts pass it: checked against the prepared data, which fixes it."""
+    max_predictions_per_seq: int | None = None
+    """As the reference scripts pass it: checked against the prepared data, which fixes it."""
     data: PretrainData = field(default_factory=PretrainData)
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=_pretrain_defaults)
@@ -188,6 +208,7 @@ class PretrainJob(Job):
         super().__init__(cfg)
         self.train_set: PretrainingData | None = None
         self.eval_set: PretrainingData | None = None
+        self.nvidia: NvidiaResume | None = None
         self.plan: StepPlan | None = None
         self.trainer: Trainer | None = None
         self.run_stop: RunStop | None = None
@@ -198,22 +219,41 @@ class PretrainJob(Job):
 
     def check(self) -> None:
         cfg, d = self.cfg, self.cfg.data
+        if not cfg.do_train:
+            raise ConfigError("--do_train=false: pretraining trains (evaluate a checkpoint with --do_eval on a "
+                              "run of --max_steps 1, or fine-tune it)")
         if d.input_dir is None:
             raise ConfigError("--input_dir is required: a directory written by `bertforge prepare pretraining`, "
                               "or NVIDIA/Habana HDF5 or Google/MLPerf TFRecord files")
-        if cfg.phase2 and not cfg.model.init_checkpoint:
-            raise ConfigError("--phase2 starts from phase 1's weights: pass --init_checkpoint PHASE1_OUTPUT_DIR")
+        self.nvidia = nvidia_resume_point(cfg)
+        if cfg.phase2 and not cfg.model.init_checkpoint and self.nvidia is None:
+            raise ConfigError("--phase2 starts from phase 1's weights: pass --init_checkpoint PHASE1_OUTPUT_DIR "
+                              "(bertforge keeps each phase in its own --output_dir; add --resume to continue an "
+                              "interrupted phase 2)")
         if cfg.train.max_steps is None:
             raise ConfigError("pretraining runs for --max_steps optimizer steps; give --max_steps")
         self.train_set = open_pretraining_data(d.input_dir, flag="--input_dir", seed=cfg.train.seed,
                                                shuffle_window=d.shuffle_window)
+        packed = getattr(self.train_set, "layout", None) == "Habana packed HDF5"
+        for name in ("max_seq_length", "max_predictions_per_seq"):
+            given, prepared = getattr(cfg, name), getattr(self.train_set, name)
+            # A packed row holds P + (sequences per row) masked-LM entries; the flag gives P.
+            if given is not None and given != prepared and not (packed and name == "max_predictions_per_seq"
+                                                                 and given < prepared):
+                raise ConfigError(f"--{name} {given}, but {d.input_dir} was prepared with {name}="
+                                  f"{prepared}; pass {prepared} (or leave the flag out: the data decides)")
+        asked = [f"--{n}" for n in ("eval_every", "samples_between_eval", "stop_threshold") if getattr(d, n)]
+        if not cfg.do_eval:
+            if asked:
+                raise ConfigError(f"--do_eval=false, but {' and '.join(asked)} asks for evaluations")
+            return
         if d.eval_dir is not None:
             self.eval_set = open_pretraining_data(d.eval_dir, flag="--eval_dir", seed=cfg.train.seed)
         elif isinstance(self.train_set, PretrainingDataset):
             self.eval_set = PretrainingDataset(self.train_set.data_dir, "held_out")
             if self.eval_set.num_samples == 0:
                 self.eval_set = None
-        if self.eval_set is None and (d.eval_every or d.samples_between_eval):
+        if self.eval_set is None and asked:
             raise ConfigError(f"evaluation needs an evaluation set: --input_dir {d.input_dir} has no held-out "
                               "split; give --eval_dir")
 
@@ -239,6 +279,8 @@ class PretrainJob(Job):
         return PretrainLoss()
 
     def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
+        if self.nvidia is not None:
+            import_nvidia_checkpoint(self.nvidia, self.cfg, trainer, loaded, runtime)
         d = self.cfg.data
         self.trainer = trainer
         evaluate = None
@@ -247,7 +289,7 @@ class PretrainJob(Job):
                 result = evaluate_pretraining(loaded.model, self.eval_set, runtime, d.eval_batch_size,
                                               d.max_eval_samples)
                 return {**result, "lr": trainer.lr}
-        else:
+        elif self.cfg.do_eval:
             log.warning("no evaluation set (%s has no held-out instances; --eval_dir names one): no MLM/NSP "
                         "accuracy will be reported", d.input_dir)
         self.run_stop = add_training_loop(
@@ -268,6 +310,84 @@ class PretrainJob(Job):
             write_json(out / "train_summary.json", summary)
             log.info("pretraining done: %s", json.dumps(summary))
         return {}
+
+
+@dataclass
+class NvidiaResume:
+    """Where a run continues from NVIDIA run_pretraining.py's checkpoint (see PretrainRun.phase2)."""
+
+    path: Path
+    step: int  # the step this run continues after
+    phase2_start: bool  # phase 2 starting from phase 1: moments carried, step counts reset
+
+
+def nvidia_resume_point(cfg: PretrainRun) -> NvidiaResume | None:
+    """The ckpt_<step>.pt of NVIDIA's run_pretraining.py to continue from, when the run resumes
+    in a directory that holds them and no bertforge checkpoint of its own yet."""
+    from bertforge.checkpoint.nvidia import find_pretraining_checkpoints
+    from bertforge.train.checkpoints import list_checkpoints
+
+    out = Path(cfg.output_dir)
+    found = find_pretraining_checkpoints(out)
+    if not cfg.train.resume or not found or list_checkpoints(out):
+        if cfg.phase2 and cfg.phase1_end_step is not None and cfg.train.resume and not found and \
+                not cfg.model.init_checkpoint:
+            raise ConfigError(f"--phase2 --resume_from_checkpoint --phase1_end_step: {out} holds no "
+                              "run_pretraining.py checkpoint (ckpt_<step>.pt) to start phase 2 from. bertforge keeps "
+                              "each phase in its own directory: bertforge pretrain --phase2 --init_checkpoint "
+                              "PHASE1_OUTPUT_DIR --output_dir PHASE2_DIR")
+        return None
+    if cfg.resume_step is not None and cfg.resume_step >= 0:
+        if cfg.resume_step not in found:
+            raise ConfigError(f"--resume_step {cfg.resume_step}: no {out}/ckpt_{cfg.resume_step}.pt (there are "
+                              f"{', '.join(p.name for _, p in sorted(found.items()))})")
+        step = cfg.resume_step
+    else:
+        step = max(found)
+    if not cfg.phase2:
+        return NvidiaResume(found[step], step, False)
+    if cfg.phase1_end_step is None:
+        raise ConfigError(f"--phase2 in {out}, which holds run_pretraining.py checkpoints: give --phase1_end_step "
+                          "(the last step of phase 1) so that phase-1 and phase-2 checkpoints can be told apart")
+    if step <= cfg.phase1_end_step:
+        return NvidiaResume(found[step], 0, True)
+    return NvidiaResume(found[step], step - cfg.phase1_end_step, False)
+
+
+def import_nvidia_checkpoint(point: NvidiaResume, cfg: PretrainRun, trainer: Trainer, loaded: LoadedModel,
+                             runtime: Runtime) -> None:
+    """Load an NVIDIA checkpoint's weights and LAMB moments into the trainer and write them as
+    this run's first checkpoint, from which the trainer then resumes (as from any of its own)."""
+    from bertforge.checkpoint import load_into
+    from bertforge.checkpoint.nvidia import read_pretraining_checkpoint
+
+    if cfg.train.optimizer != "lamb":
+        raise ConfigError(f"{point.path} holds LAMB moments; resume it with --optimizer lamb")
+    state = read_pretraining_checkpoint(point.path, loaded.config)
+    load_into(loaded.model, state.checkpoint)
+    optimizer = trainer.state.optimizer
+    names = {id(p): n for n, p in loaded.model.named_parameters()}
+    saved = optimizer.state_dict()
+    ordered = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    missing = sorted(set(ordered) - set(state.exp_avg))
+    if missing:
+        raise ConfigError(f"{point.path}: no LAMB moments for {', '.join(missing[:4])}; it does not belong to this model")
+    saved["state"] = {i: {"exp_avg": state.exp_avg[n].to(runtime.device), "exp_avg_sq": state.exp_avg_sq[n].to(runtime.device)}
+                      for i, n in enumerate(ordered)}
+    lamb_steps = 0 if point.phase2_start else (state.optimizer_steps if state.optimizer_steps is not None else point.step)
+    for group in saved["param_groups"]:
+        group["step"] = lamb_steps
+    optimizer.load_state_dict(saved)
+    if state.grad_scaler and trainer.state.scaler.is_enabled() and not point.phase2_start:
+        trainer.state.scaler.load_state_dict(state.grad_scaler)
+    trainer.step = point.step
+    trainer.state.schedule.last_epoch = point.step
+    saved_at = trainer.save()
+    log.warning("%s: NVIDIA run_pretraining.py checkpoint at step %d: %s; written as %s. The data order "
+                "restarts from the beginning (run_pretraining.py's file position is not carried over)",
+                point.path, state.step,
+                "phase 2 starts from its weights and LAMB moments, step counts reset" if point.phase2_start
+                else f"resuming at step {point.step} with its weights, LAMB moments and step count", saved_at)
 
 
 def pretrain(cfg: PretrainRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:

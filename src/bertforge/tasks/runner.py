@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bertforge.checkpoint import save_native
+from bertforge.checkpoint.native import write_description
 from bertforge.config import BertConfig
+from bertforge.dllog import DLLogger, summary_records
 from bertforge.errors import ConfigError
 from bertforge.runconfig import TrainArgs
 from bertforge.tasks.common import LoadedModel, load_model, log_batch_plan
@@ -118,6 +120,7 @@ def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> di
 
 def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
     cfg = job.cfg
+    dllog = DLLogger(cfg.runtime.json_summary) if cfg.runtime.json_summary and runtime.is_main else None
     seed_everything(cfg.train.seed if job.training else 0)
     loaded = load_model(cfg.model, job.head, unpad=cfg.runtime.unpad, **job.model_options())
     job.check_model(loaded.config)
@@ -131,18 +134,45 @@ def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
         steps = train.total_steps(loader.steps_per_epoch)
         log_batch_plan(train, runtime, accumulation, steps, loader.steps_per_epoch)
         trainer = Trainer(loaded.model, job.loss(), loader, train, runtime, out, steps, progress=progress)
+        trainer.describe = lambda directory: write_description(
+            directory, loaded.config, head=getattr(loaded.model, "head", job.head), vocab_file=loaded.vocab_file,
+            do_lower_case=loaded.tokenizer.do_lower_case, labels=job.labels(loaded),
+            extra={**job.checkpoint_meta(loaded, trainer), "step": trainer.step})
+        if dllog is not None:
+            log_losses(trainer, dllog)
         job.add_callbacks(trainer, loaded, runtime)
         result = trainer.fit()
         results["train"] = {"steps": result.steps, "seconds": result.seconds, "samples": result.samples,
                             "first_loss": result.first_loss, "last_loss": result.last_loss}
-        if runtime.is_main:
+        if train.skip_checkpoint:
+            log.info("--skip_checkpoint: the trained model is not written")
+        elif runtime.is_main:
             save_native(out, loaded.model, loaded.config, vocab_file=loaded.vocab_file,
                         do_lower_case=loaded.tokenizer.do_lower_case, labels=job.labels(loaded),
                         extra=job.checkpoint_meta(loaded, trainer))
             log.info("model written to %s", out)
         runtime.barrier()
     results.update(job.after(loaded, runtime, out, results))
+    if dllog is not None:
+        for record in summary_records(results):
+            dllog.log((), record)
     return results
+
+
+def log_losses(trainer: Trainer, dllog: DLLogger) -> None:
+    """NVIDIA run_pretraining.py's per-log lines: average_loss over the steps since the last
+    line (step_loss too when that is one step) and the learning rate, at (epoch, step)."""
+    last = {"step": trainer.step}
+
+    def write(t: Trainer) -> None:
+        record = t.last_record
+        data = {"average_loss": record["loss"], "learning_rate": record["lr"]}
+        if record["step"] - last["step"] == 1:
+            data["step_loss"] = record["loss"]
+        last["step"] = record["step"]
+        dllog.log((int(record["epoch"]), record["step"]), data)
+
+    trainer.add_callback("on_log", write)
 
 
 __all__ = ["Job", "run", "check_seq_length"]

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from bertforge.data import squad as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
-from bertforge.infer import predict
+from bertforge.fileio import ensure_parent_dir
+from bertforge.infer import predict_timed
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import LoadedModel, model_inputs, write_json
+from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.runtime import DistInfo, Runtime
@@ -107,8 +108,8 @@ class SquadRun:
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
-@dataclass(kw_only=True)
-class EvaluateArgs:
+@dataclass
+class EvaluateArgs:  # not kw_only: its required fields are the command's positional arguments
     """Official SQuAD v1.1 evaluation of a predictions file."""
 
     data_file: str
@@ -245,9 +246,10 @@ def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, 
     features = data.convert_examples_to_features(
         examples, loaded.tokenizer, is_training=False, progress=progress and runtime.is_main,
         max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
-    start, end = predict(loaded.model, model_arrays(features, False), d.predict_batch_size, runtime,
-                         span_logits, desc="predict", progress=progress, per_token=True)
-    results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems)}}
+    (start, end), stats = predict_timed(loaded.model, model_arrays(features, False), d.predict_batch_size, runtime,
+                                        span_logits, desc="predict", progress=progress, per_token=True)
+    results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems),
+                                 **report_inference(out, stats, runtime, "predict")}}
     if not runtime.is_main:
         return results
     predictions, nbest = data.postprocess(examples, features, start, end, d.n_best_size,
@@ -275,11 +277,12 @@ def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress
 
 
 def evaluate_files(args: EvaluateArgs) -> dict:
+    pred = Path(args.predictions_file)
+    out = Path(args.output_file) if args.output_file else pred.with_name(f"{pred.stem}_eval.json")
+    ensure_parent_dir(out, "--output_file")
     predictions = metric.load_predictions(args.predictions_file)
     scores = metric.evaluate(args.data_file, predictions)
     print(json.dumps(scores))
-    pred = Path(args.predictions_file)
-    out = Path(args.output_file) if args.output_file else pred.with_name(f"{pred.stem}_eval.json")
     write_json(out, scores)
     log.info("scores written to %s", out)
     return scores

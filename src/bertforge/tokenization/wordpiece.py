@@ -142,9 +142,6 @@ class WordPieceTokenizer:
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
         return [self.vocab.get(t, self.unk_id) for t in tokens]
 
-    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
-        return [self.inv_vocab[i] for i in ids]
-
     def build_pair(self, ids_a: Sequence[int], ids_b: Sequence[int] | None = None
                    ) -> tuple[list[int], list[int]]:
         """[CLS] a [SEP] (b [SEP]) with segment ids 0 for a, 1 for b."""

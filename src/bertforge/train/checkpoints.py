@@ -6,7 +6,9 @@
   it loads with `torch.load(weights_only=True)`: a tampered file cannot run code);
 - `trainer.json`: the step, the data position, the run's total steps and seed, and when it was
   written;
-- `rng_rank<r>.pt`: each rank's random-number generator states (tensors and numbers only).
+- `rng_rank<r>.pt`: each rank's random-number generator states (tensors and numbers only);
+- where the run describes its model (the Trainer's `describe`): `config.json`, `vocab.txt` and
+  `bertforge.json`, which make the directory a native checkpoint `--init_checkpoint` loads alone.
 
 Everything is written into a hidden `.tmp-step_...` directory first and renamed into place only
 when complete, so a crash leaves either the previous checkpoint or the new one, never half of
@@ -28,6 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -117,8 +120,10 @@ class TrainingCheckpoint:
 
 
 def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, state: dict, meta: dict,
-                             rng: dict, rank: int, barrier, keep: int) -> Path:
-    """Called on every rank: rank 0 writes the shared state, every rank its RNG state."""
+                             rng: dict, rank: int, barrier, keep: int,
+                             describe: Callable[[Path], None] | None = None) -> Path:
+    """Called on every rank: rank 0 writes the shared state (and `describe(directory)`'s files),
+    every rank its RNG state."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
@@ -135,6 +140,8 @@ def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, sta
             torch.save(state, tmp / STATE_FILE)
             (tmp / META_FILE).write_text(json.dumps({**meta, "step": step, "written_at_ns": time.time_ns()},
                                                     indent=2) + "\n")
+            if describe is not None:
+                describe(tmp)
     barrier()
     if rank == 0:
         for f in tmp.iterdir():
@@ -185,7 +192,7 @@ def load_training_checkpoint(path: Path, rank: int) -> TrainingCheckpoint:
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
         int(meta["step"]), meta["loader"], int(meta["total_steps"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path / META_FILE}: unreadable ({type(e).__name__}: {e})") from None
     state = _load_tensors_only(path / STATE_FILE)
     rng = _load_tensors_only(rng_file(path, rank))

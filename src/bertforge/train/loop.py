@@ -247,6 +247,9 @@ class Trainer:
         self.step = 0
         self.lr = self.state.schedule.get_last_lr()[0]  # the rate of the latest update, for the log
         self.last_record: dict | None = None
+        # Writes what makes a checkpoint directory loadable by --init_checkpoint alone (config,
+        # vocabulary, head); the run sets it.
+        self.describe: Callable[[Path], None] | None = None
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl" if runtime.is_main else None)
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
         self._unchecked: list[tuple[int, Tensor]] = []  # (step, [loss, grad norm, scale]) not yet looked at
@@ -298,7 +301,7 @@ class Trainer:
         meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed}
         return checkpoints.save_training_checkpoint(
             self.output_dir, self.step, self.model.state_dict(), state, meta, checkpoints.rng_state(),
-            self.rt.dist.rank, self.rt.barrier, self.cfg.keep_checkpoints)
+            self.rt.dist.rank, self.rt.barrier, self.cfg.keep_checkpoints, self.describe)
 
     def resume(self, ckpt: checkpoints.TrainingCheckpoint) -> None:
         meta = ckpt.meta

@@ -81,6 +81,10 @@ class Runtime:
         self.precision = args.precision
         if self.precision == "fp16" and self.device.type == "mps":
             log.warning("fp16 loss scaling on MPS depends on your torch build")
+        if self.precision == "fp16" and self.device.type == "cpu":
+            # CPUs have no fast fp16 matmuls: autocast casts back and forth around fp32 kernels.
+            log.warning("--precision fp16 (--fp16/--amp) on a CPU runs several times slower than fp32; use "
+                        "--precision bf16 (fast on CPUs with AMX/AVX512-BF16) or fp32")
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.compile = args.compile if args.compile is not None else self.device.type == "cuda"
         self.num_workers = args.num_workers

@@ -1,0 +1,72 @@
+"""NVIDIA's dllogger JSON lines, for dashboards built on DeepLearningExamples' outputs.
+
+Each line is `DLLL ` followed by one JSON object, as dllogger's JSONStreamBackend writes it:
+    DLLL {"timestamp": "1700000000.5", "datetime": "2023-11-14 22:13:20.500000",
+          "elapsedtime": "12.3", "type": "LOG", "step": [0, 10], "data": {"average_loss": 7.1}}
+with `step` a list (a (epoch, step) pair, or [] for the run's summary) or the string "PARAMETER",
+and METADATA lines giving a metric's unit. The keys are those of NVIDIA's scripts:
+run_pretraining.py (`average_loss`, `step_loss`, `learning_rate`; at the end `e2e_train_time`,
+`training_sequences_per_second`, `final_loss`), run_squad.py and run_glue.py (`e2e_train_time`,
+`training_sequences_per_second`, `final_loss`, `e2e_inference_time`,
+`inference_sequences_per_second`, `exact_match`, `F1`). NVIDIA's dllogger is not on PyPI, so
+the dozen lines of its format are written here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bertforge.fileio import json_safe
+
+UNITS = {"e2e_train_time": "s", "training_sequences_per_second": "sequences/s", "final_loss": None,
+         "e2e_inference_time": "s", "inference_sequences_per_second": "sequences/s", "exact_match": None,
+         "F1": None, "average_loss": None, "step_loss": None, "learning_rate": None}
+
+
+class DLLogger:
+    """Appends dllogger lines to `path` (created, and emptied as dllogger does, on opening)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")
+        self._start = time.time()
+        for metric, unit in UNITS.items():
+            self._write({"type": "METADATA", "metric": metric, "metadata": {"unit": unit}})
+
+    def log(self, step: tuple | str, data: dict) -> None:
+        """One LOG line: `step` is (epoch, step), () for a summary, or "PARAMETER"."""
+        self._write({"type": "LOG", "step": list(step) if isinstance(step, tuple) else step,
+                     "data": json_safe(data)})
+
+    def _write(self, record: dict) -> None:
+        now = time.time()
+        line = {"timestamp": str(now), "datetime": str(datetime.fromtimestamp(now)),
+                "elapsedtime": str(now - self._start), **record}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write("DLLL " + json.dumps(line) + "\n")
+
+
+def summary_records(results: dict) -> list[dict]:
+    """NVIDIA's end-of-run summary lines from a bertforge run's results: training time,
+    throughput and final loss; prediction time and throughput; the SQuAD scores (run_glue.py
+    writes accuracy as exact_match and F1 as F1 too)."""
+    records = []
+    train = results.get("train")
+    if train and train.get("seconds"):
+        records.append({"e2e_train_time": train["seconds"],
+                        "training_sequences_per_second": train["samples"] / train["seconds"],
+                        "final_loss": train.get("last_loss")})
+    predict = results.get("predict") or {}
+    if predict.get("seconds"):
+        records.append({"e2e_inference_time": predict["seconds"],
+                        "inference_sequences_per_second": predict["sequences_per_second"]})
+    scores = results.get("eval") or {}
+    if "exact_match" in scores or "accuracy" in scores:
+        em = scores.get("exact_match", scores.get("accuracy"))
+        f1 = scores.get("f1")
+        records.append({"exact_match": em, **({"F1": f1} if f1 is not None else {})})
+    return records

@@ -1,0 +1,171 @@
+"""What the flags of the reference BERT scripts mean in bertforge: the one table the CLI reads
+when it rewrites a reference command line (`bertforge.cli.normalize_argv`).
+
+The families, and where their flag lists come from:
+- Google `run_squad.py`, `run_classifier.py`, `run_pretraining.py`, `create_pretraining_data.py`
+  (absl flags; `--train_batch_size` is the batch of one optimizer step, there is no accumulation);
+- NVIDIA DeepLearningExamples PyTorch `run_pretraining.py`, `run_squad.py`, `run_glue.py` and
+  their `scripts/*.sh`, and the ports of them to Habana Gaudi, Cambricon MLU, Enflame GCU and
+  Intel CPUs: `--train_batch_size` is the batch of one *optimizer step* on one device, which the
+  scripts divide by `--gradient_accumulation_steps` into micro-batches;
+- NVIDIA's TensorFlow BERT as MLPerf submissions and Habana's TF port run it
+  (`--input_files_dir`, `--num_accumulation_steps`, `--dllog_path`): `--train_batch_size` is the
+  micro-batch, global batch = train_batch_size x num_accumulation_steps x devices, as bertforge's;
+- the MLPerf reference (`language_model/tensorflow/bert/run_pretraining.py`): Google's flags plus
+  `--optimizer`, `--poly_power`, `--steps_per_update`, `--start_warmup_step`, `--num_gpus`.
+
+Every flag is in exactly one of these tables: an alias of a config field (`ALIASES`), a switch
+that sets fields (`SWITCHES`), a knob accepted with a note saying what replaces it (`NOTED`), or
+one whose only supported value is its default (`REFUSED`).
+"""
+
+from __future__ import annotations
+
+# Extra names for config fields (flat name -> field name, resolved like a flat name).
+ALIASES = {
+    "bert_config_file": "bert_model",
+    "config_file": "bert_model",
+    "task": "task_name",
+    "predict_batch_size": "eval_batch_size",
+    "num_steps_per_checkpoint": "save_every",
+    "save_checkpoints_steps": "save_every",
+    "log_freq": "log_every",
+    "display_loss_steps": "log_every",
+    "resume_from_checkpoint": "resume",
+    "output_file": "output_dir",
+    "num_train_steps": "max_steps",
+    "num_accumulation_steps": "gradient_accumulation_steps",
+    "steps_per_update": "gradient_accumulation_steps",
+    "input_files_dir": "input_dir",
+    "input_file": "input_dir",
+    "eval_files_dir": "eval_dir",
+    "eval_iter_samples": "samples_between_eval",
+    "eval_iter_start_samples": "samples_start_eval",
+    "target_mlm_accuracy": "stop_threshold",
+    "num_eval_examples": "max_eval_samples",
+    "keep_checkpoint_max": "keep_checkpoints",
+    "poly_power": "schedule_power",
+    "json-summary": "json_summary",
+    "dllog_path": "json_summary",
+}
+
+# Switches: a bare (or true) flag sets these fields. Precision switches also must agree.
+SWITCHES = {
+    "fp16": {"runtime.precision": "fp16"},
+    "amp": {"runtime.precision": "fp16"},
+    "use_fp16": {"runtime.precision": "fp16"},
+    "bf16": {"runtime.precision": "bf16"},
+    "tf32": {"runtime.precision": "tf32"},
+    "autocast": {"runtime.precision": "bf16"},  # Habana: autocast is bf16 on Gaudi
+    "use_habana": {"runtime.device": "hpu"},
+    "no_cuda": {"runtime.device": "cpu"},
+    "use_torch_compile": {"runtime.compile": "true"},
+    "use_hpu_graphs": {"runtime.compile": "true"},
+    "use-hpu-graphs": {"runtime.compile": "true"},
+}
+
+# Names of precisions as the reference scripts spell them (--precision bfloat16 ...).
+PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "fp32": "fp32",
+                   "bf16": "bf16", "fp16": "fp16", "tf32": "tf32", "amp": "fp16", "mixed": "fp16"}
+
+_DDP = "bertforge all-reduces gradients once per optimizer step (DDP no_sync), in fp32"
+_COMPILE = "--compile (torch.compile of the encoder layers)"
+_LAUNCH = "launch with torchrun; bertforge reads RANK/LOCAL_RANK/WORLD_SIZE"
+_PRECISION = "--precision fp32|tf32|bf16|fp16"
+_MEMORY = "lower --train_batch_size and raise --gradient_accumulation_steps (same global batch)"
+
+# Accepted with one warning naming what replaces them: knobs of one vendor's stack, TPU and
+# launcher settings, logging and caching switches. None changes what is computed.
+NOTED = {
+    # Google / TPU / TF estimator
+    "use_tpu": "no TPU support; --device picks the accelerator",
+    "tpu_name": "no TPU support", "tpu_zone": "no TPU support", "gcp_project": "no TPU support",
+    "master": "no TPU support", "num_tpu_cores": _LAUNCH, "iterations_per_loop": "no TPU loops",
+    "eval_batch_size_tpu": "no TPU support", "save_summary_steps": "metrics.jsonl gets every --log_every step",
+    "use_one_hot_embeddings": "embeddings are lookups on every device",
+    "verbose_logging": "skipped questions are listed in *_problems.json",
+    # NVIDIA / Habana / Cambricon / Enflame PyTorch
+    "allreduce_post_accumulation": _DDP, "allreduce_post_accumulation_fp16": _DDP,
+    "use_env": "bertforge always reads LOCAL_RANK from torchrun's environment",
+    "disable_progress_bar": "progress bars write one line per 30 s when stderr is a file",
+    "disable-progress-bar": "progress bars write one line per 30 s when stderr is a file",
+    "cache_dir": "features are not cached (tokenizing is fast)",
+    "skip_cache": "features are not cached (tokenizing is fast)",
+    "eval_script": "predictions are scored by bertforge's built-in official SQuAD v1.1 metric "
+                   "(evaluate-v1.1.py's rules, checked against it); the script is not run",
+    "loss_scale": "fp16 loss scaling is dynamic (torch.amp.GradScaler)",
+    "init_loss_scale": "fp16 loss scaling is dynamic (torch.amp.GradScaler, initial scale 65536)",
+    "checkpoint_activations": "no activation checkpointing; " + _MEMORY,
+    "old": "one fp16 path (autocast + GradScaler)",
+    "server_ip": "no remote debugging", "server_port": "no remote debugging",
+    "profile": "bertforge benchmark --profile", "profile-start": "bertforge benchmark --profile",
+    "profile_steps": "bertforge benchmark --profile", "tensorboard_logdir": "metrics.jsonl",
+    "enable-tensorboard-logging": "metrics.jsonl", "log_memory_usage": "bertforge benchmark reports peak memory",
+    "throughput_warmup_steps": "bertforge benchmark --warmup",
+    "no_dense_sequence_output": "MLM logits are computed at the masked positions only, always",
+    "disable_jit_fusions": _COMPILE, "cuda_graphs": _COMPILE + "; bertforge benchmark --cuda_graphs",
+    "use_fused_lamb": "bertforge's LAMB is multi-tensor (foreach) on every device",
+    "use_fused_adam": "AdamW is fused on CUDA and multi-tensor elsewhere",
+    "use_fused_clip_norm": "clipping is one multi-tensor norm", "per_param_grad_clipping": "clipping is global",
+    "use_lazy_mode": "Habana lazy mode is PT_HPU_LAZY_MODE; bertforge runs eager or " + _COMPILE,
+    "compiled_autograd": _COMPILE, "no_compiled_autograd": _COMPILE,
+    "enable_packed_data_mode": "packed HDF5 is recognized by its fields and split into its sequences (--unpad "
+                               "skips the padding)",
+    "use_zero_optimizer": "optimizer state is replicated (DDP); " + _MEMORY,
+    "hmp": _PRECISION, "hmp_bf16": _PRECISION, "hmp_fp32": _PRECISION, "hmp_opt_level": _PRECISION,
+    "hmp_verbose": _PRECISION, "cnmix": _PRECISION, "opt_level": _PRECISION,
+    # NVIDIA TF / MLPerf / Intel
+    "use_xla": _COMPILE, "xla": _COMPILE, "horovod": _LAUNCH, "num_gpus": _LAUNCH,
+    "distribution_strategy": _LAUNCH, "all_reduce_alg": _LAUNCH, "enable_scoped_allocator": _LAUNCH,
+    "manual_fp16": _PRECISION, "report_loss": "the loss is in metrics.jsonl",
+    "max_eval_steps": "--max_eval_samples", "ipex": _COMPILE, "jit_mode": _COMPILE, "use_jit": _COMPILE,
+    "use_ort": _COMPILE, "use_share_weight": _LAUNCH, "total_cores": _LAUNCH, "cores_per_instance": _LAUNCH,
+    "perf_begin_iter": "predict reports throughput and p50/p99 latency over all batches",
+    "perf_run_iters": "predict reports throughput and p50/p99 latency over all batches",
+    "benchmark": "predict reports throughput and p50/p99 latency in its results and metrics.jsonl",
+    "experimental_gelu": "GELU is exact (erf)", "optimized_softmax": "attention is torch's SDPA",
+}
+
+# Flags whose only supported value is the reference default (value compared as a bool word or a
+# number): anything else is refused with the reason.
+REFUSED = {
+    "version_2_with_negative": ("false", "SQuAD 2.0 (unanswerable questions) is not supported"),
+    "int8": ("false", "int8 inference is not supported; use --precision bf16"),
+    "resume_phase2": ("false", "resuming inside phase 2 is `--phase2 --resume_from_checkpoint` (bertforge "
+                               "tells phase-1 and phase-2 checkpoints apart by --phase1_end_step)"),
+    "start_warmup_step": ("0", "warmup starts at step 0"),
+    "null_score_diff_threshold": ("0.0", "SQuAD 2.0 (unanswerable questions) is not supported"),
+    # on the commands that only predict (where these are not fields)
+    "do_predict": ("true", "this command always predicts"),
+    "do_train": ("false", "this command does not train: bertforge finetune ... trains"),
+}
+
+# Flags that say the command line is NVIDIA's PyTorch scripts (or a port of them), whose
+# --train_batch_size is per optimizer step: no other family passes any of these, and none is
+# bertforge's own spelling of a field (--phase2 is both, so it is not here).
+NVIDIA_MARKERS = frozenset({
+    "config_file", "json-summary", "use_env", "phase1_end_step", "num_steps_per_checkpoint",
+    "allreduce_post_accumulation", "allreduce_post_accumulation_fp16", "amp", "skip_checkpoint",
+    "disable_progress_bar", "disable-progress-bar", "log_freq", "resume_from_checkpoint", "init_loss_scale",
+    "steps_this_run", "eval_script", "use_habana", "autocast", "use_fused_lamb", "use_fused_adam",
+    "use_lazy_mode", "enable_packed_data_mode", "checkpoint_activations", "resume_step",
+    "no_dense_sequence_output", "disable_jit_fusions", "cuda_graphs", "cnmix", "opt_level", "hmp",
+})
+
+# Flags of Google's (and MLPerf's) run_pretraining.py: AdamWeightDecay with linear (power 1)
+# decay over all steps after warmup measured in steps, unless --optimizer / --poly_power say otherwise.
+GOOGLE_PRETRAINING_MARKERS = frozenset({"num_train_steps", "num_warmup_steps", "input_file", "input_files_dir"})
+GOOGLE_DEFAULT_WARMUP_STEPS = 10000  # run_pretraining.py's --num_warmup_steps default
+
+# NVIDIA's --bert_model names (Hugging Face's pretrained names): architecture and casing.
+MODEL_NAMES = {
+    f"bert-{size}-{case}{wwm}": (size, case == "uncased")
+    for size in ("base", "large") for case in ("cased", "uncased") for wwm in ("", "-whole-word-masking")
+}
+
+# Process-wide settings (torch thread pools), applied by the CLI before any work.
+THREAD_FLAGS = {"intra_op_parallelism_threads": "intra", "num_intra_threads": "intra", "num-intra-threads": "intra",
+                "inter_op_parallelism_threads": "inter", "num_inter_threads": "inter", "num-inter-threads": "inter"}
+
+# `--mode` of Intel's launchers (benchmark / accuracy / profile) on commands that have no mode.
+INTEL_MODES = {"benchmark", "accuracy", "profile", "inference", "training"}
