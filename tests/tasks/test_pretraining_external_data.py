@@ -186,10 +186,11 @@ def test_reference_flag_names(data, tmp_path):
 
     pytorch = parse(["pretrain", "--input_dir", "d", "--eval_dir", "e", "--eval_iter_samples", "150000",
                      "--eval_iter_start_samples", "3000000", "--target_mlm_accuracy", "0.72",
-                     "--num_eval_examples", "10000", "--max_samples_termination", "4500000"])
+                     "--num_eval_examples", "10000", "--max_samples_termination", "4500000", "--max_steps", "1000"])
     tensorflow = parse(["pretrain", "--input_files_dir", "d", "--eval_files_dir", "e", "--samples_between_eval",
                         "150000", "--samples_start_eval", "3000000", "--stop_threshold", "0.72",
-                        "--max_eval_samples", "10000", "--max_samples_termination", "4500000"])
+                        "--max_eval_samples", "10000", "--max_samples_termination", "4500000",
+                        "--num_train_steps", "1000"])
     assert pytorch == tensorflow
     assert (pytorch.input_dir, pytorch.eval_dir, pytorch.samples_between_eval, pytorch.samples_start_eval,
             pytorch.stop_threshold, pytorch.max_eval_samples, pytorch.max_samples_termination) == \
