@@ -19,7 +19,7 @@ from conftest import shared
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("sklearn", "scipy", "onnx", "onnxruntime", "onnxscript", "tensorboard", "wandb", "matplotlib",
-            "fastapi", "uvicorn")
+            "fastapi", "uvicorn", "h5py")
 
 
 def pyproject() -> dict:
@@ -29,13 +29,13 @@ def pyproject() -> dict:
 def test_optional_packages_are_extras_not_core_dependencies():
     project = pyproject()["project"]
     core = " ".join(project["dependencies"]).lower()
-    for name in ("scikit-learn", "scipy", "onnx", "tensorboard", "wandb", "matplotlib", "fastapi", "uvicorn"):
+    for name in ("scikit-learn", "scipy", "onnx", "tensorboard", "wandb", "matplotlib", "fastapi", "uvicorn", "h5py"):
         assert name not in core
     extras = project["optional-dependencies"]
-    assert {"glue", "export", "tracking", "plot", "serve", "test"} <= extras.keys()
+    assert {"glue", "export", "tracking", "plot", "serve", "hdf5", "test"} <= extras.keys()
     assert any(d.startswith("onnxscript") for d in extras["export"])
     # CI installs .[test]: it must bring every extra so that their tests run
-    assert "bertforge[glue,export,tracking,plot,serve]" in extras["test"]
+    assert "bertforge[glue,export,tracking,plot,serve,hdf5]" in extras["test"]
 
 
 def test_every_module_imports_without_the_optional_packages():

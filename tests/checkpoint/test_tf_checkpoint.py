@@ -20,7 +20,8 @@ import pytest
 import torch
 import transformers
 
-from bertforge.checkpoint import common, google, tf_checkpoint
+from bertforge import tfwire
+from bertforge.checkpoint import common, google
 from bertforge.checkpoint import detect_format, load_checkpoint, load_into
 from bertforge.checkpoint.tf_checkpoint import (
     TFCheckpointReader, list_variables, read_tf_checkpoint, resolve_prefix,
@@ -28,6 +29,7 @@ from bertforge.checkpoint.tf_checkpoint import (
 from bertforge.errors import CheckpointError
 from bertforge.model import build_model
 from conftest import assert_same_qa_logits, random_batch
+from tf_wire_reference import crc32c_extend, masked_crc, pb_bytes, pb_int, varint
 
 TF = Path(__file__).resolve().parents[1] / "fixtures" / "tf"
 PRETRAINING, SQUAD, CLASSIFIER = TF / "uncased_L-2_H-16_A-2", TF / "squad_sharded", TF / "classifier"
@@ -45,38 +47,10 @@ def tf_listing(directory: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {name: (dtype, tuple(shape)) for name, (dtype, shape) in raw.items()}
 
 
-# ---- an independent CRC-32C (Castagnoli), straight from its definition ---------------------
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        c = byte
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32c_extend(crc: int, data: bytes) -> int:
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc(data: bytes) -> int:
-    crc = crc32c_extend(0, data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 @pytest.fixture
 def reference_crc(monkeypatch):
     """Make the reader verify checksums with the pure-Python CRC above (google-crc32c or not)."""
-    monkeypatch.setattr(tf_checkpoint, "_crc32c_extend", crc32c_extend)
+    monkeypatch.setattr(tfwire, "crc32c_extend", crc32c_extend)
 
 
 def test_reference_crc32c_is_crc32c():
@@ -199,7 +173,7 @@ def test_google_crc32c_when_installed_matches_the_reference(tmp_path):
 
 
 def test_without_crc32c_reading_still_works(monkeypatch):
-    monkeypatch.setattr(tf_checkpoint, "_crc32c_extend", None)
+    monkeypatch.setattr(tfwire, "crc32c_extend", None)
     reader = TFCheckpointReader(CLASSIFIER)
     assert not reader.verifies_checksums
     assert reader.read("output_bias").tobytes() == expected(CLASSIFIER)["output_bias"].tobytes()
@@ -282,29 +256,12 @@ def test_prefix_that_does_not_exist(tmp_path):
 # ---- an independent bundle writer, for inputs TensorFlow would never write ----------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _pb_int(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
-
-
-def _pb_bytes(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
 def _block(entries: list[tuple[bytes, bytes]], compression: int = 0) -> bytes:
     """Every entry a restart point (no shared key bytes), then the 5-byte trailer."""
     body, restarts = bytearray(), []
     for key, value in entries:
         restarts.append(len(body))
-        body += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
+        body += varint(0) + varint(len(key)) + varint(len(value)) + key + value
     restarts = restarts or [0]
     body += struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
     stored = bytes(body) + bytes([compression])
@@ -324,26 +281,26 @@ def write_bundle(prefix: Path, tensors: dict[str, np.ndarray], *, compression: i
         f = {"dtype": _TF_DTYPE[tensors[name].dtype], "shard": 0, "offset": len(data),
              "size": len(raw), "crc": masked_crc(raw)}
         f.update((overrides or {}).get(name, {}))
-        shape = b"".join(_pb_bytes(2, _pb_int(1, d)) for d in tensors[name].shape)
-        entry = (_pb_int(1, f["dtype"]) + _pb_bytes(2, shape) + _pb_int(3, f["shard"])
-                 + _pb_int(4, f["offset"]) + _pb_int(5, f["size"])
-                 + _varint(6 << 3 | 5) + struct.pack("<I", f["crc"]))
+        shape = b"".join(pb_bytes(2, pb_int(1, d)) for d in tensors[name].shape)
+        entry = (pb_int(1, f["dtype"]) + pb_bytes(2, shape) + pb_int(3, f["shard"])
+                 + pb_int(4, f["offset"]) + pb_int(5, f["size"])
+                 + varint(6 << 3 | 5) + struct.pack("<I", f["crc"]))
         entries.append((name.encode(), entry))
         data += raw
-    header = _pb_int(1, 1) + _pb_bytes(3, _pb_int(1, 1))
+    header = pb_int(1, 1) + pb_bytes(3, pb_int(1, 1))
     table, index = b"", []
     kvs = [(b"", header)] + entries
     for start in range(0, len(kvs), per_block):
         chunk = kvs[start:start + per_block]
         block = _block(chunk, compression)
-        index.append((chunk[-1][0], _varint(len(table)) + _varint(len(block) - 5)))
+        index.append((chunk[-1][0], varint(len(table)) + varint(len(block) - 5)))
         table += block
     meta_at = len(table)
     table += _block([])
     index_at = len(table)
     table += _block(index)
-    handles = (_varint(meta_at) + _varint(index_at - meta_at - 5)
-               + _varint(index_at) + _varint(len(table) - index_at - 5))
+    handles = (varint(meta_at) + varint(index_at - meta_at - 5)
+               + varint(index_at) + varint(len(table) - index_at - 5))
     footer = handles.ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57)
     Path(f"{prefix}.index").write_bytes(table + footer)
     Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))

@@ -14,35 +14,21 @@ import logging
 import os
 import re
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bertforge import tfwire
 from bertforge.errors import CheckpointError
+from bertforge.tfwire import masked_crc32c, proto_fields, varint
 
 log = logging.getLogger(__name__)
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
 _TRAILER_SIZE = 5
-_CRC_MASK_DELTA = 0xA282EAD8
-_CRC_CHUNK = 1 << 24  # google-crc32c takes bytes only: checksum large tensors in 16 MiB copies
-
-
-def _find_crc32c_extend() -> Callable[[int, bytes], int] | None:
-    try:
-        import google_crc32c
-    except ImportError:
-        return None
-    # Its pure-Python fallback would take minutes on BERT-large; then do without checksums.
-    return google_crc32c.extend if google_crc32c.implementation == "c" else None
-
-
-# `extend(crc, data) -> crc` of CRC-32C (Castagnoli), or None to skip verification.
-_crc32c_extend = _find_crc32c_extend()
 
 # TensorFlow DataType enum (types.proto) -> (name, numpy dtype). bfloat16 is kept as its bits.
 _DTYPES: dict[int, tuple[str, np.dtype | None]] = {
@@ -70,59 +56,20 @@ class TFVariable:
     num_slices: int  # > 0: a partitioned variable, saved in slices under other keys
 
 
-# ---- protobuf wire format (only what the two bundle protos need) --------------------------
-
-
-def _varint(buf: bytes, pos: int, where: str) -> tuple[int, int]:
-    """Decode a base-128 varint at `pos` -> (value, next position)."""
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise CheckpointError(f"{where}: malformed varint")
-        byte = buf[pos]
-        result |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
+# ---- the bundle protos (wire format: bertforge.tfwire) --------------------------------------
 
 
 def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _proto_fields(buf: bytes, where: str) -> list[tuple[int, int | bytes]]:
-    """A protobuf message -> [(field number, value)]: varints and fixed ints as int,
-    length-delimited fields as bytes. Groups (wire types 3, 4) never occur in these protos."""
-    fields: list[tuple[int, int | bytes]] = []
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos, where)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos, where)
-        elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
-        elif wire == 2:
-            length, pos = _varint(buf, pos, where)
-            value, pos = bytes(buf[pos:pos + length]), pos + length
-        elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
-        else:
-            raise CheckpointError(f"{where}: unsupported protobuf wire type {wire} (field {number})")
-        if pos > len(buf):
-            raise CheckpointError(f"{where}: protobuf field {number} runs past the end of its message")
-        fields.append((number, value))
-    return fields
-
-
 def _parse_shape(buf: bytes, where: str) -> tuple[int, ...]:
     """TensorShapeProto: repeated Dim dim = 2 (Dim: int64 size = 1); bool unknown_rank = 3."""
     dims = []
-    for number, value in _proto_fields(buf, where):
+    for number, value in proto_fields(buf, where, CheckpointError):
         if number == 2:
             size = 0
-            for dim_number, dim_value in _proto_fields(value, where):
+            for dim_number, dim_value in proto_fields(value, where, CheckpointError):
                 if dim_number == 1:
                     size = _signed64(dim_value)
             if size < 0:
@@ -137,7 +84,7 @@ def _parse_entry(name: str, buf: bytes, where: str) -> TFVariable:
     """BundleEntryProto: dtype = 1, shape = 2, shard_id = 3, offset = 4, size = 5,
     fixed32 crc32c = 6, repeated TensorSliceProto slices = 7."""
     dtype_enum, shape, shard, offset, size, crc, slices = 0, (), 0, 0, 0, None, 0
-    for number, value in _proto_fields(buf, where):
+    for number, value in proto_fields(buf, where, CheckpointError):
         if number == 1:
             dtype_enum = value
         elif number == 2:
@@ -172,13 +119,13 @@ def _parse_header(buf: bytes, where: str) -> _Header:
     """BundleHeaderProto: int32 num_shards = 1; Endianness endianness = 2 (LITTLE = 0);
     VersionDef version = 3 (producer = 1, min_consumer = 2)."""
     num_shards, endianness, min_consumer = 0, 0, 0
-    for number, value in _proto_fields(buf, where):
+    for number, value in proto_fields(buf, where, CheckpointError):
         if number == 1:
             num_shards = value
         elif number == 2:
             endianness = value
         elif number == 3:
-            for v_number, v_value in _proto_fields(value, where):
+            for v_number, v_value in proto_fields(value, where, CheckpointError):
                 if v_number == 2:
                     min_consumer = v_value
     return _Header(num_shards, endianness == 1, min_consumer)
@@ -187,22 +134,10 @@ def _parse_header(buf: bytes, where: str) -> _Header:
 # ---- the index table -----------------------------------------------------------------------
 
 
-def _masked_crc32c(data: bytes | bytearray | memoryview) -> int | None:
-    """TensorFlow's stored form of a CRC-32C (rotated and offset so that CRCs of data that
-    itself holds CRCs stay well distributed); None when no fast crc32c is installed."""
-    if _crc32c_extend is None:
-        return None
-    crc = 0
-    view = memoryview(data)
-    for start in range(0, len(view), _CRC_CHUNK):
-        crc = _crc32c_extend(crc, bytes(view[start:start + _CRC_CHUNK]))
-    return ((crc >> 15 | crc << 17) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
 def _block_handle(buf: bytes, pos: int, where: str) -> tuple[int, int, int]:
     """BlockHandle: varint64 offset, varint64 size -> (offset, size, next position)."""
-    offset, pos = _varint(buf, pos, where)
-    size, pos = _varint(buf, pos, where)
+    offset, pos = varint(buf, pos, where, CheckpointError)
+    size, pos = varint(buf, pos, where, CheckpointError)
     return offset, size, pos
 
 
@@ -215,7 +150,7 @@ def _read_block(table: bytes, offset: int, size: int, where: str) -> bytes:
     block = table[offset:end]
     compression = table[end]
     stored_crc = int.from_bytes(table[end + 1:end + _TRAILER_SIZE], "little")
-    actual = _masked_crc32c(table[offset:end + 1])
+    actual = masked_crc32c(table[offset:end + 1])
     if actual is not None and actual != stored_crc:
         raise CheckpointError(f"{where}: checksum mismatch in the block at offset {offset}; "
                               "the index file is corrupt")
@@ -245,9 +180,9 @@ def _block_entries(block: bytes, where: str) -> list[tuple[bytes, bytes]]:
     pos = 0
     while pos < restarts_at:
         entry_at = pos
-        shared, pos = _varint(block, pos, where)
-        unshared, pos = _varint(block, pos, where)
-        value_len, pos = _varint(block, pos, where)
+        shared, pos = varint(block, pos, where, CheckpointError)
+        unshared, pos = varint(block, pos, where, CheckpointError)
+        value_len, pos = varint(block, pos, where, CheckpointError)
         if shared > len(key) or (entry_at in restarts and shared):
             raise CheckpointError(f"{where}: block entry at {entry_at} shares {shared} bytes "
                                   f"with a key of {len(key)}; the index is corrupt")
@@ -362,7 +297,7 @@ class TFCheckpointReader:
         if header.num_shards < 1:
             raise CheckpointError(f"{where}: header says {header.num_shards} data shards")
         self.num_shards = header.num_shards
-        self.verifies_checksums = _crc32c_extend is not None
+        self.verifies_checksums = tfwire.crc32c_extend is not None
         if not self.verifies_checksums:
             log.info("google-crc32c is not installed: reading %s without verifying checksums",
                      self.prefix)
@@ -440,7 +375,7 @@ class TFCheckpointReader:
         if got != var.size:
             raise CheckpointError(f"{path}: truncated while reading {var.name!r}")
         if var.crc32c is not None:
-            actual = _masked_crc32c(buf)
+            actual = masked_crc32c(buf)
             if actual is not None and actual != var.crc32c:
                 raise CheckpointError(f"{path}: checksum mismatch for {var.name!r}; the data file "
                                       "is corrupt")

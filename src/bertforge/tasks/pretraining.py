@@ -1,6 +1,7 @@
 """BERT pretraining (`bertforge pretrain`): masked LM + next sentence prediction with LAMB,
-two phases (seq 128, then seq 512 from phase 1's weights), held-out MLM/NSP accuracy, atomic
-checkpoints and exact resume."""
+two phases (seq 128, then seq 512 from phase 1's weights), on prepared data or on the HDF5 /
+TFRecord files other toolkits prepared, MLM/NSP accuracy on a held-out split or a separate
+evaluation set (MLPerf's loop: `tasks.mlperf`), atomic checkpoints and exact resume."""
 
 from __future__ import annotations
 
@@ -14,36 +15,75 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertforge.data.pretraining import PretrainingDataset
+from bertforge.data.pretraining import PretrainingDataset, StaticMaskDataset, open_pretraining_data
 from bertforge.errors import ConfigError
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, write_json
+from bertforge.tasks.mlperf import RunStop, add_training_loop
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import StepPlan, trim_padding
-from bertforge.train.loop import Trainer, evaluate_every, to_device
+from bertforge.train.loop import Trainer, to_device
 from bertforge.train.runtime import DistInfo, Runtime
+from bertforge.validation import check_types
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
 class PretrainData:
-    """Shards written by `bertforge prepare pretraining`."""
+    """The training data, the evaluation set, and when to evaluate and stop (MLPerf's loop)."""
 
-    input_dir: str | None = None
-    """The prepared data directory (its train split trains, its held_out split evaluates)."""
+    input_dir: str | list[str] | None = None
+    """The training data: a directory `bertforge prepare pretraining` wrote (recommended: masks
+    are drawn anew each epoch), or files NVIDIA's, Habana's, Google's or MLPerf's scripts
+    prepared (HDF5 or TFRecord, read with the masks they hold) as a directory, a glob,
+    comma-separated paths or a list. Also --input_files_dir, --input_file."""
+    eval_dir: str | list[str] | None = None
+    """A separate evaluation set, in any format input_dir takes (prepared data: its train
+    split). Default: the held_out split of prepared input_dir data; other data has none. Also
+    --eval_files_dir."""
     eval_every: int | None = None
-    """Evaluate MLM/NSP accuracy on the held-out split every N steps (and at the end)."""
+    """Evaluate MLM/NSP accuracy every N steps (and at the end)."""
+    samples_between_eval: int | None = None
+    """Evaluate every this many training samples instead (MLPerf's schedule), and at the end.
+    Also --eval_iter_samples."""
+    samples_start_eval: int = 0
+    """With samples_between_eval: no evaluation before this many training samples. Also
+    --eval_iter_start_samples."""
+    stop_threshold: float | None = None
+    """End training at the first evaluation whose masked-LM accuracy reaches this (MLPerf:
+    0.720); metrics.jsonl gets a run_stop record with the time to train. Also --target_mlm_accuracy."""
+    max_samples_termination: int | None = None
+    """End training once this many samples are trained (MLPerf's budget; max_steps still holds)."""
     eval_batch_size: int = 64
     """Sequences per device per evaluation batch."""
     max_eval_samples: int | None = None
-    """Evaluate on at most this many held-out samples (all by default)."""
+    """Evaluate on the first this many samples of the evaluation set (all by default; MLPerf:
+    10000). Also --num_eval_examples."""
+    shuffle_window: int = 1
+    """HDF5/TFRecord data: files whose samples are shuffled together (each epoch shuffles the
+    file order, then the samples of each window of this many files). A rank holds about this
+    many files in memory."""
 
     def __post_init__(self) -> None:
-        for name in ("eval_every", "eval_batch_size", "max_eval_samples"):
+        check_types(self, "pretrain")
+        for name in ("eval_every", "samples_between_eval", "max_samples_termination", "eval_batch_size",
+                     "max_eval_samples", "shuffle_window"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
+        if self.samples_start_eval < 0:
+            raise ConfigError(f"--samples_start_eval must be >= 0, got {self.samples_start_eval}")
+        if self.eval_every and self.samples_between_eval:
+            raise ConfigError("--eval_every and --samples_between_eval both set when to evaluate; give one")
+        if self.samples_start_eval and not self.samples_between_eval:
+            raise ConfigError("--samples_start_eval delays --samples_between_eval's schedule; give both")
+        if self.stop_threshold is not None:
+            if not 0.0 < self.stop_threshold <= 1.0:
+                raise ConfigError(f"--stop_threshold is a masked-LM accuracy in (0, 1], got {self.stop_threshold}")
+            if not (self.eval_every or self.samples_between_eval):
+                raise ConfigError("--stop_threshold is checked at each evaluation: give --samples_between_eval "
+                                  "(or --eval_every)")
 
 
 def _pretrain_defaults() -> TrainArgs:
@@ -74,7 +114,8 @@ class PretrainRun:
     do_train: bool = True
     """Pretraining trains (the reference scripts' --do_train); false is refused."""
     do_eval: bool = True
-    """Evaluate MLM/NSP accuracy on the held-out split (at the end and every --eval_every steps)."""
+    """Evaluate MLM/NSP accuracy on the evaluation set (--eval_dir, or prepared data's held-out
+    split): at the end, and as --eval_every / --samples_between_eval say."""
     max_seq_length: int | None = None
     """As the reference scripts pass it: checked against the prepared data, which fixes it."""
     max_predictions_per_seq: int | None = None
@@ -100,10 +141,13 @@ class PretrainLoss:
                 "nsp": F.cross_entropy(out.nsp_logits.float(), batch["next_sentence_labels"], reduction="sum")}
 
 
+PretrainingData = PretrainingDataset | StaticMaskDataset
+
+
 class PretrainStepLoader:
     """The data set's global batches, this rank's rows cut into micro-batches."""
 
-    def __init__(self, dataset: PretrainingDataset, plan: StepPlan, rank: int):
+    def __init__(self, dataset: PretrainingData, plan: StepPlan, rank: int):
         self.dataset = dataset
         self.plan = plan
         self.rank = rank
@@ -126,18 +170,16 @@ class PretrainStepLoader:
 
 
 @torch.no_grad()
-def evaluate_heldout(model: nn.Module, dataset: PretrainingDataset, runtime: Runtime, batch_size: int,
-                     max_samples: int | None = None) -> dict[str, float]:
-    """MLM and NSP accuracy and loss over the held-out split (sums reduced over ranks)."""
+def evaluate_pretraining(model: nn.Module, dataset: PretrainingData, runtime: Runtime, batch_size: int,
+                         max_samples: int | None = None) -> dict[str, float]:
+    """MLM and NSP accuracy and loss over an evaluation set, its first `max_samples` samples if
+    given (sums reduced over ranks)."""
     model.eval()
     # mlm loss, mlm correct, masked, nsp loss, nsp correct, sequences: summed on the device
     sums = torch.zeros(6, dtype=torch.float64, device=runtime.device)
-    seen = 0
     t0 = time.perf_counter()
-    for batch in dataset.eval_batches(batch_size * runtime.world_size, runtime.dist.rank, runtime.world_size):
-        if max_samples is not None and seen >= max_samples:
-            break
-        seen += batch["input_ids"].shape[0] * runtime.world_size
+    for batch in dataset.eval_batches(batch_size * runtime.world_size, runtime.dist.rank, runtime.world_size,
+                                      max_samples):
         batch = to_device(trim_padding(batch), runtime.device)
         with runtime.autocast():
             out = model(**model_inputs(batch, "masked_lm_positions"))
@@ -164,20 +206,25 @@ class PretrainJob(Job):
 
     def __init__(self, cfg: PretrainRun):
         super().__init__(cfg)
-        self.train_set: PretrainingDataset | None = None
+        self.train_set: PretrainingData | None = None
+        self.eval_set: PretrainingData | None = None
         self.nvidia: NvidiaResume | None = None
+        self.plan: StepPlan | None = None
+        self.trainer: Trainer | None = None
+        self.run_stop: RunStop | None = None
 
     @property
     def training(self) -> bool:
         return True
 
     def check(self) -> None:
-        cfg = self.cfg
+        cfg, d = self.cfg, self.cfg.data
         if not cfg.do_train:
             raise ConfigError("--do_train=false: pretraining trains (evaluate a checkpoint with --do_eval on a "
                               "run of --max_steps 1, or fine-tune it)")
-        if cfg.data.input_dir is None:
-            raise ConfigError("--input_dir is required: a directory written by `bertforge prepare pretraining`")
+        if d.input_dir is None:
+            raise ConfigError("--input_dir is required: a directory written by `bertforge prepare pretraining`, "
+                              "or NVIDIA/Habana HDF5 or Google/MLPerf TFRecord files")
         self.nvidia = nvidia_resume_point(cfg)
         if cfg.phase2 and not cfg.model.init_checkpoint and self.nvidia is None:
             raise ConfigError("--phase2 starts from phase 1's weights: pass --init_checkpoint PHASE1_OUTPUT_DIR "
@@ -185,24 +232,47 @@ class PretrainJob(Job):
                               "interrupted phase 2)")
         if cfg.train.max_steps is None:
             raise ConfigError("pretraining runs for --max_steps optimizer steps; give --max_steps")
-        self.train_set = PretrainingDataset(cfg.data.input_dir, "train")
+        self.train_set = open_pretraining_data(d.input_dir, flag="--input_dir", seed=cfg.train.seed,
+                                               shuffle_window=d.shuffle_window)
+        packed = getattr(self.train_set, "layout", None) == "Habana packed HDF5"
         for name in ("max_seq_length", "max_predictions_per_seq"):
             given, prepared = getattr(cfg, name), getattr(self.train_set, name)
-            if given is not None and given != prepared:
-                raise ConfigError(f"--{name} {given}, but {cfg.data.input_dir} was prepared with {name}="
+            # A packed row holds P + (sequences per row) masked-LM entries; the flag gives P.
+            if given is not None and given != prepared and not (packed and name == "max_predictions_per_seq"
+                                                                 and given < prepared):
+                raise ConfigError(f"--{name} {given}, but {d.input_dir} was prepared with {name}="
                                   f"{prepared}; pass {prepared} (or leave the flag out: the data decides)")
+        asked = [f"--{n}" for n in ("eval_every", "samples_between_eval", "stop_threshold") if getattr(d, n)]
+        if not cfg.do_eval:
+            if asked:
+                raise ConfigError(f"--do_eval=false, but {' and '.join(asked)} asks for evaluations")
+            return
+        if d.eval_dir is not None:
+            self.eval_set = open_pretraining_data(d.eval_dir, flag="--eval_dir", seed=cfg.train.seed)
+        elif isinstance(self.train_set, PretrainingDataset):
+            self.eval_set = PretrainingDataset(self.train_set.data_dir, "held_out")
+            if self.eval_set.num_samples == 0:
+                self.eval_set = None
+        if self.eval_set is None and asked:
+            raise ConfigError(f"evaluation needs an evaluation set: --input_dir {d.input_dir} has no held-out "
+                              "split; give --eval_dir")
 
     def model_options(self) -> dict:
-        # The data was tokenized with a vocabulary and casing; a checkpoint's own, if it has
-        # one, must agree (load_model warns when casing does not).
+        # Prepared data was tokenized with a vocabulary and casing; a checkpoint's own, if it
+        # has one, must agree (load_model warns when casing does not). Other data names none.
         return {"default_vocab": self.train_set.vocab_file, "default_lower_case": self.train_set.do_lower_case}
 
     def check_model(self, config) -> None:
-        check_seq_length(self.train_set.max_seq_length, config)
+        for data in (self.train_set, self.eval_set):
+            if data is not None:
+                check_seq_length(data.max_seq_length, config)
+            if isinstance(data, StaticMaskDataset):
+                data.vocab_size = config.vocab_size  # its ids are checked as batches are read
 
     def train_loader(self, loaded: LoadedModel, plan: StepPlan, runtime: Runtime) -> PretrainStepLoader:
         log.info("pretraining%s: %d instances of length <= %d; %s", " phase 2" if self.cfg.phase2 else "",
                  self.train_set.num_samples, self.train_set.max_seq_length, self.cfg.data.input_dir)
+        self.plan = plan
         return PretrainStepLoader(self.train_set, plan, runtime.dist.rank)
 
     def loss(self) -> PretrainLoss:
@@ -212,24 +282,30 @@ class PretrainJob(Job):
         if self.nvidia is not None:
             import_nvidia_checkpoint(self.nvidia, self.cfg, trainer, loaded, runtime)
         d = self.cfg.data
-        if not self.cfg.do_eval:
-            return
-        heldout = PretrainingDataset(d.input_dir, "held_out")
-        if heldout.num_samples == 0:
-            log.warning("%s has no held-out instances: no MLM/NSP accuracy will be reported", d.input_dir)
-            return
-
-        def evaluate(step: int) -> dict:
-            result = evaluate_heldout(loaded.model, heldout, runtime, d.eval_batch_size, d.max_eval_samples)
-            return {**result, "lr": trainer.lr}
-
-        evaluate_every(trainer, d.eval_every, evaluate)
+        self.trainer = trainer
+        evaluate = None
+        if self.eval_set is not None:
+            def evaluate(step: int) -> dict:
+                result = evaluate_pretraining(loaded.model, self.eval_set, runtime, d.eval_batch_size,
+                                              d.max_eval_samples)
+                return {**result, "lr": trainer.lr}
+        elif self.cfg.do_eval:
+            log.warning("no evaluation set (%s has no held-out instances; --eval_dir names one): no MLM/NSP "
+                        "accuracy will be reported", d.input_dir)
+        self.run_stop = add_training_loop(
+            trainer, evaluate, per_step=self.plan.global_batch, eval_every=d.eval_every,
+            samples_between_eval=d.samples_between_eval, samples_start_eval=d.samples_start_eval,
+            stop_threshold=d.stop_threshold, max_samples_termination=d.max_samples_termination)
 
     def checkpoint_meta(self, loaded: LoadedModel, trainer: Trainer) -> dict:
         return {"task": "pretraining", "phase": 2 if self.cfg.phase2 else 1, "steps": trainer.step}
 
     def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
         summary = results["train"]
+        if self.trainer is not None and self.trainer.stop_reason is not None:
+            summary = {**summary, "stop_reason": self.trainer.stop_reason}
+        if self.run_stop is not None and self.run_stop.record is not None:
+            summary = {**summary, "run_stop": self.run_stop.record}
         if runtime.is_main:
             write_json(out / "train_summary.json", summary)
             log.info("pretraining done: %s", json.dumps(summary))

@@ -183,6 +183,7 @@ class TrainResult:
     samples: int
     first_loss: float | None
     last_loss: float | None
+    stop_reason: str | None = None  # why a callback ended the run early (request_stop)
 
 
 class MetricsLog:
@@ -204,7 +205,7 @@ Callback = Callable[["Trainer"], None]
 # on_record: a metrics record was just written (training, evaluation or an event such as a
 # resume), readable as trainer.record: trackers hang here. on_close: the run is over, finished or
 # not (an error, a preemption): trackers flush and close here, after every record.
-EVENTS = ("on_step_end", "on_log", "on_record", "on_train_end", "on_close")
+EVENTS = ("on_train_start", "on_step_end", "on_log", "on_record", "on_train_end", "on_close")
 
 
 @dataclass
@@ -259,6 +260,8 @@ class Trainer:
         self._fp16_skips_in_a_row = 0
         self._scale = self.state.scaler.get_scale()  # the loss scale after the latest checked step
         self._preempt = threading.Event()
+        self.stop_reason: str | None = None  # set by request_stop
+        self._saved_step: int | None = None  # the step of the latest checkpoint this run wrote
         self._loader_state = loader.state_dict()  # the data position after the latest step
         # Every rank starts from the same weights (seeded before the model was built); from here
         # each rank draws its own dropout masks, deterministically from (seed, rank). A resumed
@@ -283,12 +286,23 @@ class Trainer:
         self.record = record
         self.trigger("on_record")
 
+    def request_stop(self, reason: str) -> None:
+        """End `fit()` after the current step as the last step would end it (final checkpoint
+        with --save_every, on_train_end callbacks, the model saved by the caller). For callbacks
+        that decide a run is done (a target accuracy reached, a sample budget spent). Every rank
+        must ask at the same step: decide from values all ranks share (all-reduced metrics,
+        step counts)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("step %d: stopping (%s)", self.step, reason)
+
     # ---- checkpoints -----------------------------------------------------------------------
 
     def save(self) -> Path:
         """A resumable checkpoint of the current step (every rank calls it). Refuses to write
         weights that went non-finite."""
         self._check_finite()
+        self._saved_step = self.step
         state = {"optimizer": self.state.optimizer.state_dict(), "schedule": self.state.schedule.state_dict(),
                  "scaler": self.state.scaler.state_dict()}
         meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed}
@@ -433,7 +447,9 @@ class Trainer:
         # prefetching the loader itself is already ahead of the step being trained.
         iterator = iter(Prefetcher(_with_position(self.loader), rt.num_workers,
                                    pin=rt.device.type != "cpu"))
-        while self.step < self.total_steps:
+        self.trigger("on_train_start")
+        out = None
+        while self.step < self.total_steps and self.stop_reason is None:
             micro, self._loader_state = next(iterator)
             self.lr = self.state.schedule.get_last_lr()[0]
             out = train_step(self.state, self.loss, micro)
@@ -463,12 +479,17 @@ class Trainer:
                 bar.close()
                 self._on_preemption()
         bar.close()
+        if window.samples:  # a stop requested between log lines: log the steps since the last
+            self.last_record = self._log_record(window, out.grad_norm)
+            first_loss = self.last_record["loss"] if first_loss is None else first_loss
+            self.trigger("on_log")
         self._check_finite()
-        if cfg.save_every:
+        if cfg.save_every and self._saved_step != self.step:
             self.save()
         self.trigger("on_train_end")
         last = self.last_record["loss"] if self.last_record else None
-        return TrainResult(self.step - start_step, time.perf_counter() - t0, samples, first_loss, last)
+        return TrainResult(self.step - start_step, time.perf_counter() - t0, samples, first_loss, last,
+                           self.stop_reason)
 
     def _on_preemption(self) -> None:
         saved = None
@@ -502,8 +523,17 @@ def _with_position(loader: StepLoader):
 def evaluate_every(trainer: Trainer, every: int | None, evaluate: Callable[[int], dict | None]) -> None:
     """Register `evaluate(step)` to run every `every` steps and after the last step; its result
     is logged as an eval record."""
+    evaluate_on(trainer, (lambda step: step % every == 0) if every else None, evaluate)
+
+
+def evaluate_on(trainer: Trainer, due: Callable[[int], bool] | None,
+                evaluate: Callable[[int], dict | None]) -> None:
+    """Register `evaluate(step)` to run after each step where `due(step)` holds, and after the
+    last step unless it just ran; its result is logged as an eval record."""
+    evaluated_at: list[int] = []
 
     def run_eval(t: Trainer) -> None:
+        evaluated_at[:] = [t.step]
         t.model.eval()
         with torch.no_grad():
             result = evaluate(t.step)
@@ -512,7 +542,6 @@ def evaluate_every(trainer: Trainer, every: int | None, evaluate: Callable[[int]
             t.log({"step": t.step, "split": "eval", **result})
             log.info("step %d eval: %s", t.step, json.dumps(json_safe(result)))
 
-    if every:
-        trainer.add_callback("on_step_end", lambda t: run_eval(t) if t.step % every == 0 else None)
-    trainer.add_callback("on_train_end", lambda t: run_eval(t) if not every or t.step % every else None)
-
+    if due is not None:
+        trainer.add_callback("on_step_end", lambda t: run_eval(t) if due(t.step) else None)
+    trainer.add_callback("on_train_end", lambda t: run_eval(t) if evaluated_at != [t.step] else None)

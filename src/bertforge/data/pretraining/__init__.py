@@ -12,12 +12,21 @@ training reads a batch. One module a stage:
     shards     shard files and the manifest
     prepare    prepare_pretraining_data, the orchestration
     dataset    PretrainingDataset, the reader with dynamic masking
+    sampling   EpochCursor: batching, rank sharding and the resumable cursor both readers share
+
+Data other toolkits prepared, read with the masks it holds:
+
+    hdf5          NVIDIA DeepLearningExamples' and Habana's packed HDF5 shards
+    tfrecord      Google's and MLPerf's TFRecords of tf.train.Example, without TensorFlow
+    static_masks  StaticMaskDataset, the reader over such files (streamed, shuffled by windows)
+    sources       open_pretraining_data: which reader a --input_dir / --eval_dir value needs
 
 docs/pretraining_data.md records the design choices and their measurements.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from bertforge.data.pretraining.config import PrepareConfig
@@ -27,15 +36,20 @@ from bertforge.data.pretraining.shards import INDEX_DTYPE, MANIFEST, VOCAB, read
 
 if TYPE_CHECKING:
     from bertforge.data.pretraining.dataset import PretrainingDataset
+    from bertforge.data.pretraining.sources import open_pretraining_data
+    from bertforge.data.pretraining.static_masks import StaticMaskDataset
 
 __all__ = ["INDEX_DTYPE", "MANIFEST", "SPLITS", "VOCAB", "PrepareConfig", "PretrainingDataset",
-           "prepare_pretraining_data", "read_manifest"]
+           "StaticMaskDataset", "open_pretraining_data", "prepare_pretraining_data", "read_manifest"]
+
+# The readers need torch; the spawned preparation workers import this package (to reach
+# `instances`) and should not pay for torch, so the readers are imported on first use.
+_LAZY = {"PretrainingDataset": "dataset", "StaticMaskDataset": "static_masks",
+         "open_pretraining_data": "sources"}
 
 
 def __getattr__(name: str) -> Any:
-    # The reader needs torch; the spawned preparation workers import this package (to reach
-    # `instances`) and should not pay for torch, so the reader is imported on first use.
-    if name == "PretrainingDataset":
-        from bertforge.data.pretraining.dataset import PretrainingDataset
-        return PretrainingDataset
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

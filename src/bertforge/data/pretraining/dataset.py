@@ -4,14 +4,12 @@ Shards are memory-mapped; a batch reads only its rows. Each sample's mask is dra
 (seed, split, epoch, sample index) as Google's `create_masked_lm_predictions` draws them, with
 two deviations: 15% of the maskable tokens (Google counts [CLS] and [SEP] in the base), and
 random replacements never special tokens. Epoch e visits the samples in a permutation drawn from
-(seed, e); rank r of w takes rows [r*B, (r+1)*B) of each global batch; the cursor (epoch,
-position in samples) makes resume exact for any world size with the same global batch.
+(seed, e); batching, sharding across ranks and the resumable cursor are `EpochCursor`'s.
 docs/pretraining_data.md has the details and the reasons.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +17,17 @@ import numpy as np
 import torch
 
 from bertforge.data.pretraining.corpus import SPLITS
+from bertforge.data.pretraining.sampling import Batch, EpochCursor
 from bertforge.data.pretraining.shards import MANIFEST, VOCAB, read_manifest
-from bertforge.errors import CheckpointError, ConfigError, DataError
+from bertforge.errors import DataError
 from bertforge.tokenization import SPECIAL_TOKENS, load_vocab
 
 # Stream tags, so the permutation and mask generators never share a seed sequence.
 _ORDER_STREAM = 0
 _MASK_STREAM = 1
 
-Batch = dict[str, torch.Tensor]
 
-
-class PretrainingDataset:
+class PretrainingDataset(EpochCursor):
     """One split of a prepared data set, read as batches of dicts of tensors.
 
     Batch keys and shapes (B rows, T = max_seq_length, or the longest row with
@@ -66,8 +63,8 @@ class PretrainingDataset:
         self._ends = np.cumsum([s["instances"] for s in self._shards], dtype=np.int64)
         self._init_vocab(self.data_dir / VOCAB)
         self._open_shards()
-        self._epoch = 0
-        self._position = 0
+        self.source = f"split {split!r} of {self.data_dir}"
+        self._init_cursor()
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     # ---- setup ----------------------------------------------------------------------------
@@ -119,9 +116,6 @@ class PretrainingDataset:
     @property
     def num_samples(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     def instance(self, i: int) -> tuple[np.ndarray, int, int, int]:
         """Sample i unmasked: (input_ids (L,) int64, start of segment B, NSP label, document)."""
@@ -199,7 +193,7 @@ class PretrainingDataset:
                   "next_sentence_labels": nsp}
         return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
-    # ---- order and iteration --------------------------------------------------------------
+    # ---- order (batching, sharding and resume: EpochCursor) --------------------------------
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The permutation of sample indices that epoch `epoch` visits."""
@@ -210,56 +204,8 @@ class PretrainingDataset:
             self._order_cache = (epoch, order)
         return self._order_cache[1]
 
-    def batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1
-                ) -> Iterator[Batch]:
-        """Training batches from the cursor on, epoch after epoch, without end: this rank's
-        B = global_batch_size / world_size rows of each global batch (see the module docstring).
-        Advances the cursor; make a new iterator after `load_state_dict`."""
-        per_rank = _per_rank(global_batch_size, rank, world_size)
-        if global_batch_size > self.num_samples:
-            raise ConfigError(f"global batch size {global_batch_size} exceeds the "
-                              f"{self.num_samples} samples of split {self.split!r}")
-        while True:
-            order = self.epoch_order(self._epoch)
-            while self._position + global_batch_size <= self.num_samples:
-                first = self._position + rank * per_rank
-                indices, epoch = order[first:first + per_rank], self._epoch
-                self._position += global_batch_size
-                yield self.collate(indices, epoch)
-            self._epoch, self._position = self._epoch + 1, 0
+    def epoch_indices(self, epoch: int, lo: int, hi: int) -> np.ndarray:
+        return self.epoch_order(epoch)[lo:hi]
 
-    def eval_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1
-                     ) -> Iterator[Batch]:
-        """Every sample once, in stored order, masks of epoch 0: rows [r*B, (r+1)*B) of each
-        global batch; the last global batch may be short, so a rank can get a short batch or
-        none (reduce sums, not per-batch means, across ranks). Leaves the cursor alone."""
-        per_rank = _per_rank(global_batch_size, rank, world_size)
-        for first in range(0, self.num_samples, global_batch_size):
-            lo = first + rank * per_rank
-            hi = min(lo + per_rank, self.num_samples)
-            if lo < hi:
-                yield self.collate(np.arange(lo, hi), 0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
-                "num_samples": self.num_samples, "split": self.split}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "num_samples", "split"):
-            if state.get(key) != getattr(self, key):
-                raise CheckpointError(
-                    f"data state has {key}={state.get(key)!r} but the data set in "
-                    f"{self.data_dir} has {getattr(self, key)!r}; resume needs the same data")
-        if not 0 <= state["position"] <= self.num_samples or state["epoch"] < 0:
-            raise CheckpointError(f"data state out of range: epoch {state['epoch']}, "
-                                  f"position {state['position']} of {self.num_samples}")
-        self._epoch, self._position = int(state["epoch"]), int(state["position"])
-
-
-def _per_rank(global_batch_size: int, rank: int, world_size: int) -> int:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
-    if global_batch_size < 1 or global_batch_size % world_size:
-        raise ConfigError(f"global batch size {global_batch_size} must be a positive multiple "
-                          f"of the world size {world_size}")
-    return global_batch_size // world_size
+    def identity(self) -> dict[str, Any]:
+        return {"seed": self.seed, "num_samples": self.num_samples, "split": self.split}
