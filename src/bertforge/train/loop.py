@@ -157,11 +157,13 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
         for k in keys:
             sums[k] = sums[k] + terms[k].detach().float() if k in sums else terms[k].detach().float()
     state.scaler.unscale_(state.optimizer)
+    # foreach=None: multi-tensor kernels wherever the device has them (CUDA, CPU, XPU, ...), a
+    # per-tensor loop on devices without (where foreach=True would raise); no host read either way.
     if state.max_grad_norm is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm, foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm, foreach=None)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in state.params if p.grad is not None],
-                                                  foreach=True)
+                                                  foreach=None)
     state.scaler.step(state.optimizer)  # skipped by the scaler when fp16 gradients overflowed
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
