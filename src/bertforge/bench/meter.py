@@ -185,12 +185,14 @@ def device_name(device: torch.device) -> str:
 
 
 def compile_counters() -> dict[str, int]:
-    """torch.compile's running totals: frames compiled (a recompilation compiles its frame again),
-    graphs, graph breaks."""
+    """torch.compile's running totals: frames compiled, graphs, graph breaks, and recompilations
+    (compilations of a frame after its first: new guards failed, e.g. a shape or a constant)."""
     try:
+        from torch._dynamo.convert_frame import FRAME_COMPILE_COUNTER
         from torch._dynamo.utils import counters
     except ImportError:  # pragma: no cover - torch builds without dynamo
         return {}
     return {"compiled_frames": int(counters["frames"].get("total", 0)),
             "graphs": int(counters["stats"].get("unique_graphs", 0)),
-            "graph_breaks": int(sum(counters["graph_break"].values()))}
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "recompiles": int(sum(n - 1 for n in FRAME_COMPILE_COUNTER.values() if n > 1))}
