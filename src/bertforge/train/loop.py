@@ -43,6 +43,7 @@ from bertforge.fileio import json_safe
 from bertforge.runconfig import TrainArgs
 from bertforge.train import checkpoints
 from bertforge.train.batching import Prefetcher
+from bertforge.train.hostmem import HeapTrimmer
 from bertforge.train.optim import build_optimizer, build_schedule, lr_multiplier
 from bertforge.train.runtime import Runtime
 
@@ -255,6 +256,8 @@ class Trainer:
         self._scale = self.state.scaler.get_scale()  # the loss scale after the latest checked step
         self._preempt = threading.Event()
         self._loader_state = loader.state_dict()  # the data position after the latest step
+        # CPU training: activations live in the host heap, whose freed memory creeps up otherwise.
+        self._heap = HeapTrimmer() if runtime.device.type == "cpu" else None
         # Every rank starts from the same weights (seeded before the model was built); from here
         # each rank draws its own dropout masks, deterministically from (seed, rank). A resumed
         # run restores the generators' states instead.
@@ -426,6 +429,8 @@ class Trainer:
             micro, self._loader_state = next(iterator)
             self.lr = self.state.schedule.get_last_lr()[0]
             out = train_step(self.state, self.loss, micro)
+            if self._heap is not None:
+                self._heap.after_step()
             self.step += 1
             self._unchecked.append((self.step, self._health(out)))
             samples += window.add(out, micro, rt.world_size)
