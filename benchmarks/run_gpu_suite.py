@@ -131,11 +131,15 @@ def run_bench(case: Case, smoke: bool) -> dict:
     return result
 
 
-def run_sanity_case(smoke: bool) -> dict:
+def run_sanity_case(out: Path, smoke: bool) -> dict:
     from bertforge.bench.sanity import SanityArgs, run_sanity
 
     args = (SanityArgs(device="cpu", bert_model="tiny", batch=4, seq=64, steps=2) if smoke else SanityArgs())
-    return run_sanity(args)
+    partial = out / "sanity.json"  # rewritten after every check: a case stopped at its limit keeps them
+
+    def save(report: dict) -> None:
+        partial.write_text(json.dumps({"case": "sanity", "kind": "sanity", "partial": True, **report}, indent=2))
+    return run_sanity(args, after_check=save)
 
 
 def run_accuracy(out: Path, smoke: bool, extra: list[str]) -> dict:
@@ -180,7 +184,8 @@ def _minilm_site(tmp: Path) -> str | None:
         if f.suffix != ".safetensors":
             (model / f.name).write_bytes(f.read_bytes())
     weights = load_file(bundled / "model_fp16.safetensors")
-    save_file({k: v.to(torch.float32) for k, v in weights.items()}, model / "model.safetensors")
+    save_file({k: v.to(torch.float32) if v.dtype == torch.float16 else v for k, v in weights.items()},
+              model / "model.safetensors")
     (package / "__init__.py").write_text(
         "from pathlib import Path\n\n\ndef get_model_path() -> Path:\n"
         "    return Path(__file__).resolve().parent / 'model'\n")
@@ -215,7 +220,7 @@ def run_case(name: str, out: Path, smoke: bool, accuracy_args: list[str]) -> dic
         return {"case": name, "skipped": "needs CUDA"}
     started = time.monotonic()
     if case.kind == "sanity":
-        result = run_sanity_case(smoke)
+        result = run_sanity_case(out, smoke)
     elif case.kind == "accuracy":
         result = run_accuracy(out, smoke, accuracy_args)
     else:
@@ -294,8 +299,30 @@ def targets(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def step_fit(r: dict) -> dict | None:
+    """Device ms per step against real tokens per step (least squares): the fixed cost of a step
+    (intercept) is what a token budget could save by evening steps out; with unpadding, the rest
+    follows the tokens whatever their grouping."""
+    ms, tokens = r.get("bertforge", {}).get("step_ms"), r.get("step_tokens")
+    if not ms or not tokens or len(set(tokens)) < 3:
+        return None
+    n = len(ms)
+    mt, mm = sum(tokens) / n, sum(ms) / n
+    var = sum((t - mt) ** 2 for t in tokens)
+    slope = sum((t - mt) * (m - mm) for t, m in zip(tokens, ms)) / var
+    intercept = mm - slope * mt
+    residual = sum((m - intercept - slope * t) ** 2 for t, m in zip(tokens, ms))
+    total = sum((m - mm) ** 2 for m in ms)
+    return {"ms_fixed": intercept, "ms_per_1k_tokens": 1000 * slope, "r2": 1 - residual / total if total else None,
+            "fixed_share_at_mean": intercept / mm, "tokens_min_max": [min(tokens), max(tokens)]}
+
+
 def others(rows: list[dict]) -> str:
     parts = []
+    fits = {r["case"]: step_fit(r) for r in rows if step_fit(r)}
+    if fits:
+        parts.append("## Step time against tokens per step (token budget question)\n\n```json\n"
+                     f"{json.dumps(fits, indent=1)}\n```\n")
     for r in rows:
         if r.get("kind") == "sanity":
             parts.append(f"## sanity: {'ok' if r.get('ok') else 'FAILED'}\n\n```json\n"
@@ -355,8 +382,12 @@ def _child(name: str, args, out: Path, timeout: float) -> tuple[dict | None, str
     if found:
         return json.loads(found[-1][len("RESULT "):]), output
     tail = " / ".join(output.strip().splitlines()[-3:])
-    return {"case": name, "kind": BY_NAME[name].kind, "target": BY_NAME[name].target,
-            "error": f"{status}: {tail[-300:]}"}, output
+    failed = {"case": name, "kind": BY_NAME[name].kind, "target": BY_NAME[name].target,
+              "error": f"{status}: {tail[-300:]}"}
+    partial = out / "sanity.json"
+    if name == "sanity" and partial.is_file():  # the checks it finished
+        failed = {**json.loads(partial.read_text()), **failed}
+    return failed, output
 
 
 def run_suite(args, out: Path) -> int:
@@ -377,6 +408,8 @@ def run_suite(args, out: Path) -> int:
             print(f"== {name}: skipped, time budget spent", flush=True)
             continue
         print(f"== {name} ({left:.0f} s of budget left)", flush=True)
+        if name == "sanity":
+            (out / "sanity.json").unlink(missing_ok=True)  # what it writes as it goes is this run's
         started = time.monotonic()
         if args.in_process:
             try:

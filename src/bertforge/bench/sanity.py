@@ -55,8 +55,9 @@ class SanityArgs:
     seed: int = 0
 
 
-def run_sanity(args: SanityArgs) -> dict:
-    """Every check, in order; returns {check name: result} plus what it ran on."""
+def run_sanity(args: SanityArgs, after_check: Callable[[dict], None] | None = None) -> dict:
+    """Every check, in order; returns {check name: result} plus what it ran on. `after_check`
+    gets the report so far after each check (a run cut short keeps what it checked)."""
     device = torch.device(args.device)
     report: dict = {"torch": torch.__version__, "device": str(device),
                     "flash_varlen_available": bert_module._flash_varlen_on(device),
@@ -70,6 +71,8 @@ def run_sanity(args: SanityArgs) -> dict:
         except Exception as e:  # noqa: BLE001 - one broken check must not hide the others
             report[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500],
                             "where": _where(e)}
+        if after_check is not None:
+            after_check(report)
     report["ok"] = all(r.get("ok") is not False for r in report.values() if isinstance(r, dict))
     return report
 
