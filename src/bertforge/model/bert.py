@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from bertforge.config import BertConfig
 from bertforge.errors import DataError
@@ -241,7 +242,20 @@ def _flash_varlen_attention(q: Tensor, k: Tensor, v: Tensor, layout: Unpadded,
 
 def _per_sequence_attention(q: Tensor, k: Tensor, v: Tensor, lengths: list[int],
                             dropout_p: float) -> Tensor:
-    """q, k, v: (N, nh, hd), sequences back to back -> (N, nh, hd)."""
+    """q, k, v: (N, nh, hd), sequences back to back -> (N, nh, hd).
+
+    Training with attention dropout recomputes the attention in the backward pass instead of
+    keeping it (torch.utils.checkpoint; the dropout masks are replayed from the saved RNG state):
+    with dropout SDPA runs its math kernel on the CPU, which would keep 9 bytes per score (the
+    probabilities, the mask, the dropped probabilities) for every layer until the backward pass,
+    about a third of a fine-tune's peak memory (docs/memory.md)."""
+    if dropout_p > 0 and torch.is_grad_enabled() and q.requires_grad:
+        return checkpoint(_attend_each, q, k, v, lengths, dropout_p, use_reentrant=False)
+    return _attend_each(q, k, v, lengths, dropout_p)
+
+
+def _attend_each(q: Tensor, k: Tensor, v: Tensor, lengths: list[int], dropout_p: float) -> Tensor:
+    """SDPA per sequence: q, k, v (N, nh, hd) -> (N, nh, hd)."""
     out = [F.scaled_dot_product_attention(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1),
                                           dropout_p=dropout_p).transpose(0, 1)  # (L_i, nh, hd)
            for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))]

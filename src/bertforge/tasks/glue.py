@@ -41,12 +41,17 @@ class GlueData:
     """Tokens per example: [CLS] sentence A [SEP] (sentence B [SEP]); longer pairs are cut."""
     eval_batch_size: int = 64
     """Sequences per device per prediction batch (also --predict_batch_size)."""
+    max_tokens_per_batch: int | None = None
+    """Also cap each prediction batch at this many tokens (rows x its longest example, rounded up
+    to 8; examples are batched by length): short examples then share bigger batches, so every
+    batch costs about the same. Predictions do not change."""
 
     def __post_init__(self) -> None:
         data.get_task(self.task_name)  # an unknown task fails here, naming the valid ones
-        for name in ("max_seq_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
 
 
 @dataclass(kw_only=True)
@@ -228,6 +233,11 @@ class GlueJob(Job):
         evaluate_during_training(self, trainer, loaded, runtime, lambda: self.evaluate(loaded, runtime)[0],
                                  self.task.metrics[0])
 
+    def _predict(self, loaded: LoadedModel, runtime: Runtime, features: data.GlueFeatures, desc: str):
+        d = self.cfg.data
+        return predict_timed(loaded.model, _arrays(features), d.eval_batch_size, runtime, _logits, desc=desc,
+                             progress=self.progress, max_tokens=d.max_tokens_per_batch)
+
     def evaluate(self, loaded: LoadedModel, runtime: Runtime) -> tuple[dict, InferenceStats]:
         """The dev metrics, and how fast the dev set(s) were predicted."""
         task, metrics = self.task, {}
@@ -235,8 +245,7 @@ class GlueJob(Job):
         timing = InferenceStats(0, 0, 0.0, [])
         for split in dev:
             features = self._features(loaded, split.name)
-            (logits,), stats = predict_timed(loaded.model, _arrays(features), self.cfg.data.eval_batch_size, runtime,
-                                             _logits, desc=f"eval {split.name}", progress=self.progress)
+            (logits,), stats = self._predict(loaded, runtime, features, f"eval {split.name}")
             timing = InferenceStats(timing.sequences + stats.sequences, timing.batches + stats.batches,
                                     timing.seconds + stats.seconds, timing.latencies_ms + stats.latencies_ms)
             scores = compute_metrics(task, logits, features.labels)
@@ -258,8 +267,7 @@ class GlueJob(Job):
         if cfg.do_predict:
             for split in task.splits_of("test"):
                 features = self._features(loaded, split.name)
-                (logits,) = predict(loaded.model, _arrays(features), cfg.data.eval_batch_size, runtime,
-                                    _logits, desc=f"predict {split.name}", progress=self.progress)
+                (logits,), _ = self._predict(loaded, runtime, features, f"predict {split.name}")
                 if runtime.is_main:
                     path = data.write_submission(out, task, logits, split.name, indices=features.guids)
                     log.info("submission written to %s", path)

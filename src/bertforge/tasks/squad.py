@@ -44,6 +44,10 @@ class SquadPredictData:
     """Questions longer than this many tokens are cut."""
     predict_batch_size: int = 64
     """Sequences per device per prediction batch."""
+    max_tokens_per_batch: int | None = None
+    """Also cap each prediction batch at this many tokens (rows x its longest window, rounded up to
+    8; windows are batched by length): short windows then share bigger batches, so every batch
+    costs about the same. Predictions do not change."""
     n_best_size: int = 20
     """Start and end candidates considered per window (and answers listed per question)."""
     max_answer_length: int = 30
@@ -51,9 +55,10 @@ class SquadPredictData:
 
     def __post_init__(self) -> None:
         for name in ("max_seq_length", "doc_stride", "max_query_length", "predict_batch_size",
-                     "n_best_size", "max_answer_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+                     "n_best_size", "max_answer_length", "max_tokens_per_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
         if self.max_seq_length < self.max_query_length + 4:
             raise ConfigError(f"--max_seq_length {self.max_seq_length} leaves no room for the context after "
                               f"a question of --max_query_length {self.max_query_length} and 3 special tokens")
@@ -285,7 +290,8 @@ def predict_answers(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, 
     """(predictions, n-best lists) on rank 0 (every rank predicts its share; None elsewhere), and
     how fast the windows were predicted."""
     (start, end), stats = predict_timed(loaded.model, model_arrays(features, False), d.predict_batch_size,
-                                        runtime, span_logits, desc="predict", progress=progress, per_token=True)
+                                        runtime, span_logits, desc="predict", progress=progress, per_token=True,
+                                        max_tokens=d.max_tokens_per_batch)
     if not runtime.is_main:
         return None, stats
     return data.postprocess(examples, features, start, end, d.n_best_size, d.max_answer_length,

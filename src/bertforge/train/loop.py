@@ -43,6 +43,7 @@ from bertforge.fileio import json_safe
 from bertforge.runconfig import TrainArgs
 from bertforge.train import checkpoints
 from bertforge.train.batching import Prefetcher
+from bertforge.train.hostmem import HeapTrimmer
 from bertforge.train.optim import build_optimizer, build_schedule, lr_multiplier
 from bertforge.train.runtime import Runtime
 
@@ -157,11 +158,13 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
         for k in keys:
             sums[k] = sums[k] + terms[k].detach().float() if k in sums else terms[k].detach().float()
     state.scaler.unscale_(state.optimizer)
+    # foreach=None: multi-tensor kernels wherever the device has them (CUDA, CPU, XPU, ...), a
+    # per-tensor loop on devices without (where foreach=True would raise); no host read either way.
     if state.max_grad_norm is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm, foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm, foreach=None)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in state.params if p.grad is not None],
-                                                  foreach=True)
+                                                  foreach=None)
     state.scaler.step(state.optimizer)  # skipped by the scaler when fp16 gradients overflowed
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
@@ -263,6 +266,8 @@ class Trainer:
         self.stop_reason: str | None = None  # set by request_stop
         self._saved_step: int | None = None  # the step of the latest checkpoint this run wrote
         self._loader_state = loader.state_dict()  # the data position after the latest step
+        # CPU training: activations live in the host heap, whose freed memory creeps up otherwise.
+        self._heap = HeapTrimmer() if runtime.device.type == "cpu" else None
         # Every rank starts from the same weights (seeded before the model was built); from here
         # each rank draws its own dropout masks, deterministically from (seed, rank). A resumed
         # run restores the generators' states instead.
@@ -453,6 +458,8 @@ class Trainer:
             micro, self._loader_state = next(iterator)
             self.lr = self.state.schedule.get_last_lr()[0]
             out = train_step(self.state, self.loss, micro)
+            if self._heap is not None:
+                self._heap.after_step()
             self.step += 1
             self._unchecked.append((self.step, self._health(out)))
             samples += window.add(out, micro, rt.world_size)
