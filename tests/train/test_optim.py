@@ -325,3 +325,36 @@ def test_trainer_logs_the_learning_rate_each_step_used(tmp_path):
     logged = {r["step"]: r["lr"] for r in records}
     assert logged == pytest.approx({k: peak * closed_form(k - 1, total, 2) for k in range(1, total + 1)},
                                    abs=1e-15)
+
+
+def test_lamb_takes_a_trust_ratio_per_stacked_part():
+    """A fused (3H, H) query/key/value weight with parts=3 steps exactly as its three (H, H)
+    blocks stepped as separate tensors (as NVIDIA's and transformers' models hold them)."""
+    torch.manual_seed(0)
+    h = 8
+    fused = torch.nn.Parameter(torch.randn(3 * h, h))
+    blocks = [torch.nn.Parameter(b.detach().clone() * s) for b, s in zip(fused.detach().chunk(3), (1.0, 1.0, 1.0))]
+    with torch.no_grad():  # parts of very different scale, so one shared ratio would differ
+        fused[h:2 * h] *= 10.0
+        blocks[1] *= 10.0
+    grads = torch.randn(3 * h, h)
+    one = Lamb([{"params": [fused], "weight_decay": 0.01, "parts": [3]}], lr=1e-2, weight_decay=0.01)
+    three = Lamb([{"params": blocks, "weight_decay": 0.01}], lr=1e-2, weight_decay=0.01)
+    shared = torch.nn.Parameter(fused.detach().clone())
+    unsplit = Lamb([{"params": [shared], "weight_decay": 0.01}], lr=1e-2, weight_decay=0.01)
+    for _ in range(3):
+        fused.grad, shared.grad = grads.clone(), grads.clone()
+        for b, g in zip(blocks, grads.chunk(3)):
+            b.grad = g.clone()
+        one.step(), three.step(), unsplit.step()
+    torch.testing.assert_close(fused.detach(), torch.cat([b.detach() for b in blocks]), rtol=0, atol=1e-7)
+    assert (fused - shared).abs().max() > 1e-4  # one ratio over the whole weight is another step
+
+
+def test_model_declares_its_fused_qkv_parts():
+    model = build_model(tiny_config(), "qa")
+    groups = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    stacked = {names[id(p)] for g in groups for p, k in zip(g["params"], g["parts"]) if k == 3}
+    layers = tiny_config().num_hidden_layers
+    assert stacked == {f"bert.encoder.layers.{i}.attention.qkv.{w}" for i in range(layers) for w in ("weight", "bias")}

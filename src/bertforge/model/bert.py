@@ -176,6 +176,10 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection, through SDPA or FlashAttention's
     varlen kernel."""
 
+    # The paper's (and every reference's) query, key and value projections are three tensors;
+    # here they are the three row blocks of qkv (see stacked_parts).
+    STACKED = {"qkv.weight": 3, "qkv.bias": 3}
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -579,6 +583,19 @@ def build_model(config: BertConfig, head: str, num_labels: int = 2, unpad: bool 
     if cls is BertForSequenceClassification:
         return cls(config, num_labels=num_labels, unpad=unpad)
     return cls(config, unpad=unpad)
+
+
+def stacked_parts(model: nn.Module) -> dict[nn.Parameter, int]:
+    """Parameters that hold several of the reference model's tensors stacked along dim 0 (the
+    fused query/key/value projection: 3), with how many. Per-tensor rules of the references (LAMB's
+    trust ratio) apply to each part."""
+    parts = {}
+    for module in model.modules():
+        for name, k in getattr(type(module), "STACKED", {}).items():
+            owner, _, attr = name.rpartition(".")
+            param = getattr(module.get_submodule(owner), attr)
+            parts[param] = k
+    return parts
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,11 +24,18 @@ from bertforge.runconfig import OptimizerName, ScheduleName
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices, none on biases and LayerNorm parameters. Each group also lists,
+    per parameter, how many of the reference model's tensors it stacks (`parts`: 3 for the fused
+    query/key/value weight), for the per-tensor trust ratio of Lamb."""
+    from bertforge.model import stacked_parts
+
+    stacked = stacked_parts(model)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": group, "weight_decay": wd, "parts": [stacked.get(p, 1) for p in group]}
+            for group, wd in ((decay, weight_decay), (no_decay, 0.0))]
 
 
 class Lamb(Optimizer):
@@ -44,6 +51,10 @@ class Lamb(Optimizer):
     so biases and LayerNorm parameters (wd = 0) take plain Adam steps, and so does every tensor
     of a run with weight decay 0. Each parameter group runs as one foreach pass per (device,
     dtype), with no per-tensor kernel and nothing read back to the host.
+
+    A parameter that stacks several of the reference model's tensors (a group's optional
+    `parts`, one count per parameter: 3 for the fused query/key/value weight) takes one trust
+    ratio per part, as NVIDIA's and transformers' separate query, key and value weights do.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -60,7 +71,9 @@ class Lamb(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            given = group.get("parts") or [1] * len(group["params"])
             params = [p for p in group["params"] if p.grad is not None]
+            parts = [k for p, k in zip(group["params"], given) if p.grad is not None]
             if not params:
                 continue
             states = [self.state[p] for p in params]
@@ -71,13 +84,22 @@ class Lamb(Optimizer):
             group["step"] += 1
             tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states],
                        [s["exp_avg_sq"] for s in states]]
-            for (w, g, m, v), _ in Optimizer._group_tensors_by_device_and_dtype(tensors).values():
-                self._pass(w, g, m, v, group)
+            grouped = Optimizer._group_tensors_by_device_and_dtype(tensors, with_indices=True)
+            for (w, g, m, v), indices in grouped.values():
+                self._pass(w, g, m, v, group, [parts[i] for i in indices])
         return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # `parts` describes this model's parameters; it is not restored from the checkpoint.
+        parts = [group.get("parts") for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, p in zip(self.param_groups, parts):
+            if p is not None:
+                group["parts"] = p
 
     @staticmethod
     def _pass(w: list[torch.Tensor], g: list[torch.Tensor], m: list[torch.Tensor],
-              v: list[torch.Tensor], group: dict) -> None:
+              v: list[torch.Tensor], group: dict, parts: list[int]) -> None:
         """One LAMB step of tensors on one device with one dtype: a fixed number of foreach ops
         (one multi-tensor kernel each on CUDA), however many tensors."""
         (beta1, beta2), eps, lr, wd, t = (group["betas"], group["eps"], group["lr"],
@@ -97,6 +119,9 @@ class Lamb(Optimizer):
         update = torch._foreach_mul(w, wd)
         torch._foreach_addcdiv_(update, m, denom, value=c)
         del denom
+        if any(k > 1 for k in parts):  # a trust ratio per stacked part: its rows, as views
+            w = [view for t, k in zip(w, parts) for view in (t.chunk(k) if k > 1 else (t,))]
+            update = [view for t, k in zip(update, parts) for view in (t.chunk(k) if k > 1 else (t,))]
         w_norm = torch.stack(torch._foreach_norm(w))  # (n,), before the weights move
         u_norm = torch.stack(torch._foreach_norm(update))
         trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)  # (n,)
