@@ -63,6 +63,7 @@ def squad_v2_from_v1(v1: dict) -> dict:
         data.append({"title": article["title"], "paragraphs": paragraphs})
     return {"version": "v2.0", "data": data}
 
+
 HF_CLASSES = {
     "base": transformers.BertModel,
     "pretraining": transformers.BertForPreTraining,
