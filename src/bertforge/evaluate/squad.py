@@ -26,7 +26,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bertforge.errors import DataError
 from bertforge.fileio import read_json
@@ -76,39 +76,43 @@ def metric_max_over_ground_truths(metric: Callable[[str, str], float], predictio
     return max(metric(prediction, gt) for gt in ground_truths)
 
 
+class _Values(NamedTuple):
+    """What a JSON object of question id -> value holds, for checking and messages."""
+
+    noun: str
+    expected: str
+    valid: Callable[[Any], bool]
+
+
+_PREDICTIONS = _Values("prediction", "a string", lambda v: isinstance(v, str))
+_NA_PROBS = _Values("no-answer score", "a finite number",
+                    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
 def load_predictions(path: str | Path) -> dict[str, str]:
     """Read a predictions file: one JSON object mapping question id -> answer text."""
-    predictions = read_json(path, "predictions file")
-    _check_predictions(predictions, str(path))
-    return predictions
-
-
-def _check_predictions(predictions: Any, source: str) -> None:
-    if not isinstance(predictions, dict):
-        raise DataError(f"{source}: predictions must be a JSON object mapping question id to "
-                        f"answer text, got {type(predictions).__name__}")
-    bad = [qid for qid, text in predictions.items() if not isinstance(text, str)]
-    if bad:
-        raise DataError(f"{source}: the prediction of {len(bad)} question(s) is not a string "
-                        f"(first: {bad[0]!r} -> {predictions[bad[0]]!r})")
+    return _load_by_id(path, "predictions file", _PREDICTIONS)
 
 
 def load_na_probs(path: str | Path) -> dict[str, float]:
     """Read a no-answer score file (null_odds.json): one JSON object mapping question id -> number."""
-    na_probs = read_json(path, "no-answer score file")
-    _check_na_probs(na_probs, str(path))
-    return na_probs
+    return _load_by_id(path, "no-answer score file", _NA_PROBS)
 
 
-def _check_na_probs(na_probs: Any, source: str) -> None:
-    if not isinstance(na_probs, dict):
-        raise DataError(f"{source}: no-answer scores must be a JSON object mapping question id to a "
-                        f"number, got {type(na_probs).__name__}")
-    bad = [qid for qid, p in na_probs.items()
-           if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p)]
+def _load_by_id(path: str | Path, what: str, values: _Values) -> Any:
+    content = read_json(path, what)
+    _check_by_id(content, str(path), values)
+    return content
+
+
+def _check_by_id(content: Any, source: str, values: _Values) -> None:
+    if not isinstance(content, dict):
+        raise DataError(f"{source}: {values.noun}s must be a JSON object mapping question id to "
+                        f"{values.expected}, got {type(content).__name__}")
+    bad = [qid for qid, value in content.items() if not values.valid(value)]
     if bad:
-        raise DataError(f"{source}: the no-answer score of {len(bad)} question(s) is not a finite "
-                        f"number (first: {bad[0]!r} -> {na_probs[bad[0]]!r})")
+        raise DataError(f"{source}: the {values.noun} of {len(bad)} question(s) is not {values.expected} "
+                        f"(first: {bad[0]!r} -> {content[bad[0]]!r})")
 
 
 def gold_answers(dataset_or_path: str | Path | dict | list) -> dict[str, list[str]]:
@@ -216,7 +220,7 @@ def evaluate_answers(gold: Mapping[str, Sequence[str]], predictions: Mapping[str
 def _check_prediction_ids(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
                           source: str) -> None:
     """Predictions must be strings for questions of `gold`; missing ones are logged (they score 0)."""
-    _check_predictions(predictions, "predictions")
+    _check_by_id(predictions, "predictions", _PREDICTIONS)
     extra = [qid for qid in predictions if qid not in gold]
     if extra:
         raise DataError(f"predictions name {len(extra)} question id(s) that are not in {source} "
@@ -242,7 +246,7 @@ def evaluate_answers_v2(gold: Mapping[str, Sequence[str]], predictions: Mapping[
     _check_gold(gold, source, v2=True)
     _check_prediction_ids(gold, predictions, source)
     if na_probs is not None:
-        _check_na_probs(na_probs, "no-answer scores")
+        _check_by_id(na_probs, "no-answer scores", _NA_PROBS)
         unscored = [qid for qid in predictions if qid not in na_probs]
         unknown = [qid for qid in na_probs if qid not in gold]
         if unscored or unknown:
