@@ -93,8 +93,9 @@ NOTED = {
     "disable-progress-bar": "progress bars write one line per 30 s when stderr is a file",
     "cache_dir": "features are not cached (tokenizing is fast)",
     "skip_cache": "features are not cached (tokenizing is fast)",
-    "eval_script": "predictions are scored by bertforge's built-in official SQuAD v1.1 and v2.0 metrics "
-                   "(evaluate-v1.1.py's and evaluate-v2.0.py's rules, checked against them); the script is not run",
+    "eval_script": "predictions are scored by bertforge's built-in official SQuAD v1.1 metric "
+                   "(evaluate-v1.1.py's rules, checked against it; with --version_2_with_negative, "
+                   "evaluate-v2.0.py's); the script is not run",
     "loss_scale": "fp16 loss scaling is dynamic (torch.amp.GradScaler)",
     "init_loss_scale": "fp16 loss scaling is dynamic (torch.amp.GradScaler, initial scale 65536)",
     "checkpoint_activations": "no activation checkpointing; " + _MEMORY,

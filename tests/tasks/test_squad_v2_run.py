@@ -34,7 +34,7 @@ def v2_run(tmp_path_factory, vocab_file, squad_v2_dev_file):
                  "--max_seq_length", "128", "--bert_model", str(tiny_config(root / "tiny.json")),
                  "--vocab_file", str(vocab_file), "--do_lower_case", "true", "--max_steps", "4",
                  "--learning_rate", "1e-3", "--train_batch_size", "8", "--log_every", "1",
-                 "--eval_every", "2", "--output_dir", str(out)])
+                 "--eval_every", "2", "--json_summary", str(root / "dllogger.json"), "--output_dir", str(out)])
     assert code == 0
     return out
 
@@ -61,6 +61,10 @@ def test_training_and_prediction_run_end_to_end(v2_run, squad_v2_dev_file):
     assert scores["HasAns_total"] + scores["NoAns_total"] == scores["total"]
     assert {"best_f1", "best_f1_thresh", "best_exact", "best_exact_thresh"} <= scores.keys()
     assert 0 <= scores["exact"] <= scores["f1"] <= scores["best_f1"] <= 100
+    # NVIDIA's summary line reads the v2.0 "exact" as exact_match.
+    lines = [json.loads(line[len("DLLL "):]) for line in (v2_run.parent / "dllogger.json").read_text().splitlines()]
+    summary = {k: v for r in lines if r.get("step") == [] for k, v in r.get("data", {}).items()}
+    assert (summary["exact_match"], summary["F1"]) == (scores["exact"], scores["f1"])
 
 
 def test_predict_with_a_threshold(v2_run, squad_v2_dev_file, tmp_path):
