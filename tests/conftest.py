@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,34 @@ def squad_dev_file() -> Path:
     return shared("squad", "v1.1", "dev-v1.1.json")
 
 
+@pytest.fixture(scope="session")
+def squad_v2_dev_file(squad_dev_file, tmp_path_factory) -> Path:
+    """The v1.1 dev file as SQuAD v2.0 (see `squad_v2_from_v1`)."""
+    path = tmp_path_factory.mktemp("squad_v2") / "dev-v2-from-v1.1.json"
+    path.write_text(json.dumps(squad_v2_from_v1(json.loads(squad_dev_file.read_text()))))
+    return path
+
+
 # ---- builders (plain functions) ------------------------------------------------------------
+
+
+def squad_v2_from_v1(v1: dict) -> dict:
+    """A SQuAD v2.0 data set from a v1.1 one: its questions marked is_impossible false, and per
+    paragraph one unanswerable question (is_impossible true, no answers): the first question
+    of the same-numbered paragraph of the next article, which this context does not answer."""
+    articles = v1["data"]
+    data = []
+    for a, article in enumerate(articles):
+        other = articles[(a + 1) % len(articles)]["paragraphs"]
+        paragraphs = []
+        for p, paragraph in enumerate(article["paragraphs"]):
+            question = other[p % len(other)]["qas"][0]["question"]
+            qas = [{**qa, "is_impossible": False} for qa in paragraph["qas"]]
+            qas.append({"id": f"neg-{a}-{p}", "question": question, "answers": [], "is_impossible": True})
+            paragraphs.append({"context": paragraph["context"], "qas": qas})
+        data.append({"title": article["title"], "paragraphs": paragraphs})
+    return {"version": "v2.0", "data": data}
+
 
 HF_CLASSES = {
     "base": transformers.BertModel,

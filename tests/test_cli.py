@@ -59,7 +59,9 @@ def test_unknown_command(capsys):
     (["--save_checkpoints_steps", "500"], ["--train.save_every", "500"]),
     (["--fp16"], ["--runtime.precision=fp16"]),
     (["--amp", "--bf16=false"], ["--runtime.precision=fp16"]),
-    (["--version_2_with_negative=False"], []),
+    (["--version_2_with_negative=False"], ["--data.version_2_with_negative=false"]),
+    (["--version_2_with_negative", "--null_score_diff_threshold", "-1.5"],
+     ["--data.version_2_with_negative=true", "--data.null_score_diff_threshold", "-1.5"]),
     (["--precision", "bfloat16"], ["--runtime.precision", "bf16"]),
     (["--max_steps", "-1.0"], ["--train.max_steps", "null"]),
     (["--max_steps=7038.0"], ["--train.max_steps=7038"]),
@@ -75,9 +77,15 @@ def test_reference_flag_names(argv, expected):
     assert normalize_argv(argv, SquadRun) == expected
 
 
-def test_squad2_flag_is_refused(capsys):
-    assert main(["finetune", "squad", "--version_2_with_negative=True"]) == 2
-    assert "SQuAD 2.0 (unanswerable questions) is not supported" in capsys.readouterr().err
+def test_squad2_flags_reach_the_data_config():
+    """Google's absl spelling and NVIDIA's/Hugging Face's bare switch, on both SQuAD commands."""
+    from bertforge.tasks.squad import SquadPredictRun
+
+    assert normalize_argv(["--version_2_with_negative=True", "--null_score_diff_threshold=-2.0"],
+                          SquadPredictRun) == ["--data.version_2_with_negative=true",
+                                               "--data.null_score_diff_threshold=-2.0"]
+    assert normalize_argv(["--version_2_with_negative", "--do_train"], SquadRun) == [
+        "--data.version_2_with_negative=true", "--do_train=true"]
 
 
 def test_google_style_command_line_parses(tmp_path, capsys):

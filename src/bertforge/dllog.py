@@ -65,8 +65,9 @@ def summary_records(results: dict) -> list[dict]:
         records.append({"e2e_inference_time": predict["seconds"],
                         "inference_sequences_per_second": predict["sequences_per_second"]})
     scores = results.get("eval") or {}
-    if "exact_match" in scores or "accuracy" in scores:
-        em = scores.get("exact_match", scores.get("accuracy"))
+    # SQuAD v2.0's official metric names exact match "exact".
+    em = next((scores[k] for k in ("exact_match", "exact", "accuracy") if k in scores), None)
+    if em is not None:
         f1 = scores.get("f1")
         records.append({"exact_match": em, **({"F1": f1} if f1 is not None else {})})
     return records

@@ -47,6 +47,8 @@ ALIASES = {
     "poly_power": "schedule_power",
     "json-summary": "json_summary",
     "dllog_path": "json_summary",
+    "na-prob-file": "na_prob_file",  # evaluate-v2.0.py's spelling
+    "na-prob-thresh": "na_prob_thresh",
 }
 
 # Switches: a bare (or true) flag sets these fields. Precision switches also must agree.
@@ -92,7 +94,8 @@ NOTED = {
     "cache_dir": "features are not cached (tokenizing is fast)",
     "skip_cache": "features are not cached (tokenizing is fast)",
     "eval_script": "predictions are scored by bertforge's built-in official SQuAD v1.1 metric "
-                   "(evaluate-v1.1.py's rules, checked against it); the script is not run",
+                   "(evaluate-v1.1.py's rules, checked against it; with --version_2_with_negative, "
+                   "evaluate-v2.0.py's); the script is not run",
     "loss_scale": "fp16 loss scaling is dynamic (torch.amp.GradScaler)",
     "init_loss_scale": "fp16 loss scaling is dynamic (torch.amp.GradScaler, initial scale 65536)",
     "checkpoint_activations": "no activation checkpointing; " + _MEMORY,
@@ -129,12 +132,10 @@ NOTED = {
 # Flags whose only supported value is the reference default (value compared as a bool word or a
 # number): anything else is refused with the reason.
 REFUSED = {
-    "version_2_with_negative": ("false", "SQuAD 2.0 (unanswerable questions) is not supported"),
     "int8": ("false", "int8 inference is not supported; use --precision bf16"),
     "resume_phase2": ("false", "resuming inside phase 2 is `--phase2 --resume_from_checkpoint` (bertforge "
                                "tells phase-1 and phase-2 checkpoints apart by --phase1_end_step)"),
     "start_warmup_step": ("0", "warmup starts at step 0"),
-    "null_score_diff_threshold": ("0.0", "SQuAD 2.0 (unanswerable questions) is not supported"),
     # on the commands that only predict (where these are not fields)
     "do_predict": ("true", "this command always predicts"),
     "do_train": ("false", "this command does not train: bertforge finetune ... trains"),

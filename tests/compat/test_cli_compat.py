@@ -64,7 +64,7 @@ def test_vendor_knobs_are_noted_once(caplog):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--version_2_with_negative"], "SQuAD 2.0"),
+    (["--int8"], "int8 inference is not supported"),
     (["--max_steps", "10.5"], "--max_steps 10.5: expected a whole number of steps"),
     (["--fp16", "--bf16"], "--fp16 and --bf16 ask for different precisions"),
     (["--steps_this_run", "5", "--max_steps", "10"], "--steps_this_run 5"),
@@ -72,6 +72,13 @@ def test_vendor_knobs_are_noted_once(caplog):
 def test_refused_values(argv, needle, capsys):
     assert main(["finetune", "squad", *argv]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_squad2_flags_set_the_data_config():
+    """NVIDIA's and Hugging Face's run_squad.py spell SQuAD 2.0 as a bare switch and a float."""
+    cfg = parse(["finetune", "squad", "--version_2_with_negative", "--null_score_diff_threshold", "-1.25"])
+    assert cfg.data.version_2_with_negative is True and cfg.data.null_score_diff_threshold == -1.25
+    assert parse(["finetune", "squad"]).data.version_2_with_negative is False
 
 
 def test_model_names_imply_casing_and_config_files_win_in_any_order():

@@ -1,22 +1,22 @@
 """SQuAD v1.1 data: reading, windowed features and answer postprocessing.
 
-The reference is Google's run_squad.py algorithm, written out again below in its own plain
-style (dict features, per-word tokenization with Google's tokenizer as written out in
+The reference is Google's run_squad.py algorithm, written out again in `google_squad.py` in its
+own plain style (dict features, per-word tokenization with Google's tokenizer as written out in
 `google_tokenization.py`, Python sorts), and compared with bertforge's array implementation on
 real dev questions.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import time
 
 import numpy as np
 import pytest
+from google_squad import (google_features, google_final_text, google_predictions,
+                          google_whitespace_split)
 from google_tokenization import GoogleTokenizer
-from google_tokenization import basic_tokenize as google_basic_tokenize
 
 from bertforge.data import squad
 from bertforge.errors import ConfigError, DataError
@@ -24,156 +24,6 @@ from bertforge.evaluate.squad import evaluate
 from bertforge.tokenization import WordPieceTokenizer
 
 SMALL = dict(max_seq_length=96, doc_stride=32, max_query_length=16)  # many windows per context
-
-
-# ---- Google's run_squad.py, re-implemented independently --------------------------------
-
-
-def google_whitespace_split(text):
-    doc_tokens, char_to_word_offset, prev_is_whitespace = [], [], True
-    for c in text:
-        if c in " \t\r\n" or ord(c) == 0x202F:
-            prev_is_whitespace = True
-        else:
-            if prev_is_whitespace:
-                doc_tokens.append(c)
-            else:
-                doc_tokens[-1] += c
-            prev_is_whitespace = False
-        char_to_word_offset.append(len(doc_tokens) - 1)
-    return doc_tokens, char_to_word_offset
-
-
-def google_features(examples, tokenizer, max_seq_length=384, doc_stride=128, max_query_length=64):
-    """Google's convert_examples_to_features (training branch: gold positions)."""
-    features = []
-    for example_index, ex in enumerate(examples):
-        query = tokenizer.tokenize(ex.question_text)[:max_query_length]
-        tok_to_orig, orig_to_tok, doc = [], [], []
-        for i, word in enumerate(ex.doc_tokens):
-            orig_to_tok.append(len(doc))
-            for sub in tokenizer.tokenize(word):
-                tok_to_orig.append(i)
-                doc.append(sub)
-        tok_start = orig_to_tok[ex.start_position]
-        if ex.end_position < len(ex.doc_tokens) - 1:
-            tok_end = orig_to_tok[ex.end_position + 1] - 1
-        else:
-            tok_end = len(doc) - 1
-        answer = " ".join(tokenizer.tokenize(ex.answers[0]["text"]))
-        improved = [(s, e) for s in range(tok_start, tok_end + 1)
-                    for e in range(tok_end, s - 1, -1) if " ".join(doc[s:e + 1]) == answer]
-        tok_start, tok_end = improved[0] if improved else (tok_start, tok_end)
-        max_doc = max_seq_length - len(query) - 3
-        spans, offset = [], 0
-        while offset < len(doc):
-            length = min(len(doc) - offset, max_doc)
-            spans.append((offset, length))
-            if offset + length == len(doc):
-                break
-            offset += min(length, doc_stride)
-        for span_index, (start, length) in enumerate(spans):
-            tokens = ["[CLS]", *query, "[SEP]"]
-            segment_ids = [0] * len(tokens)
-            to_orig, is_max = {}, {}
-            for i in range(length):
-                pos = start + i
-                to_orig[len(tokens)] = tok_to_orig[pos]
-                is_max[len(tokens)] = google_is_max_context(spans, span_index, pos)
-                tokens.append(doc[pos])
-                segment_ids.append(1)
-            tokens.append("[SEP]")
-            segment_ids.append(1)
-            input_ids = tokenizer.convert_tokens_to_ids(tokens)
-            mask = [1] * len(input_ids)
-            pad = max_seq_length - len(input_ids)
-            if start <= tok_start and tok_end <= start + length - 1:
-                sp, ep = tok_start - start + len(query) + 2, tok_end - start + len(query) + 2
-            else:
-                sp = ep = 0
-            features.append(dict(example_index=example_index, tokens=tokens,
-                                 token_to_orig_map=to_orig, token_is_max_context=is_max,
-                                 input_ids=input_ids + [0] * pad, input_mask=mask + [0] * pad,
-                                 segment_ids=segment_ids + [0] * pad, start=sp, end=ep))
-    return features
-
-
-def google_is_max_context(spans, cur, position):
-    best_score, best_index = None, None
-    for index, (start, length) in enumerate(spans):
-        end = start + length - 1
-        if start <= position <= end:
-            score = min(position - start, end - position) + 0.01 * length
-            if best_score is None or score > best_score:
-                best_score, best_index = score, index
-    return cur == best_index
-
-
-def google_final_text(pred_text, orig_text, do_lower_case):
-    def strip_spaces(text):
-        chars, ns_to_s = [], collections.OrderedDict()
-        for i, c in enumerate(text):
-            if c != " ":
-                ns_to_s[len(chars)] = i
-                chars.append(c)
-        return "".join(chars), ns_to_s
-
-    tok_text = " ".join(google_basic_tokenize(orig_text, do_lower_case))
-    start = tok_text.find(pred_text)
-    if start == -1:
-        return orig_text
-    end = start + len(pred_text) - 1
-    orig_ns, orig_map = strip_spaces(orig_text)
-    tok_ns, tok_map = strip_spaces(tok_text)
-    if len(orig_ns) != len(tok_ns):
-        return orig_text
-    tok_s_to_ns = {s: ns for ns, s in tok_map.items()}
-    if start not in tok_s_to_ns or end not in tok_s_to_ns:
-        return orig_text
-    return orig_text[orig_map[tok_s_to_ns[start]]:orig_map[tok_s_to_ns[end]] + 1]
-
-
-def google_predictions(examples, features, start_logits, end_logits, do_lower_case,
-                       n_best_size=20, max_answer_length=30):
-    """Google's write_predictions (v1.1 branch), from Python lists of logits."""
-    def best_indexes(logits):
-        return [i for i, _ in sorted(enumerate(logits), key=lambda x: x[1], reverse=True)][:n_best_size]
-
-    by_example = collections.defaultdict(list)
-    for index, f in enumerate(features):
-        by_example[f["example_index"]].append(index)
-    predictions, all_nbest = {}, {}
-    for example_index, ex in enumerate(examples):
-        prelim = []
-        for fi in by_example[example_index]:
-            f, sl, el = features[fi], start_logits[fi], end_logits[fi]
-            for s in best_indexes(sl):
-                for e in best_indexes(el):
-                    if (s in f["token_to_orig_map"] and e in f["token_to_orig_map"]
-                            and f["token_is_max_context"].get(s, False)
-                            and s <= e and e - s + 1 <= max_answer_length):
-                        prelim.append((fi, s, e, sl[s], el[e]))
-        prelim.sort(key=lambda x: x[3] + x[4], reverse=True)
-        seen, nbest = set(), []
-        for fi, s, e, s_logit, e_logit in prelim:
-            if len(nbest) >= n_best_size:
-                break
-            f = features[fi]
-            tok_text = " ".join(f["tokens"][s:e + 1]).replace(" ##", "").replace("##", "")
-            tok_text = " ".join(tok_text.strip().split())
-            orig_text = " ".join(ex.doc_tokens[f["token_to_orig_map"][s]:f["token_to_orig_map"][e] + 1])
-            text = google_final_text(tok_text, orig_text, do_lower_case)
-            if text not in seen:
-                seen.add(text)
-                nbest.append((text, s_logit, e_logit))
-        if not nbest:  # Google writes the placeholder "empty"; bertforge writes ""
-            nbest.append(("", 0.0, 0.0))
-        scores = [s + e for _, s, e in nbest]
-        exps = [math.exp(x - max(scores)) for x in scores]
-        predictions[ex.qas_id] = nbest[0][0]
-        all_nbest[ex.qas_id] = [dict(text=t, probability=x / sum(exps), start_logit=s, end_logit=e)
-                                for (t, s, e), x in zip(nbest, exps)]
-    return predictions, all_nbest
 
 
 def assert_same_nbest(nbest, expected_nbest):

@@ -1,10 +1,12 @@
-"""SQuAD v1.1 end to end (`bertforge finetune squad`, `predict squad`, `evaluate squad`):
-features, fine-tuning, prediction, n-best post-processing and the official EM/F1."""
+"""SQuAD v1.1 and v2.0 end to end (`bertforge finetune squad`, `predict squad`, `evaluate squad`):
+features, fine-tuning, prediction, n-best post-processing (with the null answer for v2.0) and the
+official metrics."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,13 @@ class SquadPredictData:
     """Start and end candidates considered per window (and answers listed per question)."""
     max_answer_length: int = 30
     """Longest answer, in tokens."""
+    version_2_with_negative: bool = False
+    """SQuAD v2.0: questions marked is_impossible have no answer in their context. Training learns
+    the null span at [CLS] for them; prediction adds the null answer "", writes null_odds.json and
+    scores with the official v2.0 metric."""
+    null_score_diff_threshold: float = 0.0
+    """SQuAD v2.0: predict "" when the null answer's score minus the best non-null answer's score
+    exceeds this (evaluation reports the best value as best_f1_thresh)."""
 
     def __post_init__(self) -> None:
         for name in ("max_seq_length", "doc_stride", "max_query_length", "predict_batch_size",
@@ -63,6 +72,9 @@ class SquadPredictData:
             raise ConfigError(f"--max_seq_length {self.max_seq_length} leaves no room for the context after "
                               f"a question of --max_query_length {self.max_query_length} and 3 special tokens")
         parse_slice(self.predict_articles, "predict_articles")
+        if not math.isfinite(self.null_score_diff_threshold):
+            raise ConfigError(f"--null_score_diff_threshold must be a finite number, "
+                              f"got {self.null_score_diff_threshold}")
 
 
 @dataclass(kw_only=True)
@@ -84,7 +96,8 @@ class SquadPredictRun:
     """Predict SQuAD answers with a fine-tuned checkpoint, and score them when the file has answers."""
 
     output_dir: str = "runs/squad_predict"
-    """Where predictions.json, nbest_predictions.json and eval_results.json go."""
+    """Where predictions.json, nbest_predictions.json, eval_results.json (and for SQuAD v2.0
+    null_odds.json) go."""
     overwrite_output_dir: bool = False
     """Replace earlier results in output_dir."""
     do_eval: bool = True
@@ -106,7 +119,7 @@ class SquadPredictRun:
 
 @dataclass(kw_only=True)
 class SquadRun:
-    """Fine-tune BERT on SQuAD v1.1, predict answers, and score them with the official metric."""
+    """Fine-tune BERT on SQuAD v1.1 or v2.0, predict answers, and score them with the official metric."""
 
     output_dir: str = "runs/squad"
     """The run directory: model, metrics.jsonl, checkpoints, predictions, scores."""
@@ -129,7 +142,8 @@ class SquadRun:
 
 @dataclass
 class EvaluateArgs:  # not kw_only: its required fields are the command's positional arguments
-    """Official SQuAD v1.1 evaluation of a predictions file."""
+    """Official SQuAD v1.1 or v2.0 evaluation of a predictions file (v2.0 when the data file's
+    questions carry is_impossible)."""
 
     data_file: str
     """The SQuAD JSON with gold answers."""
@@ -137,6 +151,12 @@ class EvaluateArgs:  # not kw_only: its required fields are the command's positi
     """JSON object: question id -> answer text."""
     output_file: str | None = None
     """Where to write the scores as JSON (default: <predictions_file stem>_eval.json beside it)."""
+    na_prob_file: str | None = None
+    """SQuAD v2.0: JSON object question id -> no-answer score (null_odds.json); adds best_exact,
+    best_f1 and their thresholds."""
+    na_prob_thresh: float = 1.0
+    """SQuAD v2.0: a question whose no-answer score exceeds this counts as answered "" (the
+    official script's default, 1.0)."""
 
 
 # ---- loss ----------------------------------------------------------------------------------
@@ -178,9 +198,11 @@ def parse_slice(text: str | None, what: str) -> slice | None:
     return slice(*parts)
 
 
-def read_examples(path: str, articles: str | None, is_training: bool, what: str):
+def read_examples(path: str, articles: str | None, is_training: bool, what: str,
+                  version_2_with_negative: bool = False):
     examples, problems = data.read_squad_examples(path, is_training=is_training,
-                                                  articles=parse_slice(articles, what))
+                                                  articles=parse_slice(articles, what),
+                                                  version_2_with_negative=version_2_with_negative)
     if not examples:
         raise ConfigError(f"{path}: no usable questions{f' in articles {articles}' if articles else ''}")
     return examples, problems
@@ -209,7 +231,8 @@ def report_problems(problems: list[data.Problem], path: str, output_dir: Path, n
 
 class SquadJob(Job):
     head = "qa"
-    result_files = ("predictions.json", "nbest_predictions.json", "eval_results.json", "predict_problems.json")
+    result_files = ("predictions.json", "nbest_predictions.json", "null_odds.json", "eval_results.json",
+                    "predict_problems.json")
 
     @property
     def predicting(self) -> bool:
@@ -238,7 +261,8 @@ class SquadJob(Job):
 
     def train_loader(self, loaded: LoadedModel, plan: StepPlan, runtime: Runtime) -> ArrayStepLoader:
         d = self.cfg.data
-        examples, problems = read_examples(d.train_file, d.train_articles, True, "train_articles")
+        examples, problems = read_examples(d.train_file, d.train_articles, True, "train_articles",
+                                           d.version_2_with_negative)
         if runtime.is_main:
             report_problems(problems, d.train_file, Path(self.cfg.output_dir), "train_problems.json")
         features = data.convert_examples_to_features(examples, loaded.tokenizer, is_training=True,
@@ -257,14 +281,15 @@ class SquadJob(Job):
         if not self.cfg.evaluation.eval_every:
             return
         # Features once, scored at every evaluation.
-        examples, features, _ = predict_features(self.cfg.data, loaded, runtime, progress=False)
-        if not all(e.answers for e in examples):
-            raise ConfigError(f"--eval_every: {self.cfg.data.predict_file} has questions without answers "
+        d = self.cfg.data
+        examples, features, _ = predict_features(d, loaded, runtime, progress=False)
+        if not has_gold(examples, d.version_2_with_negative):
+            raise ConfigError(f"--eval_every: {d.predict_file} has questions without answers "
                               "to score against")
 
         def evaluate() -> dict | None:
-            found, _ = predict_answers(self.cfg.data, loaded, runtime, examples, features, progress=False)
-            return None if found is None else metric.evaluate_answers(gold_answers(examples), found[0])
+            found, _ = predict_answers(d, loaded, runtime, examples, features, progress=False)
+            return None if found is None else score(d, examples, found[0], found[2])
 
         evaluate_during_training(self, trainer, loaded, runtime, evaluate, "f1")
 
@@ -294,12 +319,28 @@ def predict_answers(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, 
                                         max_tokens=d.max_tokens_per_batch)
     if not runtime.is_main:
         return None, stats
-    return data.postprocess(examples, features, start, end, d.n_best_size, d.max_answer_length,
-                            progress=progress), stats
+    if d.version_2_with_negative:
+        return data.postprocess_v2(examples, features, start, end, d.n_best_size, d.max_answer_length,
+                                   d.null_score_diff_threshold, progress=progress), stats
+    return (*data.postprocess(examples, features, start, end, d.n_best_size, d.max_answer_length,
+                              progress=progress), None), stats
 
 
 def gold_answers(examples: list) -> dict[str, list[str]]:
-    return {e.qas_id: [a["text"] for a in e.answers] for e in examples}
+    """Question id -> gold answer texts (none for an unanswerable SQuAD v2.0 question)."""
+    return {e.qas_id: [] if e.is_impossible else [a["text"] for a in e.answers] for e in examples}
+
+
+def has_gold(examples: list, version_2_with_negative: bool) -> bool:
+    """Whether every question can be scored: it has answers (or, for v2.0, is unanswerable)."""
+    return all(e.answers or (version_2_with_negative and e.is_impossible) for e in examples)
+
+
+def score(d: SquadPredictData, examples: list, predictions: dict, null_odds: dict | None) -> dict:
+    """The official v1.1 scores, or v2.0 with the null odds as no-answer scores."""
+    if d.version_2_with_negative:
+        return metric.evaluate_answers_v2(gold_answers(examples), predictions, null_odds)
+    return metric.evaluate_answers(gold_answers(examples), predictions)
 
 
 def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, progress: bool = True) -> dict:
@@ -312,11 +353,14 @@ def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, 
                                  **report_inference(out, stats, runtime, "predict")}}
     if found is None:
         return results
-    predictions, nbest = found
-    data.write_predictions(out, predictions, nbest)
+    predictions, nbest, null_odds = found
+    data.write_predictions(out, predictions, nbest, null_odds)
     log.info("%d predictions written to %s", len(predictions), out / "predictions.json")
-    if cfg.do_eval and all(e.answers for e in examples):
-        scores = metric.evaluate_answers(gold_answers(examples), predictions)
+    if not d.version_2_with_negative and any(e.is_impossible for e in examples):
+        log.warning("%s has unanswerable questions (is_impossible): SQuAD v2.0 needs "
+                    "--version_2_with_negative", d.predict_file)
+    if cfg.do_eval and has_gold(examples, d.version_2_with_negative):
+        scores = score(d, examples, predictions, null_odds)
         print(json.dumps(scores))
         write_json(out / "eval_results.json", {**scores, "questions": len(examples), "skipped": len(problems),
                                                "predict_file": d.predict_file,
@@ -326,7 +370,8 @@ def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, 
 
 
 def finetune(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    """Train and/or predict as asked; returns {"train": ..., "eval": {"exact_match", "f1"}}."""
+    """Train and/or predict as asked; returns {"train": ..., "eval": {"exact_match", "f1"}} (for
+    SQuAD v2.0, "eval" holds the official v2.0 scores: "exact", "f1", "HasAns_f1", ...)."""
     return run(SquadJob(cfg), dist_info, progress)
 
 
@@ -343,7 +388,8 @@ def evaluate_files(args: EvaluateArgs) -> dict:
     out = Path(args.output_file) if args.output_file else pred.with_name(f"{pred.stem}_eval.json")
     ensure_parent_dir(out, "--output_file")
     predictions = metric.load_predictions(args.predictions_file)
-    scores = metric.evaluate(args.data_file, predictions)
+    na_probs = metric.load_na_probs(args.na_prob_file) if args.na_prob_file else None
+    scores = metric.evaluate(args.data_file, predictions, na_probs, args.na_prob_thresh)
     print(json.dumps(scores))
     write_json(out, scores)
     log.info("scores written to %s", out)

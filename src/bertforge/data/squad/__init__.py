@@ -1,8 +1,9 @@
-"""SQuAD v1.1 for BERT, faithful to Google's `run_squad.py`, one stage a module:
+"""SQuAD v1.1 and v2.0 for BERT, faithful to Google's `run_squad.py`, one stage a module:
 
 - `examples`: reading and validating the JSON file (`read_squad_examples`);
 - `features`: doc-stride windows over the WordPiece context (`convert_examples_to_features`);
-- `postprocess`: n-best spans back to answer text (`postprocess`, `write_predictions`).
+- `postprocess`: n-best spans back to answer text (`postprocess`; with the null answer of
+  SQuAD v2.0, `postprocess_v2`), and the prediction files (`write_predictions`).
 
 Where it differs from Google's code, the difference is about robustness, never about results;
 docs/squad.md lists each difference and the measurements behind the design.
@@ -13,8 +14,8 @@ from bertforge.data.squad.examples import (Answer, Problem, SquadExample, read_s
 from bertforge.data.squad.features import (ContextTokens, SquadFeatures,
                                            convert_examples_to_features)
 from bertforge.data.squad.postprocess import (final_text_span, get_final_text, postprocess,
-                                              write_predictions)
+                                              postprocess_v2, write_predictions)
 
 __all__ = ["Answer", "ContextTokens", "Problem", "SquadExample", "SquadFeatures",
            "convert_examples_to_features", "final_text_span", "get_final_text", "postprocess",
-           "read_squad_examples", "split_whitespace", "write_predictions"]
+           "postprocess_v2", "read_squad_examples", "split_whitespace", "write_predictions"]

@@ -1,9 +1,11 @@
-"""Reading SQuAD v1.1 files into examples (Google's `read_squad_examples`).
+"""Reading SQuAD v1.1 and v2.0 files into examples (Google's `read_squad_examples`).
 
 Whole-file problems (not JSON, wrong structure) raise `DataError` naming the field; one bad
 question becomes a `Problem` record and is skipped (Google logs "Could not find answer" and
 skips), so a long run does not crash on it. Training questions may carry several answers (the
-first one is the label), so the dev file can be split into train and eval parts.
+first one is the label), so the dev file can be split into train and eval parts. SQuAD v2.0
+questions marked `is_impossible` (no answer in their context, `answers: []`) are training
+examples of the null answer when reading with `version_2_with_negative`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class SquadExample:
     """Word index of the first answer's first word; None when it cannot be located."""
     end_position: int | None = None
     """Word index of the first answer's last word; None when it cannot be located."""
+    is_impossible: bool = False
+    """SQuAD v2.0: the context does not answer the question (the gold answer is "")."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,18 @@ def split_whitespace(text: str) -> tuple[list[str], np.ndarray]:
     return words, offsets.astype(np.int32)
 
 
-def read_squad_examples(path: str | Path, is_training: bool, articles: slice | None = None
+def read_squad_examples(path: str | Path, is_training: bool, articles: slice | None = None,
+                        version_2_with_negative: bool = False
                         ) -> tuple[list[SquadExample], list[Problem]]:
-    """Read a SQuAD v1.1 file into examples, plus the questions skipped as problems.
+    """Read a SQuAD v1.1 or v2.0 file into examples, plus the questions skipped as problems.
 
     With `is_training`, a question whose first answer cannot be found in the context at its
-    `answer_start` (Google's "Could not find answer") or that has no answer is skipped. Without
-    it every question is kept and positions are filled only where the first answer is found.
-    Either way, questions about an empty context and repeated question ids are skipped.
+    `answer_start` (Google's "Could not find answer") or that has no answer is skipped, except,
+    with `version_2_with_negative`, a question marked `is_impossible`: it is kept without
+    positions (its label is the null answer; its answers are not read, as Google's). Without
+    `is_training` every question is kept and positions are filled only where the first answer
+    is found. Either way, questions about an empty context and repeated question ids are
+    skipped. `is_impossible` (a JSON boolean, False when absent) is read in any case.
     `articles` keeps only those entries of the file's 'data' list (e.g. slice(0, 38)).
     """
     path = Path(path)
@@ -96,8 +104,8 @@ def read_squad_examples(path: str | Path, is_training: bool, articles: slice | N
             context = _field(paragraph, "context", str, path, where)
             doc_tokens, char_to_word = split_whitespace(context)
             for q, qa in enumerate(_field(paragraph, "qas", list, path, where)):
-                example, problem = _read_question(
-                    qa, context, doc_tokens, char_to_word, is_training, path, f"{where}.qas[{q}]")
+                example, problem = _read_question(qa, context, doc_tokens, char_to_word, is_training,
+                                                  version_2_with_negative, path, f"{where}.qas[{q}]")
                 if problem is None and example.qas_id in seen:
                     problem = Problem(example.qas_id, "question id repeats an earlier question's id")
                 if problem is not None:
@@ -128,10 +136,15 @@ _JSON_NAMES = {list: "a list", str: "a string", int: "an integer"}
 
 
 def _read_question(qa: Any, context: str, doc_tokens: list[str], char_to_word: np.ndarray,
-                   is_training: bool, path: Path, where: str
+                   is_training: bool, version_2_with_negative: bool, path: Path, where: str
                    ) -> tuple[SquadExample, Problem | None]:
     qas_id = _field(qa, "id", str, path, where)
     question = _field(qa, "question", str, path, where)
+    is_impossible = "is_impossible" in qa and _flag(qa, "is_impossible", path, where)
+    if is_training and is_impossible and version_2_with_negative:
+        example = SquadExample(qas_id, question, context, doc_tokens, char_to_word, [],
+                               is_impossible=True)
+        return example, Problem(qas_id, "context is empty") if not doc_tokens else None
     answers: list[Answer] = []
     # Files to predict on may come without answers; training needs them.
     needs_answers = is_training or "answers" in qa
@@ -140,16 +153,28 @@ def _read_question(qa: Any, context: str, doc_tokens: list[str], char_to_word: n
         text = _field(answer, "text", str, path, f"{where}.answers[{i}]")
         start = _field(answer, "answer_start", int, path, f"{where}.answers[{i}]")
         answers.append(Answer(text=text, answer_start=start))
-    example = SquadExample(qas_id, question, context, doc_tokens, char_to_word, answers)
+    example = SquadExample(qas_id, question, context, doc_tokens, char_to_word, answers,
+                           is_impossible=is_impossible)
     if not doc_tokens:
         return example, Problem(qas_id, "context is empty")
     if not answers:
-        return example, Problem(qas_id, "has no answer") if is_training else None
+        if not is_training:
+            return example, None
+        return example, Problem(qas_id, "is unanswerable (is_impossible); SQuAD v2.0 training "
+                                        "(version_2_with_negative) learns from it" if is_impossible
+                                else "has no answer")
     located = _locate_answer(answers[0], context, doc_tokens, char_to_word)
     if isinstance(located, str):
         return example, Problem(qas_id, located) if is_training else None
     example.start_position, example.end_position = located
     return example, None
+
+
+def _flag(obj: dict, key: str, path: Path, where: str) -> bool:
+    value = obj[key]
+    if not isinstance(value, bool):
+        raise DataError(f"{path}: {where}.{key} must be true or false, got {value!r}")
+    return value
 
 
 def _locate_answer(answer: Answer, context: str, doc_tokens: list[str],

@@ -37,8 +37,9 @@ class SquadFeatures:
 
     A window is `[CLS] question [SEP] context[doc_span_start : doc_span_start+doc_span_length]
     [SEP]` padded with 0; its context tokens start at position `doc_offset`.
-    `start_positions`/`end_positions` are the gold answer's token positions, 0 ([CLS]) when the
-    window does not hold the answer or the example has none. `token_is_max_context[n, t]` marks
+    `start_positions`/`end_positions` are the gold answer's token positions, 0 ([CLS]: the null
+    span) when the window does not hold the answer or the example has none (SQuAD v2.0's
+    unanswerable questions). `token_is_max_context[n, t]` marks
     context tokens for which window n has the most context on both sides (Google's
     `_check_is_max_context`): each context token is max-context in exactly one window.
     Model inputs are compact (int32 ids, int8 masks); `batch()` gives int64 copies.
@@ -131,12 +132,14 @@ def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer: Wo
     """Google's `convert_examples_to_features`: sliding windows over the WordPiece context.
 
     Gold positions are computed for every example that has `start_position`; windows that do
-    not hold the answer point at [CLS] (0), as do all windows of an example without one, which
-    `is_training` forbids (read training files with `read_squad_examples(is_training=True)`).
-    An example whose context has no sub-tokens at all gets no window (and later predicts "").
+    not hold the answer point at [CLS] (0), as do all windows of an example without one.
+    `is_training` forbids that, except for SQuAD v2.0 `is_impossible` examples, whose label in
+    every window is the null span at [CLS] (read training files with
+    `read_squad_examples(is_training=True)`). An example whose context has no sub-tokens at all
+    gets no window (and later predicts "").
     """
     if is_training:
-        unlocated = [e.qas_id for e in examples if e.start_position is None]
+        unlocated = [e.qas_id for e in examples if e.start_position is None and not e.is_impossible]
         if unlocated:
             raise ValueError(f"{len(unlocated)} training example(s) have no answer position "
                              f"(first: {unlocated[0]}); read them with is_training=True")

@@ -1,5 +1,5 @@
-"""SQuAD answers from start/end logits: Google's `write_predictions` (v1.1, no null answer)
-with `get_final_text`, and the prediction files.
+"""SQuAD answers from start/end logits: Google's `write_predictions` (v1.1, and v2.0 with the
+null answer) with `get_final_text`, and the prediction files.
 
 An example with no valid span predicts "" (Google writes the placeholder text "empty").
 `postprocess` takes logits trimmed to any width from the longest window up to
@@ -51,6 +51,39 @@ def postprocess(examples: Sequence[SquadExample], features: SquadFeatures,
     single spaces (as Google's does) and the context has its own whitespace between them. The
     empty answer has start = end = 0.
     """
+    predictions, nbest_all, _ = _decode(examples, features, start_logits, end_logits, n_best_size,
+                                        max_answer_length, do_lower_case, progress, None)
+    return predictions, nbest_all
+
+
+def postprocess_v2(examples: Sequence[SquadExample], features: SquadFeatures,
+                   start_logits: np.ndarray, end_logits: np.ndarray, n_best_size: int = 20,
+                   max_answer_length: int = 30, null_score_diff_threshold: float = 0.0,
+                   do_lower_case: bool | None = None, progress: bool = True
+                   ) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Google's `write_predictions` with `version_2_with_negative` (SQuAD v2.0): predictions,
+    n-best lists and null odds (question id -> score_null - best non-null score, Google's
+    null_odds.json).
+
+    As `postprocess`, plus the null answer "" (the span start = end = 0, [CLS]): its score
+    score_null is the smallest start_logits[n, 0] + end_logits[n, 0] over the example's
+    windows n (the first such window on ties). The null entry takes its place among the ranked
+    candidates (after candidates of equal score) and is added after the n best when it did not
+    make them. The prediction is "" when score_null - (best non-null start + end logit) exceeds
+    `null_score_diff_threshold`, else the best non-null text. An example without any non-null
+    candidate predicts "" with null odds score_null - 0 (Google has the placeholder "empty" of
+    logits 0 there; without any window, score_null is 0 too). Logits at position 0 must be
+    finite.
+    """
+    return _decode(examples, features, start_logits, end_logits, n_best_size, max_answer_length,
+                   do_lower_case, progress, null_score_diff_threshold)
+
+
+def _decode(examples: Sequence[SquadExample], features: SquadFeatures, start_logits: np.ndarray,
+            end_logits: np.ndarray, n_best_size: int, max_answer_length: int,
+            do_lower_case: bool | None, progress: bool, null_score_diff_threshold: float | None
+            ) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """`postprocess` (null_score_diff_threshold None) or `postprocess_v2`."""
     start_logits = _checked_logits(start_logits, features, "start_logits")
     end_logits = _checked_logits(end_logits, features, "end_logits")
     lower = features.do_lower_case if do_lower_case is None else do_lower_case
@@ -60,15 +93,46 @@ def postprocess(examples: Sequence[SquadExample], features: SquadFeatures,
     # By example; within one, by score (stable, so ties keep Google's candidate order).
     order = np.lexsort((-score, example_of))
     bounds = np.searchsorted(example_of[order], np.arange(len(examples) + 1))
+    with_null = null_score_diff_threshold is not None
+    null_feature = _null_features(features, start_logits, end_logits, len(examples)) if with_null else None
     predictions: dict[str, str] = {}
     nbest_all: dict[str, list[dict[str, Any]]] = {}
+    null_odds: dict[str, float] = {}
     for i, example in enumerate(tqdm(examples, desc="SQuAD answers", disable=not progress)):
         chosen = order[bounds[i]:bounds[i + 1]]
+        null = None
+        if null_feature is not None and null_feature[i] >= 0:
+            null = (float(start_logits[null_feature[i], 0]), float(end_logits[null_feature[i], 0]))
         nbest = _nbest(example, features, feature[chosen], start[chosen], end[chosen],
-                       start_logits, end_logits, n_best_size, lower)
-        predictions[example.qas_id] = nbest[0]["text"]
+                       score[chosen], start_logits, end_logits, n_best_size, lower, null)
         nbest_all[example.qas_id] = nbest
-    return predictions, nbest_all
+        if not with_null:
+            predictions[example.qas_id] = nbest[0]["text"]
+            continue
+        best = next((e for e in nbest if e["text"]), None)
+        score_null = sum(null) if null is not None else 0.0
+        score_diff = score_null - (best["start_logit"] + best["end_logit"] if best else 0.0)
+        null_odds[example.qas_id] = score_diff
+        no_answer = best is None or score_diff > null_score_diff_threshold
+        predictions[example.qas_id] = "" if no_answer else best["text"]
+    return predictions, nbest_all, null_odds
+
+
+def _null_features(features: SquadFeatures, start_logits: np.ndarray, end_logits: np.ndarray,
+                   num_examples: int) -> np.ndarray:
+    """(examples,) the window of each example with the smallest null score start[0] + end[0],
+    the first window on ties (Google's min_null_feature_index); -1 for an example without one."""
+    null_score = start_logits[:, 0] + end_logits[:, 0]                  # (N,)
+    if not np.isfinite(null_score).all():
+        raise ValueError("SQuAD v2.0 decoding needs finite logits at position 0 ([CLS], the null "
+                         "answer) in every window")
+    # By example, then null score, then window number: the first row of an example is its min.
+    order = np.lexsort((features.doc_span_index, null_score, features.example_index))
+    if not len(order):
+        return np.full(num_examples, -1, dtype=np.int64)
+    first = np.searchsorted(features.example_index[order], np.arange(num_examples))
+    rows = order[np.minimum(first, len(order) - 1)]
+    return np.where(features.example_index[rows] == np.arange(num_examples), rows, -1)
 
 
 def _checked_logits(logits: np.ndarray, features: SquadFeatures, name: str) -> np.ndarray:
@@ -119,19 +183,30 @@ def _candidates(features: SquadFeatures, start_logits: np.ndarray, end_logits: n
 
 
 def _nbest(example: SquadExample, features: SquadFeatures, feature: np.ndarray,
-           start: np.ndarray, end: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray,
-           n_best_size: int, do_lower_case: bool) -> list[dict[str, Any]]:
-    """The first n_best_size distinct answer texts of an example's ranked candidates."""
+           start: np.ndarray, end: np.ndarray, score: np.ndarray, start_logits: np.ndarray,
+           end_logits: np.ndarray, n_best_size: int, do_lower_case: bool,
+           null: tuple[float, float] | None) -> list[dict[str, Any]]:
+    """The first n_best_size distinct answer texts of an example's ranked candidates; with
+    `null` (its start and end logit), the null answer "" ranked among them (after candidates
+    of equal score, as Google's stable sort puts it last) or else added at the end."""
     entries: list[tuple[str, tuple[int, int], float, float]] = []
     seen: set[str] = set()
-    for f, s, e in zip(feature.tolist(), start.tolist(), end.tolist()):
+    null_rank = len(score) if null is None else int(np.count_nonzero(score >= sum(null)))
+    for rank, (f, s, e) in enumerate(zip(feature.tolist(), start.tolist(), end.tolist())):
         if len(entries) >= n_best_size:
             break
+        if rank == null_rank and null is not None:
+            entries.append(("", (0, 0), *null))
+            seen.add("")
+            if len(entries) >= n_best_size:
+                break
         text, span = _span_text(example, features, f, s, e, do_lower_case)
         if text in seen:
             continue
         seen.add(text)
         entries.append((text, span, float(start_logits[f, s]), float(end_logits[f, e])))
+    if null is not None and "" not in seen:
+        entries.append(("", (0, 0), *null))
     if not entries:
         entries.append(("", (0, 0), 0.0, 0.0))
     probs = _softmax([s + e for _, _, s, e in entries])
@@ -210,12 +285,16 @@ def _non_space_position(text: str, k: int) -> int:
 
 
 def write_predictions(out_dir: str | Path, predictions: dict[str, str],
-                      nbest: dict[str, list[dict[str, Any]]]) -> tuple[Path, Path]:
-    """Write predictions.json (id -> text) and nbest_predictions.json, each atomically."""
+                      nbest: dict[str, list[dict[str, Any]]],
+                      null_odds: dict[str, float] | None = None) -> tuple[Path, ...]:
+    """Write predictions.json (id -> text) and nbest_predictions.json, and with `null_odds`
+    (SQuAD v2.0) null_odds.json (id -> score_null - best non-null score), each atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = out / "predictions.json", out / "nbest_predictions.json"
-    for path, content in zip(paths, (predictions, nbest)):
+    files = {out / "predictions.json": predictions, out / "nbest_predictions.json": nbest}
+    if null_odds is not None:
+        files[out / "null_odds.json"] = null_odds
+    for path, content in files.items():
         # A crash mid-write must not leave a truncated file that looks like a result.
         atomic_write_json(path, content, indent=4)
-    return paths
+    return tuple(files)
