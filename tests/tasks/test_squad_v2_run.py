@@ -102,3 +102,14 @@ def test_v1_training_skips_unanswerable_questions(tmp_path, vocab_file, squad_v2
     problems = read(out / "train_problems.json")
     assert problems and all(p["id"].startswith("neg-") and "version_2_with_negative" in p["problem"]
                             for p in problems)
+
+
+def test_eval_every_on_a_v2_file_without_the_flag_names_it(tmp_path, vocab_file, squad_v2_dev_file, capsys):
+    code = main(["finetune", "squad", "--do_train", "--train_file", str(squad_v2_dev_file), "--train_articles", "0:1",
+                 "--predict_file", str(squad_v2_dev_file), "--predict_articles", "38:39", "--eval_every", "2",
+                 "--max_seq_length", "128", "--bert_model", str(tiny_config(tmp_path / "tiny.json")),
+                 "--vocab_file", str(vocab_file), "--do_lower_case", "true", "--max_steps", "2",
+                 "--train_batch_size", "4", "--output_dir", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "questions without answers" in err and "add --version_2_with_negative" in err

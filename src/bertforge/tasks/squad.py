@@ -284,8 +284,9 @@ class SquadJob(Job):
         d = self.cfg.data
         examples, features, _ = predict_features(d, loaded, runtime, progress=False)
         if not has_gold(examples, d.version_2_with_negative):
-            raise ConfigError(f"--eval_every: {d.predict_file} has questions without answers "
-                              "to score against")
+            v2 = any(e.is_impossible for e in examples) and not d.version_2_with_negative
+            raise ConfigError(f"--eval_every: {d.predict_file} has questions without answers to score against"
+                              + ("; it is a SQuAD 2.0 file: add --version_2_with_negative" if v2 else ""))
 
         def evaluate() -> dict | None:
             found, _ = predict_answers(d, loaded, runtime, examples, features, progress=False)
