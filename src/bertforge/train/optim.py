@@ -119,13 +119,17 @@ class Lamb(Optimizer):
         update = torch._foreach_mul(w, wd)
         torch._foreach_addcdiv_(update, m, denom, value=c)
         del denom
-        if any(k > 1 for k in parts):  # a trust ratio per stacked part: its rows, as views
-            w = [view for t, k in zip(w, parts) for view in (t.chunk(k) if k > 1 else (t,))]
-            update = [view for t, k in zip(update, parts) for view in (t.chunk(k) if k > 1 else (t,))]
+        if any(k > 1 for k in parts):  # a trust ratio per stacked part
+            w, update = Lamb._split_parts(w, parts), Lamb._split_parts(update, parts)
         w_norm = torch.stack(torch._foreach_norm(w))  # (n,), before the weights move
         u_norm = torch.stack(torch._foreach_norm(update))
         trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)  # (n,)
         torch._foreach_addcmul_(w, update, Lamb._per_element(trust, update), value=-lr)
+
+    @staticmethod
+    def _split_parts(tensors: list[torch.Tensor], parts: list[int]) -> list[torch.Tensor]:
+        """Each tensor as its `parts` row blocks (views, so in-place updates reach it)."""
+        return [block for x, k in zip(tensors, parts) for block in (x.chunk(k) if k > 1 else (x,))]
 
     @staticmethod
     def _per_element(scalars: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
