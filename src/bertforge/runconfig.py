@@ -189,6 +189,11 @@ class RuntimeArgs:
     """torch.compile the encoder layers; default: on for CUDA, off elsewhere."""
     unpad: bool = True
     """Run the encoder on real tokens only (no FLOPs on padding); same outputs."""
+    recompute_attention: bool = False
+    """CPU training with attention dropout: recompute each layer's attention in the backward
+    pass instead of keeping its probabilities and dropout mask (9 bytes per score). Halves the
+    live tensors of a MiniLM step at 384 (2.1 to 1.1 GB) at about 20% more time per step
+    (docs/memory.md); the same results. For machines short of memory."""
     num_workers: int = 0
     """Background threads that prepare the next batches (index, trim, pin memory) while the
     device computes; 0 prepares each batch when it is needed."""

@@ -1,7 +1,7 @@
-"""CPU training with attention dropout recomputes each sequence's attention in the backward pass
-instead of keeping it: the same outputs, gradients and random stream as keeping it, and nothing
-of size heads x L x L saved for the backward pass (docs/memory.md: it was a third of a
-MiniLM fine-tune's peak memory)."""
+"""CPU training with attention dropout can recompute each sequence's attention in the backward
+pass instead of keeping it (`--recompute_attention`, off by default): the same outputs, gradients
+and random stream as keeping it, and nothing of size heads x L x L saved for the backward pass
+(docs/memory.md: it was a third of a MiniLM fine-tune's peak memory)."""
 
 from __future__ import annotations
 
@@ -24,25 +24,13 @@ def train_step(model, batch):
     return start.detach(), grads, torch.rand(3)
 
 
-@pytest.fixture
-def kept(monkeypatch):
-    """kept(True): the per-sequence path keeps its attention (SDPA under autograd, as before);
-    kept(False): the model's own path."""
-    recomputing = bert_module._per_sequence_attention
-
-    def use(keep: bool):
-        monkeypatch.setattr(bert_module, "_per_sequence_attention",
-                            bert_module._attend_each if keep else recomputing)
-    return use
-
-
-def test_recomputed_attention_trains_exactly_as_kept_attention(kept):
+def test_recomputed_attention_trains_exactly_as_kept_attention():
     batch = random_batch(CFG, batch=5, seq=40, seed=4)
     results = []
-    for keep in (True, False):
-        kept(keep)
+    for recompute in (False, True):
         torch.manual_seed(0)
         model = BertForQuestionAnswering(CFG, unpad=True).train()
+        model.recompute_attention(recompute)
         torch.manual_seed(1)  # the same dropout masks for both
         results.append(train_step(model, batch))
     (start_a, grads_a, next_a), (start_b, grads_b, next_b) = results
@@ -65,7 +53,7 @@ def _saved_for_backward(model, batch) -> list[torch.Size]:
     return shapes
 
 
-def test_no_attention_scores_kept_for_the_backward_pass(kept):
+def test_no_attention_scores_kept_for_the_backward_pass():
     batch = random_batch(CFG, batch=4, seq=48, seed=2, min_len=30)
     lengths = set(batch["attention_mask"].sum(1).tolist())
     torch.manual_seed(0)
@@ -74,9 +62,8 @@ def test_no_attention_scores_kept_for_the_backward_pass(kept):
     def scores(shapes):
         return [s for s in shapes if len(s) >= 2 and s[-1] == s[-2] and s[-1] in lengths]
 
-    kept(True)
-    assert scores(_saved_for_backward(model, batch))  # the check sees them when they are kept
-    kept(False)
+    assert scores(_saved_for_backward(model, batch))  # kept by default: the check sees them
+    model.recompute_attention(True)
     assert scores(_saved_for_backward(model, batch)) == []
 
 
@@ -87,7 +74,28 @@ def test_inference_and_no_dropout_have_nothing_to_recompute(monkeypatch):
     monkeypatch.setattr(bert_module, "checkpoint", refuse)
     q = torch.randn(10, 2, 8, requires_grad=True)
     with torch.no_grad():
-        bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1)
-    bert_module._per_sequence_attention(q, q, q, [4, 6], 0.0)  # SDPA's CPU flash kernel: keeps O(L)
+        bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1, recompute=True)
+    bert_module._per_sequence_attention(q, q, q, [4, 6], 0.0, recompute=True)  # SDPA's flash kernel: O(L)
+    bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1)  # off unless asked for
     with pytest.raises(AssertionError, match="recomputed"):
-        bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1)
+        bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1, recompute=True)
+
+
+def test_the_trainer_turns_it_on_from_the_runtime_option(tmp_path):
+    from bertforge.runconfig import RuntimeArgs, TrainArgs
+    from bertforge.train.loop import Trainer
+    from bertforge.train.runtime import Runtime
+
+    def flags(recompute: bool) -> set[bool]:
+        model = BertForQuestionAnswering(CFG, unpad=True)
+        runtime = Runtime(RuntimeArgs(device="cpu", recompute_attention=recompute))
+        Trainer(model, None, _NoData(), TrainArgs(max_steps=1), runtime, tmp_path, total_steps=1, progress=False)
+        return {m.recompute for m in model.modules() if isinstance(m, bert_module.SelfAttention)}
+
+    assert flags(False) == {False}
+    assert flags(True) == {True}
+
+
+class _NoData:
+    def state_dict(self) -> dict:
+        return {}

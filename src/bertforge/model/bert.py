@@ -186,6 +186,7 @@ class SelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.recompute = False  # see BertPreTrainedModel.recompute_attention
 
     def forward(self, x: Tensor, layout: Layout) -> Tensor:
         """x: (B, T, H) padded or (N, H) unpadded -> same shape (before the output projection)."""
@@ -195,10 +196,10 @@ class SelfAttention(nn.Module):
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, dropout_p=dropout_p)
             return y.transpose(1, 2).flatten(2)  # (B, T, H)
-        return unpadded_attention(qkv, layout, dropout_p).flatten(1)  # (N, H)
+        return unpadded_attention(qkv, layout, dropout_p, self.recompute).flatten(1)  # (N, H)
 
 
-def unpadded_attention(qkv: Tensor, layout: Unpadded, dropout_p: float) -> Tensor:
+def unpadded_attention(qkv: Tensor, layout: Unpadded, dropout_p: float, recompute: bool = False) -> Tensor:
     """qkv: (N, 3, nh, hd), the real tokens' queries, keys and values -> (N, nh, hd).
 
     The fastest exact kernel the device has, all with attention dropout (docs/model.md):
@@ -212,7 +213,7 @@ def unpadded_attention(qkv: Tensor, layout: Unpadded, dropout_p: float) -> Tenso
     if layout.flash_varlen and _flash_varlen_supports(q):
         return _flash_varlen_attention(q, k, v, layout, dropout_p)
     if q.device.type == "cpu" and not torch.compiler.is_compiling():
-        return _per_sequence_attention(q, k, v, layout.lengths, dropout_p)
+        return _per_sequence_attention(q, k, v, layout.lengths, dropout_p, recompute)
     return _padded_grid_attention(qkv, layout, dropout_p)
 
 
@@ -245,15 +246,16 @@ def _flash_varlen_attention(q: Tensor, k: Tensor, v: Tensor, layout: Unpadded,
 
 
 def _per_sequence_attention(q: Tensor, k: Tensor, v: Tensor, lengths: list[int],
-                            dropout_p: float) -> Tensor:
+                            dropout_p: float, recompute: bool = False) -> Tensor:
     """q, k, v: (N, nh, hd), sequences back to back -> (N, nh, hd).
 
-    Training with attention dropout recomputes the attention in the backward pass instead of
-    keeping it (torch.utils.checkpoint; the dropout masks are replayed from the saved RNG state):
-    with dropout SDPA runs its math kernel on the CPU, which would keep 9 bytes per score (the
-    probabilities, the mask, the dropped probabilities) for every layer until the backward pass,
-    about a third of a fine-tune's peak memory (docs/memory.md)."""
-    if dropout_p > 0 and torch.is_grad_enabled() and q.requires_grad:
+    With `recompute`, training with attention dropout recomputes the attention in the backward
+    pass instead of keeping it (torch.utils.checkpoint; the dropout masks are replayed from the
+    saved RNG state): with dropout SDPA runs its math kernel on the CPU, which keeps 9 bytes per
+    score (the probabilities, the mask, the dropped probabilities) for every layer until the
+    backward pass, about a third of a fine-tune's peak memory; recomputing costs about 20% more
+    time per step (docs/memory.md)."""
+    if recompute and dropout_p > 0 and torch.is_grad_enabled() and q.requires_grad:
         return checkpoint(_attend_each, q, k, v, lengths, dropout_p, use_reentrant=False)
     return _attend_each(q, k, v, lengths, dropout_p)
 
@@ -440,6 +442,13 @@ class BertPreTrainedModel(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def recompute_attention(self, on: bool = True) -> None:
+        """Recompute the attention of CPU training steps in the backward pass instead of keeping
+        it (less memory, more time; see `_per_sequence_attention`)."""
+        for module in self.modules():
+            if isinstance(module, SelfAttention):
+                module.recompute = on
 
     def compile_layers(self) -> None:
         """torch.compile each BertLayer in place, with dynamic shapes so that any batch and

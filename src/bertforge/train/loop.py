@@ -247,6 +247,8 @@ class Trainer:
         self.total_steps = total_steps
         self.progress = progress and runtime.is_main
         model.to(runtime.device)
+        if runtime.recompute_attention and hasattr(model, "recompute_attention"):
+            model.recompute_attention(True)
         if runtime.compile:
             model.compile_layers()
         self.state = build_train_state(model, cfg, runtime, total_steps)

@@ -88,6 +88,7 @@ class Runtime:
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.compile = args.compile if args.compile is not None else self.device.type == "cuda"
         self.num_workers = args.num_workers
+        self.recompute_attention = args.recompute_attention
         self._set_matmul_precision()
         if dist_info.enabled and not dist.is_initialized():
             if self.device.type != "cpu":
