@@ -507,12 +507,50 @@ def run_glue(env: Env, results: Results, tasks: list[str], seeds: list[int], sid
 
 # ---- pretraining works ---------------------------------------------------------------------------
 
-PRETRAIN = dict(bert_model="mini", max_seq_length=128, max_predictions_per_seq=20, train_batch_size=64,
-                learning_rate=5e-3, warmup_proportion=0.1, max_steps=500, eval_every=125)
+PRETRAIN = dict(bert_model="mini", max_seq_length=128, max_predictions_per_seq=20, train_batch_size=32,
+                learning_rate=5e-3, warmup_proportion=0.1, max_steps=1000, eval_every=200)
 FINETUNE_LR = 1e-4
 
 
-def run_pretrain(env: Env, results: Results, seeds: list[int], max_steps: int) -> None:
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """What the pretraining comparison varies: the architecture, steps, batch and peak LAMB rate."""
+
+    model: str = PRETRAIN["bert_model"]
+    steps: int = PRETRAIN["max_steps"]
+    batch: int = PRETRAIN["train_batch_size"]
+    lr: float = PRETRAIN["learning_rate"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.steps}steps_b{self.batch}_lr{lr_tag(self.lr)}"
+
+    def key(self) -> dict:
+        """The fields that identify the pretraining run (and the fine-tunes of its model)."""
+        return {"model": self.model, "max_steps": self.steps, "train_batch_size": self.batch,
+                "learning_rate": self.lr}
+
+
+def with_legacy_fields(r: dict) -> dict:
+    """Pretraining-comparison records written before the model, batch and learning rate were
+    options (2026-11-29) ran the recipe of that time: mini, batch 64, LAMB lr 5e-3."""
+    if r.get("comparison") != "pretrain":
+        return r
+    r = {"model": "mini", **r}
+    if r.get("stage") != "finetune" or r.get("init") == "pretrained":
+        r = {"train_batch_size": 64, "learning_rate": 5e-3, **r}
+    return r
+
+
+def find_pretrain(results: Results, key: dict) -> dict | None:
+    """The latest pretraining-comparison record with these fields (see with_legacy_fields)."""
+    key = {**key, "precision": results.env.precision, "device_type": torch.device(results.env.device).type,
+           "smoke": results.env.smoke}
+    records = map(with_legacy_fields, reversed(results.records()))
+    return next((r for r in records if all(r.get(k) == v for k, v in key.items())), None)
+
+
+def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainRecipe) -> None:
     root = env.workdir / "pretrain"
     data = root / "data"
     vocab = env.vocab_file
@@ -530,18 +568,19 @@ def run_pretrain(env: Env, results: Results, seeds: list[int], max_steps: int) -
         manifest = json.loads((data / "manifest.json").read_text())
         results.add({"comparison": "pretrain", "stage": "prepare", "run_command": shlex.join(cmd), "seconds": seconds,
                      "instances": {s: v["instances"] for s, v in manifest["splits"].items()}})
-    model_dir = root / f"{p['bert_model']}_{max_steps}steps"
-    key = {"comparison": "pretrain", "stage": "pretrain", "max_steps": max_steps}
-    if not results.find(key) and env.time_left("pretraining"):
+    model_dir = root / recipe.name
+    key = {"comparison": "pretrain", "stage": "pretrain", **recipe.key()}
+    if not find_pretrain(results, key) and env.time_left("pretraining"):
         cpu0 = _children_cpu()
         cmd, seconds = bertforge_cli(
-            ["pretrain", "--bert_model", p["bert_model"], "--input_dir", data, "--output_dir", model_dir,
-             "--overwrite_output_dir", "--max_steps", max_steps, "--train_batch_size", p["train_batch_size"],
-             "--learning_rate", p["learning_rate"], "--warmup_proportion", p["warmup_proportion"],
+            ["pretrain", "--bert_model", recipe.model, "--input_dir", data, "--output_dir", model_dir,
+             "--overwrite_output_dir", "--max_steps", recipe.steps, "--train_batch_size", recipe.batch,
+             "--learning_rate", recipe.lr, "--warmup_proportion", p["warmup_proportion"],
              "--optimizer", "lamb", "--schedule", "poly", "--seed", 0, "--log_every", 10,
-             "--eval_every", max(1, min(p["eval_every"], max_steps)), *env.runtime_flags()], model_dir.with_suffix(".log"))
+             "--eval_every", max(1, min(p["eval_every"], recipe.steps)), *env.runtime_flags()],
+            model_dir.with_suffix(".log"))
         rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
-        results.add({**key, "model": p["bert_model"], "run_command": shlex.join(cmd), "seconds": seconds,
+        results.add({**key, "run_command": shlex.join(cmd), "seconds": seconds,
                      "cpu_seconds": _children_cpu() - cpu0,
                      "heldout": [{k: r[k] for k in ("step", "mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss")}
                                  for r in rows if r.get("split") == "eval"],
@@ -551,8 +590,20 @@ def run_pretrain(env: Env, results: Results, seeds: list[int], max_steps: int) -
     for task_name in ("sst2", "mrpc"):
         for seed in seeds:
             for init in ("pretrained", "random"):
-                finetune_small(env, results, task_name, seed, init, model_dir, max_steps)
-    summarize_pretrain(env, results, seeds, max_steps)
+                finetune_small(env, results, task_name, seed, init, model_dir, recipe)
+    summarize_pretrain(env, results, seeds, recipe)
+
+
+def finetune_key(task_name: str, seed: int, init: str, recipe: PretrainRecipe) -> dict:
+    """Fine-tuning from random weights depends on the architecture only, not on the pretraining."""
+    key = {"comparison": "pretrain", "stage": "finetune", "task": task_name, "seed": seed, "init": init}
+    if init == "random":
+        return {**key, "model": recipe.model}
+    return {**key, **{("pretrain_steps" if k == "max_steps" else k): v for k, v in recipe.key().items()}}
+
+
+def find_finetune(results: Results, task_name: str, seed: int, init: str, recipe: PretrainRecipe) -> dict | None:
+    return find_pretrain(results, finetune_key(task_name, seed, init, recipe))
 
 
 def _children_cpu() -> float:
@@ -561,14 +612,15 @@ def _children_cpu() -> float:
 
 
 def finetune_small(env: Env, results: Results, task_name: str, seed: int, init: str, model_dir: Path,
-                   pretrain_steps: int) -> None:
-    key = {"comparison": "pretrain", "stage": "finetune", "task": task_name, "seed": seed, "init": init,
-           "pretrain_steps": pretrain_steps}
-    if results.find(key) or not env.time_left(f"{task_name} fine-tuning ({init}, seed {seed})"):
+                   recipe: PretrainRecipe) -> None:
+    key = finetune_key(task_name, seed, init, recipe)
+    if find_finetune(results, task_name, seed, init, recipe) or \
+            not env.time_left(f"{task_name} fine-tuning ({init}, seed {seed})"):
         return
-    out = env.workdir / "pretrain" / "finetune" / f"{task_name}_{init}_seed{seed}"
+    out = env.workdir / "pretrain" / "finetune" / (f"{task_name}_{init}_seed{seed}" if init == "random"
+                                                   else f"{task_name}_{recipe.name}_seed{seed}")
     model = (["--init_checkpoint", model_dir] if init == "pretrained"
-             else ["--bert_model", PRETRAIN["bert_model"], "--vocab_file", env.vocab_file, "--do_lower_case", "true"])
+             else ["--bert_model", recipe.model, "--vocab_file", env.vocab_file, "--do_lower_case", "true"])
     t = glue_train_args(seed, FINETUNE_LR)
     cmd, seconds = bertforge_cli(
         ["finetune", "glue", "--task_name", task_name, "--data_dir", glue_data_dir(env, task_name), *model,
@@ -581,21 +633,22 @@ def finetune_small(env: Env, results: Results, task_name: str, seed: int, init: 
                  "seconds": seconds})
 
 
-def summarize_pretrain(env: Env, results: Results, seeds: list[int], pretrain_steps: int) -> None:
+def summarize_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainRecipe) -> None:
     for task_name in ("sst2", "mrpc"):
         metric = GLUE_HEADLINE[task_name]
         scores = {}
         for init in ("pretrained", "random"):
-            found = [results.find({"comparison": "pretrain", "stage": "finetune", "task": task_name, "seed": s,
-                                   "init": init, "pretrain_steps": pretrain_steps}) for s in seeds]
+            found = [find_finetune(results, task_name, s, init, recipe) for s in seeds]
             if not all(found):
-                return
+                break
             scores[init] = [100 * r[metric] for r in found]
+        if len(scores) < 2:
+            continue
         spread = max(max(v) - min(v) for v in scores.values())
         gain = statistics.mean(scores["pretrained"]) - statistics.mean(scores["random"])
         results.add({"comparison": "pretrain", "stage": "summary", "task": task_name, "metric": metric,
-                     "pretrain_steps": pretrain_steps, "seeds": seeds, "scores": scores, "gain": gain,
-                     "spread": spread, "passes": gain > spread if task_name == "sst2" else None})
+                     **recipe.key(), "pretrain_steps": recipe.steps, "seeds": seeds, "scores": scores,
+                     "gain": gain, "spread": spread, "passes": gain > spread if task_name == "sst2" else None})
 
 
 # ---- report --------------------------------------------------------------------------------------
@@ -643,8 +696,9 @@ def report(results: Results) -> str:
                            f"{ours - theirs:+.2f} | {allowed} | {'yes' if abs(ours - theirs) <= allowed else 'NO'} |")
         out.append("")
     pre = latest(lambda r: r.get("comparison") == "pretrain" and r.get("stage") == "pretrain")
-    for r in pre:
-        out += [f"Pretraining ({r['model']}, {r['max_steps']} steps, {r['seconds'] / 60:.0f} min wall, "
+    for r in map(with_legacy_fields, pre):
+        out += [f"Pretraining ({r['model']}, {r['max_steps']} steps, batch {r['train_batch_size']}, LAMB lr "
+                f"{r['learning_rate']:g}, {r['seconds'] / 60:.0f} min wall, "
                 f"{r['cpu_seconds'] / 60:.0f} CPU min), held-out split:", "",
                 "| step | MLM accuracy | NSP accuracy | MLM loss | NSP loss |", "|---|---|---|---|---|"]
         out += [f"| {h['step']} | {100 * h['mlm_accuracy']:.2f} | {100 * h['nsp_accuracy']:.2f} | "
@@ -652,11 +706,12 @@ def report(results: Results) -> str:
         out.append("")
     summaries = latest(lambda r: r.get("comparison") == "pretrain" and r.get("stage") == "summary")
     if summaries:
-        out += ["| task | metric | pretrained (per seed) | random init (per seed) | gain (means) | "
-                "largest spread | gain > spread |", "|---|---|---|---|---|---|---|"]
-        for r in summaries:
+        out += ["| pretraining | task | metric | pretrained (per seed) | random init (per seed) | gain (means) | "
+                "largest spread | gain > spread |", "|---|---|---|---|---|---|---|---|"]
+        for r in map(with_legacy_fields, summaries):
             fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
-            out.append(f"| {r['task']} | {r['metric']} | {fmt(r['scores']['pretrained'])} | "
+            recipe = f"{r['model']}, {r['pretrain_steps']} steps, batch {r['train_batch_size']}, lr {r['learning_rate']:g}"
+            out.append(f"| {recipe} | {r['task']} | {r['metric']} | {fmt(r['scores']['pretrained'])} | "
                        f"{fmt(r['scores']['random'])} | {r['gain']:+.2f} | {r['spread']:.2f} | "
                        f"{'yes' if r['gain'] > r['spread'] else 'no'} |")
         out.append("")
@@ -664,8 +719,10 @@ def report(results: Results) -> str:
 
 
 def _identity(r: dict) -> tuple:
+    r = with_legacy_fields(r)
     return tuple(r.get(k) for k in ("comparison", "stage", "side", "task", "lr", "seed", "init", "max_steps",
-                                    "pretrain_steps", "dropout", "device_type", "precision", "smoke"))
+                                    "pretrain_steps", "model", "train_batch_size", "learning_rate", "dropout",
+                                    "device_type", "precision", "smoke"))
 
 
 # ---- bundle --------------------------------------------------------------------------------------
@@ -738,6 +795,9 @@ def main() -> int:
                        help="off: a diagnostic, both sides without dropout")
     for p in (pre, every):
         p.add_argument("--pretrain_steps", type=int, default=PRETRAIN["max_steps"])
+        p.add_argument("--pretrain_model", default=PRETRAIN["bert_model"], help="a bertforge preset")
+        p.add_argument("--pretrain_batch", type=int, default=PRETRAIN["train_batch_size"])
+        p.add_argument("--pretrain_lr", type=float, default=PRETRAIN["learning_rate"], help="LAMB's peak rate")
         p.add_argument("--finetune_seeds", type=int, nargs="+", default=[0, 1, 2])
     every.add_argument("--skip", nargs="*", default=[], choices=["squad", "glue", "pretrain"])
     sub.add_parser("report")
@@ -767,7 +827,9 @@ def main() -> int:
     if args.command in ("glue", "all") and "glue" not in skip:
         run_glue(env, results, args.tasks, args.glue_seeds, ["bertforge", "transformers"], args.glue_dropout == "on")
     if args.command in ("pretrain", "all") and "pretrain" not in skip:
-        run_pretrain(env, results, args.finetune_seeds, 3 if env.smoke else args.pretrain_steps)
+        run_pretrain(env, results, args.finetune_seeds,
+                     PretrainRecipe(args.pretrain_model, 3 if env.smoke else args.pretrain_steps,
+                                    args.pretrain_batch, args.pretrain_lr))
     print(report(results))
     return 0
 

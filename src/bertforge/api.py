@@ -19,6 +19,8 @@ their longest sequence), exactly as `bertforge predict` does.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +50,12 @@ class Answer:
 
     text: str
     """The answer as SQuAD predicts it: words of the context, joined by single spaces ("" when
-    no span of the context qualifies)."""
+    no span of the context qualifies, or, SQuAD v2.0, when the model says there is no answer)."""
     score: float
-    """Its probability among the n-best answers (softmax of start + end logit over them)."""
+    """Its probability among the n-best answers (softmax of start + end logit over them; for
+    "" of a v2.0 model, the null answer's)."""
     start: int
-    """Character offset in the context where the answer starts."""
+    """Character offset in the context where the answer starts (0 and end 0 for "")."""
     end: int
     """Character offset just past its end: `context[start:end]` is the answer as the context
     writes it (the same words, with the context's own whitespace between them)."""
@@ -142,7 +145,8 @@ class Predictor:
     def answer(self, question: Sequence[str], context: str | Sequence[str], **settings) -> list[Answer]: ...
 
     def answer(self, question, context, *, max_seq_length: int = 384, doc_stride: int = 128,
-               max_query_length: int = 64, n_best_size: int = 20, max_answer_length: int = 30):
+               max_query_length: int = 64, n_best_size: int = 20, max_answer_length: int = 30,
+               allow_no_answer: bool | None = None, null_score_diff_threshold: float = 0.0):
         """The answer to `question` in `context` (a span of the context), or a list of answers
         for a list of questions, about one context or a list of as many contexts.
 
@@ -151,6 +155,10 @@ class Predictor:
         longer than max_query_length tokens are cut; the best of the n_best_size start and end
         candidates of each window, at most max_answer_length tokens long, wins (Google's
         run_squad.py settings and decoding).
+
+        allow_no_answer: SQuAD v2.0 decoding, where the answer is "" when the null answer's
+        score ([CLS]) beats the best span's by more than null_score_diff_threshold. Default: as
+        the checkpoint was fine-tuned (`finetune squad --version_2_with_negative` records it).
         """
         self._need("qa", "answer", "bertforge finetune squad")
         single = isinstance(question, str)
@@ -163,6 +171,10 @@ class Predictor:
                             ("max_query_length", max_query_length), ("n_best_size", n_best_size),
                             ("max_answer_length", max_answer_length)):
             _positive(name, value)
+        if not math.isfinite(null_score_diff_threshold):
+            raise DataError(f"null_score_diff_threshold must be a finite number, got {null_score_diff_threshold}")
+        if allow_no_answer is None:
+            allow_no_answer = bool(self.loaded.meta.get("version_2_with_negative", False))
         check_seq_length(max_seq_length, self.loaded.config)
         examples = []
         for i, (q, c) in enumerate(zip(questions, contexts)):
@@ -183,10 +195,17 @@ class Predictor:
             start, end = self._predict(model_arrays(features, False), span_logits, per_token=True)
         else:  # no context had a single WordPiece token: every answer is ""
             start = end = np.zeros((0, max_seq_length), dtype=np.float32)
-        _, nbest = squad.postprocess(examples, features, start, end, n_best_size, max_answer_length,
-                                     progress=False)
+        if allow_no_answer:
+            predictions, nbest, _ = squad.postprocess_v2(examples, features, start, end, n_best_size,
+                                                         max_answer_length, null_score_diff_threshold,
+                                                         progress=False)
+        else:
+            predictions, nbest = squad.postprocess(examples, features, start, end, n_best_size,
+                                                   max_answer_length, progress=False)
+        # The prediction's own n-best entry (v2.0 may pick "" or the best non-null text).
+        chosen = [next(b for b in nbest[e.qas_id] if b["text"] == predictions[e.qas_id]) for e in examples]
         answers = [Answer(text=best["text"], score=best["probability"], start=best["start"], end=best["end"])
-                   for best in (nbest[e.qas_id][0] for e in examples)]
+                   for best in chosen]
         return answers[0] if single else answers
 
     # ---- classification --------------------------------------------------------------------

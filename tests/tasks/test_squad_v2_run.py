@@ -113,3 +113,30 @@ def test_eval_every_on_a_v2_file_without_the_flag_names_it(tmp_path, vocab_file,
     assert code == 2
     err = capsys.readouterr().err
     assert "questions without answers" in err and "add --version_2_with_negative" in err
+
+
+def test_the_python_api_decodes_a_v2_checkpoint_as_v2(v2_run, squad_v2_dev_file):
+    """A checkpoint fine-tuned with --version_2_with_negative answers "" through bertforge.load
+    (and so the server and `predict squad --question`) as predict squad does: by its null odds."""
+    import bertforge
+
+    raw = read(squad_v2_dev_file)["data"][38]["paragraphs"]
+    pairs = [(qa["id"], qa["question"], p["context"]) for p in raw for qa in p["qas"]]
+    nbest, odds = read(v2_run / "nbest_predictions.json"), read(v2_run / "null_odds.json")
+    qa = bertforge.load(str(v2_run))
+    questions, contexts = [q for _, q, _ in pairs], [c for _, _, c in pairs]
+    threshold = float(np.median(list(odds.values())))  # some "" and some spans, whatever the model
+    answers = qa.answer(questions, contexts, max_seq_length=128, null_score_diff_threshold=threshold)
+    expected = [("" if odds[qid] > threshold else next(e["text"] for e in nbest[qid] if e["text"]))
+                for qid, _, _ in pairs]
+    assert [a.text for a in answers] == expected
+    assert "" in expected and any(expected)
+    for a, (qid, _, context) in zip(answers, pairs):
+        if a.text:
+            assert " ".join(context[a.start:a.end].split()) == a.text
+        else:
+            null = next(e for e in nbest[qid] if e["text"] == "")
+            assert (a.start, a.end) == (0, 0) and a.score == pytest.approx(null["probability"])
+    # v1.1 decoding on request: the best non-null span, never "".
+    v1 = qa.answer(questions, contexts, max_seq_length=128, allow_no_answer=False)
+    assert all(a.text for a in v1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from bertforge.config import BertConfig, resolve_config
@@ -26,6 +26,7 @@ class LoadedModel:
     labels: list[str] | None  # class names the checkpoint records for its classification head
     task: str | None  # the task the checkpoint was fine-tuned for, where it records one
     head_loaded: bool  # the checkpoint had trained weights for the model's head
+    meta: dict = field(default_factory=dict)  # what else the checkpoint records (bertforge.json)
 
     @property
     def vocab_file(self) -> Path:
@@ -80,7 +81,7 @@ def load_model(args: ModelArgs, head: str | None, *, num_labels: int = 2, unpad:
     if ckpt is None and head != "pretraining":
         log.warning("no --init_checkpoint: fine-tuning starts from random weights, not a pretrained model")
     return LoadedModel(model, config, tokenizer, ckpt.labels if ckpt else None,
-                       ckpt.meta.get("task") if ckpt else None, head_loaded)
+                       ckpt.meta.get("task") if ckpt else None, head_loaded, dict(ckpt.meta) if ckpt else {})
 
 
 def _describe(config: BertConfig) -> str:

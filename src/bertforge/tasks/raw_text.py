@@ -125,7 +125,10 @@ def answer_run(cfg) -> int:
                             ("question", "context"), (), 1)]
     settings = dict(max_seq_length=d.max_seq_length, doc_stride=d.doc_stride,
                     max_query_length=d.max_query_length, n_best_size=d.n_best_size,
-                    max_answer_length=d.max_answer_length)
+                    max_answer_length=d.max_answer_length,
+                    # v2.0 decoding when asked for, else as the checkpoint was fine-tuned
+                    allow_no_answer=True if d.version_2_with_negative else None,
+                    null_score_diff_threshold=d.null_score_diff_threshold)
     predictor = _predictor(cfg, d.predict_batch_size)
     with _open_output(cfg.output_jsonl) as out:
         for chunk in _chunks(records):

@@ -275,7 +275,8 @@ class SquadJob(Job):
         return SpanLoss()
 
     def checkpoint_meta(self, loaded, trainer) -> dict:
-        return {"task": "squad"}
+        # Readers of the checkpoint (Predictor.answer, the server) decode as it was trained.
+        return {"task": "squad", "version_2_with_negative": self.cfg.data.version_2_with_negative}
 
     def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
         if not self.cfg.evaluation.eval_every:
