@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics, require_metrics
-from bertforge.infer import InferenceStats, predict, predict_timed
+from bertforge.infer import InferenceStats, predict_timed
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
 from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
