@@ -514,31 +514,39 @@ FINETUNE_LR = 1e-4
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    """What the pretraining comparison varies: the architecture, steps, batch and peak LAMB rate."""
+    """What the pretraining comparison varies: the architecture, steps, batch, optimizer and its
+    peak rate (LAMB with NVIDIA's poly schedule, or AdamW with the linear one)."""
 
     model: str = PRETRAIN["bert_model"]
     steps: int = PRETRAIN["max_steps"]
     batch: int = PRETRAIN["train_batch_size"]
     lr: float = PRETRAIN["learning_rate"]
+    optimizer: str = "lamb"
 
     @property
     def name(self) -> str:
-        return f"{self.model}_{self.steps}steps_b{self.batch}_lr{lr_tag(self.lr)}"
+        name = f"{self.model}_{self.steps}steps_b{self.batch}_lr{lr_tag(self.lr)}"
+        return name if self.optimizer == "lamb" else f"{name}_{self.optimizer}"
+
+    @property
+    def schedule(self) -> str:
+        return "poly" if self.optimizer == "lamb" else "linear"
 
     def key(self) -> dict:
         """The fields that identify the pretraining run (and the fine-tunes of its model)."""
         return {"model": self.model, "max_steps": self.steps, "train_batch_size": self.batch,
-                "learning_rate": self.lr}
+                "learning_rate": self.lr, "optimizer": self.optimizer}
 
 
 def with_legacy_fields(r: dict) -> dict:
     """Pretraining-comparison records written before the model, batch and learning rate were
-    options (2026-11-29) ran the recipe of that time: mini, batch 64, LAMB lr 5e-3."""
+    options (2026-11-29) ran the recipe of that time: mini, batch 64, LAMB lr 5e-3 (and records
+    before the optimizer was one, LAMB)."""
     if r.get("comparison") != "pretrain":
         return r
     r = {"model": "mini", **r}
     if r.get("stage") != "finetune" or r.get("init") == "pretrained":
-        r = {"train_batch_size": 64, "learning_rate": 5e-3, **r}
+        r = {"train_batch_size": 64, "learning_rate": 5e-3, "optimizer": "lamb", **r}
     return r
 
 
@@ -576,7 +584,7 @@ def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainR
             ["pretrain", "--bert_model", recipe.model, "--input_dir", data, "--output_dir", model_dir,
              "--overwrite_output_dir", "--max_steps", recipe.steps, "--train_batch_size", recipe.batch,
              "--learning_rate", recipe.lr, "--warmup_proportion", p["warmup_proportion"],
-             "--optimizer", "lamb", "--schedule", "poly", "--seed", 0, "--log_every", 10,
+             "--optimizer", recipe.optimizer, "--schedule", recipe.schedule, "--seed", 0, "--log_every", 10,
              "--eval_every", max(1, min(p["eval_every"], recipe.steps)), *env.runtime_flags()],
             model_dir.with_suffix(".log"))
         rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
@@ -617,7 +625,7 @@ def finetune_small(env: Env, results: Results, task_name: str, seed: int, init: 
     if find_finetune(results, task_name, seed, init, recipe) or \
             not env.time_left(f"{task_name} fine-tuning ({init}, seed {seed})"):
         return
-    out = env.workdir / "pretrain" / "finetune" / (f"{task_name}_{init}_seed{seed}" if init == "random"
+    out = env.workdir / "pretrain" / "finetune" / (f"{task_name}_random_{recipe.model}_seed{seed}" if init == "random"
                                                    else f"{task_name}_{recipe.name}_seed{seed}")
     model = (["--init_checkpoint", model_dir] if init == "pretrained"
              else ["--bert_model", recipe.model, "--vocab_file", env.vocab_file, "--do_lower_case", "true"])
@@ -697,7 +705,7 @@ def report(results: Results) -> str:
         out.append("")
     pre = latest(lambda r: r.get("comparison") == "pretrain" and r.get("stage") == "pretrain")
     for r in map(with_legacy_fields, pre):
-        out += [f"Pretraining ({r['model']}, {r['max_steps']} steps, batch {r['train_batch_size']}, LAMB lr "
+        out += [f"Pretraining ({r['model']}, {r['max_steps']} steps, batch {r['train_batch_size']}, {r['optimizer']} lr "
                 f"{r['learning_rate']:g}, {r['seconds'] / 60:.0f} min wall, "
                 f"{r['cpu_seconds'] / 60:.0f} CPU min), held-out split:", "",
                 "| step | MLM accuracy | NSP accuracy | MLM loss | NSP loss |", "|---|---|---|---|---|"]
@@ -710,7 +718,8 @@ def report(results: Results) -> str:
                 "largest spread | gain > spread |", "|---|---|---|---|---|---|---|---|"]
         for r in map(with_legacy_fields, summaries):
             fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
-            recipe = f"{r['model']}, {r['pretrain_steps']} steps, batch {r['train_batch_size']}, lr {r['learning_rate']:g}"
+            recipe = (f"{r['model']}, {r['pretrain_steps']} steps, batch {r['train_batch_size']}, "
+                      f"{r.get('optimizer', 'lamb')} lr {r['learning_rate']:g}")
             out.append(f"| {recipe} | {r['task']} | {r['metric']} | {fmt(r['scores']['pretrained'])} | "
                        f"{fmt(r['scores']['random'])} | {r['gain']:+.2f} | {r['spread']:.2f} | "
                        f"{'yes' if r['gain'] > r['spread'] else 'no'} |")
@@ -721,7 +730,8 @@ def report(results: Results) -> str:
 def _identity(r: dict) -> tuple:
     r = with_legacy_fields(r)
     return tuple(r.get(k) for k in ("comparison", "stage", "side", "task", "lr", "seed", "init", "max_steps",
-                                    "pretrain_steps", "model", "train_batch_size", "learning_rate", "dropout",
+                                    "pretrain_steps", "model", "train_batch_size", "learning_rate", "optimizer",
+                                    "dropout",
                                     "device_type", "precision", "smoke"))
 
 
@@ -797,7 +807,8 @@ def main() -> int:
         p.add_argument("--pretrain_steps", type=int, default=PRETRAIN["max_steps"])
         p.add_argument("--pretrain_model", default=PRETRAIN["bert_model"], help="a bertforge preset")
         p.add_argument("--pretrain_batch", type=int, default=PRETRAIN["train_batch_size"])
-        p.add_argument("--pretrain_lr", type=float, default=PRETRAIN["learning_rate"], help="LAMB's peak rate")
+        p.add_argument("--pretrain_lr", type=float, default=PRETRAIN["learning_rate"], help="the peak rate")
+        p.add_argument("--pretrain_optimizer", choices=["lamb", "adamw"], default="lamb")
         p.add_argument("--finetune_seeds", type=int, nargs="+", default=[0, 1, 2])
     every.add_argument("--skip", nargs="*", default=[], choices=["squad", "glue", "pretrain"])
     sub.add_parser("report")
@@ -829,7 +840,7 @@ def main() -> int:
     if args.command in ("pretrain", "all") and "pretrain" not in skip:
         run_pretrain(env, results, args.finetune_seeds,
                      PretrainRecipe(args.pretrain_model, 3 if env.smoke else args.pretrain_steps,
-                                    args.pretrain_batch, args.pretrain_lr))
+                                    args.pretrain_batch, args.pretrain_lr, args.pretrain_optimizer))
     print(report(results))
     return 0
 

@@ -1,0 +1,92 @@
+"""What a pretrained checkpoint knows before fine-tuning, against the same architecture from random
+weights: a diagnostic for `benchmarks/accuracy.py pretrain` when pretraining does not help.
+
+For each checkpoint (and a random-weights model of the preset given), on SST-2 (the first
+--train_sentences training sentences to fit, the dev set to score):
+- linear probes (scikit-learn's logistic regression on standardised features) on the mean of the
+  last hidden states, on the [CLS] state, and on the bag (mean) of the input word embeddings:
+  what a classifier can read off the frozen model;
+- how alike sentences look (the mean cosine similarity of their mean-pooled vectors);
+- the size of the word embeddings (RMS of the matrix), which fine-tuning with Adam has to move.
+
+    python benchmarks/pretrain_probe.py --preset mini runs/accuracy/pretrain/mini_1000steps_b32_lr1e-2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import bertforge
+from bertforge.checkpoint.native import save_native
+from bertforge.config import resolve_config
+from bertforge.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def read_sst2(path: Path, limit: int | None = None) -> tuple[list[str], np.ndarray]:
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    rows = rows[:limit] if limit else rows
+    return [r[0] for r in rows], np.array([int(r[1]) for r in rows])
+
+
+def probe(train: np.ndarray, train_y: np.ndarray, dev: np.ndarray, dev_y: np.ndarray) -> float:
+    """Dev accuracy (%) of a logistic regression fitted on standardised training features."""
+    mu, sd = train.mean(0), train.std(0) + 1e-6
+    clf = LogisticRegression(max_iter=2000).fit((train - mu) / sd, train_y)
+    return 100 * clf.score((dev - mu) / sd, dev_y)
+
+
+def describe(path: str, name: str, data: tuple) -> dict:
+    (tr_x, tr_y), (dv_x, dv_y) = data
+    qa = bertforge.load(path)
+    result = {"model": name}
+    for pooling in ("mean", "cls"):
+        a, b = (qa.encode(x, pooling=pooling, max_seq_length=128) for x in (tr_x, dv_x))
+        result[f"probe_{pooling}"] = probe(a, tr_y, b, dv_y)
+        if pooling == "mean":
+            unit = b / np.linalg.norm(b, axis=1, keepdims=True)
+            result["mean_cosine_between_sentences"] = float((unit @ unit.T)[np.triu_indices(len(unit), 1)].mean())
+    emb = qa.model.bert.embeddings.word_embeddings.weight.detach().float().numpy()
+    tok = qa.loaded.tokenizer
+
+    def bag(texts: list[str]) -> np.ndarray:
+        return np.stack([emb[tok.convert_tokens_to_ids(tok.tokenize(t)) or [0]].mean(0) for t in texts])
+
+    result["probe_word_embedding_bag"] = probe(bag(tr_x), tr_y, bag(dv_x), dv_y)
+    result["word_embedding_rms"] = float(np.sqrt((emb ** 2).mean()))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", help="pretrained checkpoint directories")
+    parser.add_argument("--preset", required=True, help="the architecture of the random-weights model (mini, tiny, ...)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_sentences", type=int, default=8000)
+    parser.add_argument("--data_root", type=Path, default=DATA)
+    args = parser.parse_args()
+    sst2 = args.data_root / "glue" / "SST-2"
+    data = (read_sst2(sst2 / "train.tsv", args.train_sentences), read_sst2(sst2 / "dev.tsv"))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(args.seed)
+        config = resolve_config(args.preset)
+        save_native(tmp, build_model(config, "pretraining"), config,
+                    vocab_file=args.data_root / "vocab" / "bert-base-uncased" / "vocab.txt", do_lower_case=True)
+        print(json.dumps(describe(tmp, f"random {args.preset} (seed {args.seed})", data)), flush=True)
+    for path in args.checkpoints:
+        print(json.dumps(describe(path, Path(path).name, data)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
