@@ -135,16 +135,23 @@ class Runtime:
         if self.device.type != "cpu":
             torch.accelerator.synchronize(self.device)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Take the process group down. After a run that `finished` on this rank, first wait for
+        every rank to get here: a rank that tears the group down while rank 0 still writes its
+        results was seen to abort in the gloo backend ("terminate called without an active
+        exception") on a loaded machine."""
         if self.dist.enabled and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
     def __enter__(self) -> "Runtime":
         return self
 
-    def __exit__(self, *exc) -> None:
-        # The process group goes down on errors too, so torchrun's other ranks are not left waiting.
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        # The process group goes down on errors too (without waiting for the others), so
+        # torchrun's other ranks are not left waiting.
+        self.close(finished=exc_type is None)
 
 
 def seed_everything(seed: int) -> None:
