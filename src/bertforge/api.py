@@ -20,7 +20,6 @@ their longest sequence), exactly as `bertforge predict` does.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
