@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,10 +131,12 @@ class Results:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def find(self, key: dict) -> dict | None:
+    def find(self, key: dict, normalize: Callable[[dict], dict] | None = None) -> dict | None:
+        """The latest record with the key's fields (each record seen through `normalize`)."""
         key = {**key, "precision": self.env.precision, "device_type": torch.device(self.env.device).type,
                "smoke": self.env.smoke}
-        return next((r for r in reversed(self.records()) if all(r.get(k) == v for k, v in key.items())), None)
+        records = reversed(self.records()) if normalize is None else map(normalize, reversed(self.records()))
+        return next((r for r in records if all(r.get(k) == v for k, v in key.items())), None)
 
     def add(self, record: dict) -> dict:
         import transformers
@@ -552,10 +555,7 @@ def with_legacy_fields(r: dict) -> dict:
 
 def find_pretrain(results: Results, key: dict) -> dict | None:
     """The latest pretraining-comparison record with these fields (see with_legacy_fields)."""
-    key = {**key, "precision": results.env.precision, "device_type": torch.device(results.env.device).type,
-           "smoke": results.env.smoke}
-    records = map(with_legacy_fields, reversed(results.records()))
-    return next((r for r in records if all(r.get(k) == v for k, v in key.items())), None)
+    return results.find(key, with_legacy_fields)
 
 
 def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainRecipe) -> None:
@@ -610,10 +610,6 @@ def finetune_key(task_name: str, seed: int, init: str, recipe: PretrainRecipe) -
     return {**key, **{("pretrain_steps" if k == "max_steps" else k): v for k, v in recipe.key().items()}}
 
 
-def find_finetune(results: Results, task_name: str, seed: int, init: str, recipe: PretrainRecipe) -> dict | None:
-    return find_pretrain(results, finetune_key(task_name, seed, init, recipe))
-
-
 def _children_cpu() -> float:
     usage = os.times()
     return usage.children_user + usage.children_system
@@ -622,8 +618,7 @@ def _children_cpu() -> float:
 def finetune_small(env: Env, results: Results, task_name: str, seed: int, init: str, model_dir: Path,
                    recipe: PretrainRecipe) -> None:
     key = finetune_key(task_name, seed, init, recipe)
-    if find_finetune(results, task_name, seed, init, recipe) or \
-            not env.time_left(f"{task_name} fine-tuning ({init}, seed {seed})"):
+    if find_pretrain(results, key) or not env.time_left(f"{task_name} fine-tuning ({init}, seed {seed})"):
         return
     out = env.workdir / "pretrain" / "finetune" / (f"{task_name}_random_{recipe.model}_seed{seed}" if init == "random"
                                                    else f"{task_name}_{recipe.name}_seed{seed}")
@@ -646,7 +641,7 @@ def summarize_pretrain(env: Env, results: Results, seeds: list[int], recipe: Pre
         metric = GLUE_HEADLINE[task_name]
         scores = {}
         for init in ("pretrained", "random"):
-            found = [find_finetune(results, task_name, s, init, recipe) for s in seeds]
+            found = [find_pretrain(results, finetune_key(task_name, s, init, recipe)) for s in seeds]
             if not all(found):
                 break
             scores[init] = [100 * r[metric] for r in found]
@@ -719,7 +714,7 @@ def report(results: Results) -> str:
         for r in map(with_legacy_fields, summaries):
             fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
             recipe = (f"{r['model']}, {r['pretrain_steps']} steps, batch {r['train_batch_size']}, "
-                      f"{r.get('optimizer', 'lamb')} lr {r['learning_rate']:g}")
+                      f"{r['optimizer']} lr {r['learning_rate']:g}")
             out.append(f"| {recipe} | {r['task']} | {r['metric']} | {fmt(r['scores']['pretrained'])} | "
                        f"{fmt(r['scores']['random'])} | {r['gain']:+.2f} | {r['spread']:.2f} | "
                        f"{'yes' if r['gain'] > r['spread'] else 'no'} |")

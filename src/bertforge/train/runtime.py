@@ -142,7 +142,7 @@ class Runtime:
         exception") on a loaded machine."""
         if self.dist.enabled and dist.is_initialized():
             if finished:
-                dist.barrier()
+                self.barrier()
             dist.destroy_process_group()
 
     def __enter__(self) -> "Runtime":
