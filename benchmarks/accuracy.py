@@ -518,18 +518,21 @@ FINETUNE_LR = 1e-4
 @dataclass(frozen=True)
 class PretrainRecipe:
     """What the pretraining comparison varies: the architecture, steps, batch, optimizer and its
-    peak rate (LAMB with NVIDIA's poly schedule, or AdamW with the linear one)."""
+    peak rate (LAMB with NVIDIA's poly schedule, or AdamW with the linear one), and the masked-LM
+    output bias a run starts from (`bertforge pretrain --mlm_bias_init`)."""
 
     model: str = PRETRAIN["bert_model"]
     steps: int = PRETRAIN["max_steps"]
     batch: int = PRETRAIN["train_batch_size"]
     lr: float = PRETRAIN["learning_rate"]
     optimizer: str = "lamb"
+    mlm_bias_init: str = "zero"
 
     @property
     def name(self) -> str:
         name = f"{self.model}_{self.steps}steps_b{self.batch}_lr{lr_tag(self.lr)}"
-        return name if self.optimizer == "lamb" else f"{name}_{self.optimizer}"
+        name = name if self.optimizer == "lamb" else f"{name}_{self.optimizer}"
+        return name if self.mlm_bias_init == "zero" else f"{name}_{self.mlm_bias_init}bias"
 
     @property
     def schedule(self) -> str:
@@ -538,18 +541,18 @@ class PretrainRecipe:
     def key(self) -> dict:
         """The fields that identify the pretraining run (and the fine-tunes of its model)."""
         return {"model": self.model, "max_steps": self.steps, "train_batch_size": self.batch,
-                "learning_rate": self.lr, "optimizer": self.optimizer}
+                "learning_rate": self.lr, "optimizer": self.optimizer, "mlm_bias_init": self.mlm_bias_init}
 
 
 def with_legacy_fields(r: dict) -> dict:
     """Pretraining-comparison records written before the model, batch and learning rate were
     options (2026-11-29) ran the recipe of that time: mini, batch 64, LAMB lr 5e-3 (and records
-    before the optimizer was one, LAMB)."""
+    before the optimizer was one, LAMB; before the output bias was one, zero)."""
     if r.get("comparison") != "pretrain":
         return r
     r = {"model": "mini", **r}
     if r.get("stage") != "finetune" or r.get("init") == "pretrained":
-        r = {"train_batch_size": 64, "learning_rate": 5e-3, "optimizer": "lamb", **r}
+        r = {"train_batch_size": 64, "learning_rate": 5e-3, "optimizer": "lamb", "mlm_bias_init": "zero", **r}
     return r
 
 
@@ -558,7 +561,8 @@ def find_pretrain(results: Results, key: dict) -> dict | None:
     return results.find(key, with_legacy_fields)
 
 
-def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainRecipe) -> None:
+def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainRecipe,
+                 tasks: tuple[str, ...] = ("sst2", "mrpc")) -> None:
     root = env.workdir / "pretrain"
     data = root / "data"
     vocab = env.vocab_file
@@ -584,7 +588,8 @@ def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainR
             ["pretrain", "--bert_model", recipe.model, "--input_dir", data, "--output_dir", model_dir,
              "--overwrite_output_dir", "--max_steps", recipe.steps, "--train_batch_size", recipe.batch,
              "--learning_rate", recipe.lr, "--warmup_proportion", p["warmup_proportion"],
-             "--optimizer", recipe.optimizer, "--schedule", recipe.schedule, "--seed", 0, "--log_every", 10,
+             "--optimizer", recipe.optimizer, "--schedule", recipe.schedule, "--mlm_bias_init", recipe.mlm_bias_init,
+             "--seed", 0, "--log_every", 10,
              "--eval_every", max(1, min(p["eval_every"], recipe.steps)), *env.runtime_flags()],
             model_dir.with_suffix(".log"))
         rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
@@ -595,7 +600,7 @@ def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainR
                      "loss_curve": [(r["step"], r["loss"]) for r in rows if "seq_per_s" in r]})
     if not (model_dir / "model.safetensors").exists():
         return
-    for task_name in ("sst2", "mrpc"):
+    for task_name in tasks:
         for seed in seeds:
             for init in ("pretrained", "random"):
                 finetune_small(env, results, task_name, seed, init, model_dir, recipe)
@@ -701,7 +706,7 @@ def report(results: Results) -> str:
     pre = latest(lambda r: r.get("comparison") == "pretrain" and r.get("stage") == "pretrain")
     for r in map(with_legacy_fields, pre):
         out += [f"Pretraining ({r['model']}, {r['max_steps']} steps, batch {r['train_batch_size']}, {r['optimizer']} lr "
-                f"{r['learning_rate']:g}, {r['seconds'] / 60:.0f} min wall, "
+                f"{r['learning_rate']:g}, MLM bias from {r['mlm_bias_init']}, {r['seconds'] / 60:.0f} min wall, "
                 f"{r['cpu_seconds'] / 60:.0f} CPU min), held-out split:", "",
                 "| step | MLM accuracy | NSP accuracy | MLM loss | NSP loss |", "|---|---|---|---|---|"]
         out += [f"| {h['step']} | {100 * h['mlm_accuracy']:.2f} | {100 * h['nsp_accuracy']:.2f} | "
@@ -714,7 +719,7 @@ def report(results: Results) -> str:
         for r in map(with_legacy_fields, summaries):
             fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
             recipe = (f"{r['model']}, {r['pretrain_steps']} steps, batch {r['train_batch_size']}, "
-                      f"{r['optimizer']} lr {r['learning_rate']:g}")
+                      f"{r['optimizer']} lr {r['learning_rate']:g}, MLM bias from {r['mlm_bias_init']}")
             out.append(f"| {recipe} | {r['task']} | {r['metric']} | {fmt(r['scores']['pretrained'])} | "
                        f"{fmt(r['scores']['random'])} | {r['gain']:+.2f} | {r['spread']:.2f} | "
                        f"{'yes' if r['gain'] > r['spread'] else 'no'} |")
@@ -726,7 +731,7 @@ def _identity(r: dict) -> tuple:
     r = with_legacy_fields(r)
     return tuple(r.get(k) for k in ("comparison", "stage", "side", "task", "lr", "seed", "init", "max_steps",
                                     "pretrain_steps", "model", "train_batch_size", "learning_rate", "optimizer",
-                                    "dropout",
+                                    "mlm_bias_init", "dropout",
                                     "device_type", "precision", "smoke"))
 
 
@@ -804,6 +809,9 @@ def main() -> int:
         p.add_argument("--pretrain_batch", type=int, default=PRETRAIN["train_batch_size"])
         p.add_argument("--pretrain_lr", type=float, default=PRETRAIN["learning_rate"], help="the peak rate")
         p.add_argument("--pretrain_optimizer", choices=["lamb", "adamw"], default="lamb")
+        p.add_argument("--pretrain_mlm_bias_init", choices=["zero", "unigram"], default="zero",
+                       help="bertforge pretrain --mlm_bias_init")
+        p.add_argument("--finetune_tasks", nargs="+", choices=["sst2", "mrpc"], default=["sst2", "mrpc"])
         p.add_argument("--finetune_seeds", type=int, nargs="+", default=[0, 1, 2])
     every.add_argument("--skip", nargs="*", default=[], choices=["squad", "glue", "pretrain"])
     sub.add_parser("report")
@@ -835,7 +843,8 @@ def main() -> int:
     if args.command in ("pretrain", "all") and "pretrain" not in skip:
         run_pretrain(env, results, args.finetune_seeds,
                      PretrainRecipe(args.pretrain_model, 3 if env.smoke else args.pretrain_steps,
-                                    args.pretrain_batch, args.pretrain_lr, args.pretrain_optimizer))
+                                    args.pretrain_batch, args.pretrain_lr, args.pretrain_optimizer,
+                                    args.pretrain_mlm_bias_init), tuple(args.finetune_tasks))
     print(report(results))
     return 0
 

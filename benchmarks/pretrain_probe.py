@@ -7,7 +7,13 @@ For each checkpoint (and a random-weights model of the preset given), on SST-2 (
   last hidden states, on the [CLS] state, and on the bag (mean) of the input word embeddings:
   what a classifier can read off the frozen model;
 - how alike sentences look (the mean cosine similarity of their mean-pooled vectors);
-- the size of the word embeddings (RMS of the matrix), which fine-tuning with Adam has to move.
+- the size of the word embeddings (RMS of the matrix), which fine-tuning with Adam has to move;
+- with --pretrain_data (the directory `bertforge prepare pretraining` wrote), the shape of the
+  word embeddings of the tokens in its train split: their effective rank (exp of the entropy of
+  the centred matrix's normalised squared singular values; about the width for random weights),
+  how much of the embeddings is one shared vector (norm of the mean over mean norm), and how
+  closely their first principal components follow log token frequency. A model that learnt
+  word frequencies into its embeddings shows a low rank and a component near |r| = 1.
 
     python benchmarks/pretrain_probe.py --preset mini runs/accuracy/pretrain/mini_1000steps_b32_lr1e-2
 """
@@ -27,6 +33,7 @@ from sklearn.linear_model import LogisticRegression
 import bertforge
 from bertforge.checkpoint.native import save_native
 from bertforge.config import resolve_config
+from bertforge.data.pretraining import PretrainingDataset
 from bertforge.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +54,21 @@ def probe(train: np.ndarray, train_y: np.ndarray, dev: np.ndarray, dev_y: np.nda
     return 100 * clf.score((dev - mu) / sd, dev_y)
 
 
-def describe(path: str, name: str, data: tuple) -> dict:
+def embedding_shape(emb: np.ndarray, counts: np.ndarray) -> dict:
+    """Effective rank, shared-vector share and |correlation with log frequency| of the first
+    three principal components, over the embeddings of tokens with count > 0."""
+    seen = counts > 0
+    e = emb[seen]
+    centred = e - e.mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    p = s ** 2 / (s ** 2).sum()
+    log_freq = np.log(counts[seen])
+    return {"embedding_effective_rank": float(np.exp(-(p * np.log(p + 1e-12)).sum())),
+            "embedding_mean_vector_share": float(np.linalg.norm(e.mean(0)) / np.linalg.norm(e, axis=1).mean()),
+            "embedding_pc_log_frequency_abs_corr": [float(abs(np.corrcoef(u[:, i], log_freq)[0, 1])) for i in range(3)]}
+
+
+def describe(path: str, name: str, data: tuple, counts: np.ndarray | None = None) -> dict:
     (tr_x, tr_y), (dv_x, dv_y) = data
     qa = bertforge.load(path)
     result = {"model": name}
@@ -65,6 +86,8 @@ def describe(path: str, name: str, data: tuple) -> dict:
 
     result["probe_word_embedding_bag"] = probe(bag(tr_x), tr_y, bag(dv_x), dv_y)
     result["word_embedding_rms"] = float(np.sqrt((emb ** 2).mean()))
+    if counts is not None:
+        result.update(embedding_shape(emb, counts))
     return result
 
 
@@ -75,7 +98,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_sentences", type=int, default=8000)
     parser.add_argument("--data_root", type=Path, default=DATA)
+    parser.add_argument("--pretrain_data", type=Path, help="prepared pretraining data: token frequencies")
     args = parser.parse_args()
+    counts = PretrainingDataset(args.pretrain_data, "train").target_counts() if args.pretrain_data else None
     sst2 = args.data_root / "glue" / "SST-2"
     data = (read_sst2(sst2 / "train.tsv", args.train_sentences), read_sst2(sst2 / "dev.tsv"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,9 +108,9 @@ def main() -> None:
         config = resolve_config(args.preset)
         save_native(tmp, build_model(config, "pretraining"), config,
                     vocab_file=args.data_root / "vocab" / "bert-base-uncased" / "vocab.txt", do_lower_case=True)
-        print(json.dumps(describe(tmp, f"random {args.preset} (seed {args.seed})", data)), flush=True)
+        print(json.dumps(describe(tmp, f"random {args.preset} (seed {args.seed})", data, counts)), flush=True)
     for path in args.checkpoints:
-        print(json.dumps(describe(path, Path(path).name, data)), flush=True)
+        print(json.dumps(describe(path, Path(path).name, data, counts)), flush=True)
 
 
 if __name__ == "__main__":

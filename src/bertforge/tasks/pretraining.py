@@ -10,7 +10,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -120,6 +122,14 @@ class PretrainRun:
     """As the reference scripts pass it: checked against the prepared data, which fixes it."""
     max_predictions_per_seq: int | None = None
     """As the reference scripts pass it: checked against the prepared data, which fixes it."""
+    mlm_bias_init: Literal["zero", "unigram"] = "zero"
+    """The masked-LM output bias of a model that starts from random weights: zero (Google's and
+    NVIDIA's init) or unigram, the log frequencies of the targets in the training data, so that
+    the model predicts the corpus's word frequencies from step 0. From zero, the first few
+    hundred updates learn those frequencies mostly through the tied word embeddings (the bias
+    moves about one learning rate per update, and the log frequencies span over 10 nats), which
+    leaves the embeddings lined up on word frequency: short runs then fine-tune worse than random
+    weights (benchmarks/ACCURACY.md). Prepared data (`bertforge prepare pretraining`) only."""
     data: PretrainData = field(default_factory=PretrainData)
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=_pretrain_defaults)
@@ -242,6 +252,9 @@ class PretrainJob(Job):
                                                                  and given < prepared):
                 raise ConfigError(f"--{name} {given}, but {d.input_dir} was prepared with {name}="
                                   f"{prepared}; pass {prepared} (or leave the flag out: the data decides)")
+        if cfg.mlm_bias_init == "unigram" and not isinstance(self.train_set, PretrainingDataset):
+            raise ConfigError(f"--mlm_bias_init unigram counts target tokens in data `bertforge prepare pretraining` "
+                              f"wrote; --input_dir {d.input_dir} holds files other toolkits prepared (leave the flag out)")
         asked = [f"--{n}" for n in ("eval_every", "samples_between_eval", "stop_threshold") if getattr(d, n)]
         if not cfg.do_eval:
             if asked:
@@ -256,6 +269,19 @@ class PretrainJob(Job):
         if self.eval_set is None and asked:
             raise ConfigError(f"evaluation needs an evaluation set: --input_dir {d.input_dir} has no held-out "
                               "split; give --eval_dir")
+
+    def prepare_model(self, loaded: LoadedModel) -> None:
+        if self.cfg.mlm_bias_init == "unigram":
+            if loaded.head_loaded:
+                raise ConfigError(f"--mlm_bias_init unigram sets the output bias of a model that starts from "
+                                  f"random weights, but --init_checkpoint {self.cfg.model.init_checkpoint} has a "
+                                  "trained masked-LM head; leave the flag out to keep its bias")
+            counts = self.train_set.target_counts()
+            bias = unigram_log_probs(counts, loaded.config.vocab_size)
+            with torch.no_grad():
+                loaded.model.mlm.bias.copy_(torch.from_numpy(bias))
+            log.info("masked-LM output bias set to the log unigram frequencies of %d target tokens (%d distinct)",
+                     int(counts.sum()), int((counts > 0).sum()))
 
     def model_options(self) -> dict:
         # Prepared data was tokenized with a vocabulary and casing; a checkpoint's own, if it
@@ -310,6 +336,16 @@ class PretrainJob(Job):
             write_json(out / "train_summary.json", summary)
             log.info("pretraining done: %s", json.dumps(summary))
         return {}
+
+
+def unigram_log_probs(counts: np.ndarray, vocab_size: int) -> np.ndarray:
+    """log p(token) with add-one smoothing over the model's vocabulary: (vocab_size,) float32.
+    Tokens never seen (special tokens included) get log(1 / (total + vocab_size))."""
+    if len(counts) > vocab_size:
+        raise ConfigError(f"the data's vocabulary has {len(counts)} tokens, the model {vocab_size}")
+    smoothed = np.ones(vocab_size, dtype=np.float64)
+    smoothed[:len(counts)] += counts
+    return np.log(smoothed / smoothed.sum()).astype(np.float32)
 
 
 @dataclass

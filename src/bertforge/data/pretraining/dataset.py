@@ -128,6 +128,15 @@ class PretrainingDataset(EpochCursor):
         ids = np.asarray(self._tokens[shard][start:start + length], dtype=np.int64)
         return ids, int(rec["b_start"]), int(rec["random_next"]), int(rec["doc"])
 
+    def target_counts(self, max_samples: int = 50_000) -> np.ndarray:
+        """How often each vocabulary id is a masked-LM candidate (any token but [CLS], [SEP] and
+        [PAD]) in up to `max_samples` samples spread evenly over the split: (vocab size,) int64."""
+        picks = np.unique(np.linspace(0, self.num_samples - 1, min(max_samples, self.num_samples)).astype(np.int64))
+        ids = np.concatenate([self.instance(int(i))[0] for i in picks]) if len(picks) else np.zeros(0, np.int64)
+        counts = np.bincount(ids, minlength=len(self._unmaskable))
+        counts[self._unmaskable] = 0
+        return counts
+
     def mask(self, input_ids: np.ndarray, epoch: int, i: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masked copy of sample i's ids for `epoch`: (masked ids (L,), positions (n,) sorted,
