@@ -527,12 +527,23 @@ class PretrainRecipe:
     lr: float = PRETRAIN["learning_rate"]
     optimizer: str = "lamb"
     mlm_bias_init: str = "zero"
+    seq: int = PRETRAIN["max_seq_length"]
 
     @property
     def name(self) -> str:
         name = f"{self.model}_{self.steps}steps_b{self.batch}_lr{lr_tag(self.lr)}"
         name = name if self.optimizer == "lamb" else f"{name}_{self.optimizer}"
-        return name if self.mlm_bias_init == "zero" else f"{name}_{self.mlm_bias_init}bias"
+        name = name if self.mlm_bias_init == "zero" else f"{name}_{self.mlm_bias_init}bias"
+        return name if self.seq == PRETRAIN["max_seq_length"] else f"{name}_seq{self.seq}"
+
+    @property
+    def data_dir(self) -> str:
+        return "data" if self.seq == PRETRAIN["max_seq_length"] else f"data_seq{self.seq}"
+
+    @property
+    def max_predictions(self) -> int:
+        """Google's 20 at 128, scaled with the length (15% of the tokens, rounded up)."""
+        return math.ceil(PRETRAIN["max_predictions_per_seq"] * self.seq / PRETRAIN["max_seq_length"])
 
     @property
     def schedule(self) -> str:
@@ -541,18 +552,21 @@ class PretrainRecipe:
     def key(self) -> dict:
         """The fields that identify the pretraining run (and the fine-tunes of its model)."""
         return {"model": self.model, "max_steps": self.steps, "train_batch_size": self.batch,
-                "learning_rate": self.lr, "optimizer": self.optimizer, "mlm_bias_init": self.mlm_bias_init}
+                "learning_rate": self.lr, "optimizer": self.optimizer, "mlm_bias_init": self.mlm_bias_init,
+                "max_seq_length": self.seq}
 
 
 def with_legacy_fields(r: dict) -> dict:
     """Pretraining-comparison records written before the model, batch and learning rate were
     options (2026-11-29) ran the recipe of that time: mini, batch 64, LAMB lr 5e-3 (and records
-    before the optimizer was one, LAMB; before the output bias was one, zero)."""
+    before the optimizer was one, LAMB; before the output bias and the sequence length were
+    options, zero and 128)."""
     if r.get("comparison") != "pretrain":
         return r
     r = {"model": "mini", **r}
     if r.get("stage") != "finetune" or r.get("init") == "pretrained":
-        r = {"train_batch_size": 64, "learning_rate": 5e-3, "optimizer": "lamb", "mlm_bias_init": "zero", **r}
+        r = {"train_batch_size": 64, "learning_rate": 5e-3, "optimizer": "lamb", "mlm_bias_init": "zero",
+             "max_seq_length": PRETRAIN["max_seq_length"], **r}
     return r
 
 
@@ -564,7 +578,7 @@ def find_pretrain(results: Results, key: dict) -> dict | None:
 def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainRecipe,
                  tasks: tuple[str, ...] = ("sst2", "mrpc")) -> None:
     root = env.workdir / "pretrain"
-    data = root / "data"
+    data = root / recipe.data_dir
     vocab = env.vocab_file
     p = PRETRAIN
     if not (data / "manifest.json").exists():
@@ -575,10 +589,11 @@ def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainR
             wiki.write_text("".join(env.wiki_file.read_text(encoding="utf-8").splitlines(keepends=True)[:300]))
         cmd, seconds = bertforge_cli(
             ["prepare", "pretraining", "--input_file", wiki, "--output_dir", data, "--vocab_file", vocab,
-             "--max_seq_length", p["max_seq_length"], "--max_predictions_per_seq", p["max_predictions_per_seq"],
-             "--held_out_fraction", 0.02, "--num_workers", 1], root / "prepare.log")
+             "--max_seq_length", recipe.seq, "--max_predictions_per_seq", recipe.max_predictions,
+             "--held_out_fraction", 0.02, "--num_workers", 1], data.with_suffix(".log"))
         manifest = json.loads((data / "manifest.json").read_text())
-        results.add({"comparison": "pretrain", "stage": "prepare", "run_command": shlex.join(cmd), "seconds": seconds,
+        results.add({"comparison": "pretrain", "stage": "prepare", "max_seq_length": recipe.seq,
+                     "run_command": shlex.join(cmd), "seconds": seconds,
                      "instances": {s: v["instances"] for s, v in manifest["splits"].items()}})
     model_dir = root / recipe.name
     key = {"comparison": "pretrain", "stage": "pretrain", **recipe.key()}
@@ -706,7 +721,8 @@ def report(results: Results) -> str:
     pre = latest(lambda r: r.get("comparison") == "pretrain" and r.get("stage") == "pretrain")
     for r in map(with_legacy_fields, pre):
         out += [f"Pretraining ({r['model']}, {r['max_steps']} steps, batch {r['train_batch_size']}, {r['optimizer']} lr "
-                f"{r['learning_rate']:g}, MLM bias from {r['mlm_bias_init']}, {r['seconds'] / 60:.0f} min wall, "
+                f"{r['learning_rate']:g}, MLM bias from {r['mlm_bias_init']}, seq {r['max_seq_length']}, "
+                f"{r['seconds'] / 60:.0f} min wall, "
                 f"{r['cpu_seconds'] / 60:.0f} CPU min), held-out split:", "",
                 "| step | MLM accuracy | NSP accuracy | MLM loss | NSP loss |", "|---|---|---|---|---|"]
         out += [f"| {h['step']} | {100 * h['mlm_accuracy']:.2f} | {100 * h['nsp_accuracy']:.2f} | "
@@ -719,7 +735,8 @@ def report(results: Results) -> str:
         for r in map(with_legacy_fields, summaries):
             fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
             recipe = (f"{r['model']}, {r['pretrain_steps']} steps, batch {r['train_batch_size']}, "
-                      f"{r['optimizer']} lr {r['learning_rate']:g}, MLM bias from {r['mlm_bias_init']}")
+                      f"{r['optimizer']} lr {r['learning_rate']:g}, MLM bias from {r['mlm_bias_init']}, "
+                      f"seq {r['max_seq_length']}")
             out.append(f"| {recipe} | {r['task']} | {r['metric']} | {fmt(r['scores']['pretrained'])} | "
                        f"{fmt(r['scores']['random'])} | {r['gain']:+.2f} | {r['spread']:.2f} | "
                        f"{'yes' if r['gain'] > r['spread'] else 'no'} |")
@@ -731,7 +748,7 @@ def _identity(r: dict) -> tuple:
     r = with_legacy_fields(r)
     return tuple(r.get(k) for k in ("comparison", "stage", "side", "task", "lr", "seed", "init", "max_steps",
                                     "pretrain_steps", "model", "train_batch_size", "learning_rate", "optimizer",
-                                    "mlm_bias_init", "dropout",
+                                    "mlm_bias_init", "max_seq_length", "dropout",
                                     "device_type", "precision", "smoke"))
 
 
@@ -811,6 +828,8 @@ def main() -> int:
         p.add_argument("--pretrain_optimizer", choices=["lamb", "adamw"], default="lamb")
         p.add_argument("--pretrain_mlm_bias_init", choices=["zero", "unigram"], default="zero",
                        help="bertforge pretrain --mlm_bias_init")
+        p.add_argument("--pretrain_seq", type=int, default=PRETRAIN["max_seq_length"],
+                       help="sequence length of the pretraining data (prepared once per length)")
         p.add_argument("--finetune_tasks", nargs="+", choices=["sst2", "mrpc"], default=["sst2", "mrpc"])
         p.add_argument("--finetune_seeds", type=int, nargs="+", default=[0, 1, 2])
     every.add_argument("--skip", nargs="*", default=[], choices=["squad", "glue", "pretrain"])
@@ -844,7 +863,7 @@ def main() -> int:
         run_pretrain(env, results, args.finetune_seeds,
                      PretrainRecipe(args.pretrain_model, 3 if env.smoke else args.pretrain_steps,
                                     args.pretrain_batch, args.pretrain_lr, args.pretrain_optimizer,
-                                    args.pretrain_mlm_bias_init), tuple(args.finetune_tasks))
+                                    args.pretrain_mlm_bias_init, args.pretrain_seq), tuple(args.finetune_tasks))
     print(report(results))
     return 0
 
