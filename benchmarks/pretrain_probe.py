@@ -13,7 +13,11 @@ For each checkpoint (and a random-weights model of the preset given), on SST-2 (
   the centred matrix's normalised squared singular values; about the width for random weights),
   how much of the embeddings is one shared vector (norm of the mean over mean norm), and how
   closely their first principal components follow log token frequency. A model that learnt
-  word frequencies into its embeddings shows a low rank and a component near |r| = 1.
+  word frequencies into its embeddings shows a low rank and a component near |r| = 1;
+- also with --pretrain_data, per layer, the share of attention a token gives its two neighbours
+  on up to 128 held-out instances (the probabilities from transformers' eager attention on the
+  converted weights): random weights give about 2 / length; a model that attends by position
+  gives more.
 
     python benchmarks/pretrain_probe.py --preset mini runs/accuracy/pretrain/mini_1000steps_b32_lr1e-2
 """
@@ -68,7 +72,37 @@ def embedding_shape(emb: np.ndarray, counts: np.ndarray) -> dict:
             "embedding_pc_log_frequency_abs_corr": [float(abs(np.corrcoef(u[:, i], log_freq)[0, 1])) for i in range(3)]}
 
 
-def describe(path: str, name: str, data: tuple, counts: np.ndarray | None = None) -> dict:
+def neighbour_attention(model_dir: Path, pretrain_data: Path) -> list[float]:
+    """Per layer: the mean attention probability a token gives positions i-1 and i+1 (summed),
+    over real tokens with both neighbours, on up to 128 held-out instances."""
+    from transformers import BertConfig as HFConfig
+    from transformers import BertModel as HFBert
+
+    from bertforge.checkpoint.common import read_safetensors
+    from bertforge.checkpoint.hf import native_to_hf
+
+    config = json.loads((model_dir / "config.json").read_text())
+    hf = HFBert(HFConfig(**config, attn_implementation="eager"), add_pooling_layer=False).eval()
+    state = native_to_hf(read_safetensors(model_dir / "model.safetensors"))
+    hf.load_state_dict({k.removeprefix("bert."): v for k, v in state.items()
+                        if k.startswith("bert.") and "pooler" not in k})
+    held_out = PretrainingDataset(pretrain_data, "held_out")
+    batch = held_out.collate(np.arange(min(128, held_out.num_samples)), epoch=0)
+    with torch.no_grad():
+        attentions = hf(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                        attention_mask=batch["attention_mask"], output_attentions=True).attentions
+    mask = batch["attention_mask"].bool()
+    inner = (mask[:, :-2] & mask[:, 2:])[:, None, :]  # (B, 1, T-2): positions 1..T-2 with both neighbours
+    shares = []
+    for a in attentions:  # (B, heads, T, T)
+        t = torch.arange(1, a.shape[-1] - 1)
+        both = a[..., t, t - 1] + a[..., t, t + 1]  # (B, heads, T-2)
+        shares.append(float(both[inner.expand_as(both)].mean()))
+    return shares
+
+
+def describe(path: str, name: str, data: tuple, counts: np.ndarray | None = None,
+             pretrain_data: Path | None = None) -> dict:
     (tr_x, tr_y), (dv_x, dv_y) = data
     qa = bertforge.load(path)
     result = {"model": name}
@@ -88,6 +122,8 @@ def describe(path: str, name: str, data: tuple, counts: np.ndarray | None = None
     result["word_embedding_rms"] = float(np.sqrt((emb ** 2).mean()))
     if counts is not None:
         result.update(embedding_shape(emb, counts))
+    if pretrain_data is not None:
+        result["neighbour_attention_per_layer"] = neighbour_attention(Path(path), pretrain_data)
     return result
 
 
@@ -108,9 +144,10 @@ def main() -> None:
         config = resolve_config(args.preset)
         save_native(tmp, build_model(config, "pretraining"), config,
                     vocab_file=args.data_root / "vocab" / "bert-base-uncased" / "vocab.txt", do_lower_case=True)
-        print(json.dumps(describe(tmp, f"random {args.preset} (seed {args.seed})", data, counts)), flush=True)
+        print(json.dumps(describe(tmp, f"random {args.preset} (seed {args.seed})", data, counts,
+                                  args.pretrain_data)), flush=True)
     for path in args.checkpoints:
-        print(json.dumps(describe(path, Path(path).name, data, counts)), flush=True)
+        print(json.dumps(describe(path, Path(path).name, data, counts, args.pretrain_data)), flush=True)
 
 
 if __name__ == "__main__":
