@@ -25,6 +25,22 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def prepare_wiki_slice(root: Path, documents: int, vocab_file: Path, held_out_fraction: float = 0.1) -> Path:
+    """The first `documents` Wikipedia articles prepared for pretraining (seq 64, 10 predictions)
+    in root/prepared; returns that directory."""
+    from itertools import islice
+
+    from bertforge.data.pretraining import PrepareConfig, prepare_pretraining_data
+
+    docs = root / "docs.jsonl"
+    with shared("text", "wiki_summaries_en.jsonl").open(encoding="utf-8") as f:
+        docs.write_text("".join(islice(f, documents)), encoding="utf-8")
+    prepare_pretraining_data(PrepareConfig(input_file=str(docs), output_dir=str(root / "prepared"),
+                                           vocab_file=str(vocab_file), max_seq_length=64, max_predictions_per_seq=10,
+                                           held_out_fraction=held_out_fraction, num_workers=0), progress=False)
+    return root / "prepared"
+
+
 @pytest.fixture(scope="session")
 def vocab_file() -> Path:
     return shared("vocab", "bert-base-uncased", "vocab.txt")

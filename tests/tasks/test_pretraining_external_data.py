@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 import math
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import shared
+from conftest import prepare_wiki_slice
 from pretraining_writers import (from_batch, greedy_packs, rows, write_google_tfrecord, write_nvidia_hdf5,
                                  write_packed_hdf5)
 from safetensors.torch import load_file
 
 from bertforge.cli import main
-from bertforge.data.pretraining import PrepareConfig, PretrainingDataset, prepare_pretraining_data
+from bertforge.data.pretraining import PretrainingDataset
 from bertforge.tasks.mlperf import SampleSchedule
 from bertforge.train.loop import Trainer
 
@@ -39,12 +38,7 @@ def data(tmp_path_factory, vocab_file) -> dict[str, Path]:
     and TFRecords, two files each holding the same samples; the held-out split as a TFRecord
     evaluation set."""
     root = tmp_path_factory.mktemp("external")
-    docs = root / "docs.jsonl"
-    with shared("text", "wiki_summaries_en.jsonl").open(encoding="utf-8") as f:
-        docs.write_text("".join(islice(f, 300)), encoding="utf-8")
-    prepare_pretraining_data(PrepareConfig(input_file=str(docs), output_dir=str(root / "prepared"),
-                                           vocab_file=str(vocab_file), max_seq_length=64, max_predictions_per_seq=10,
-                                           held_out_fraction=0.1, num_workers=0), progress=False)
+    prepare_wiki_slice(root, 300, vocab_file)
     train = _as_samples(PretrainingDataset(root / "prepared", "train"))
     n = len(train["input_ids"])
     out = {kind: root / kind for kind in ("nvidia", "packed", "tfrecord", "eval")}
