@@ -7,7 +7,9 @@ For each checkpoint (and a random-weights model of the preset given), on SST-2 (
   last hidden states, on the [CLS] state, and on the bag (mean) of the input word embeddings:
   what a classifier can read off the frozen model;
 - how alike sentences look (the mean cosine similarity of their mean-pooled vectors);
-- the size of the word embeddings (RMS of the matrix), which fine-tuning with Adam has to move;
+- the size of the word embeddings (RMS of the matrix), which fine-tuning with Adam has to move,
+  and of the encoder's and pooler's matrices by kind (random weights: 0.02): Adam moves a weight
+  by about its learning rate whatever its size, so grown matrices fine-tune more slowly;
 - with --pretrain_data (the directory `bertforge prepare pretraining` wrote), the shape of the
   word embeddings of the tokens in its train split: their effective rank (exp of the entropy of
   the centred matrix's normalised squared singular values; about the width for random weights),
@@ -41,6 +43,7 @@ from bertforge.data.pretraining import PretrainingDataset
 from bertforge.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
+MATRIX_KINDS = ("attention.qkv", "attention_output", "ffn.intermediate", "ffn.output", "pooler")
 DATA = REPO.parent / "shared" / "data"
 
 
@@ -120,6 +123,12 @@ def describe(path: str, name: str, data: tuple, counts: np.ndarray | None = None
 
     result["probe_word_embedding_bag"] = probe(bag(tr_x), tr_y, bag(dv_x), dv_y)
     result["word_embedding_rms"] = float(np.sqrt((emb ** 2).mean()))
+    squares: dict[str, list[float]] = {}
+    for pname, param in qa.model.named_parameters():
+        kind = next((k for k in MATRIX_KINDS if k in pname), None)
+        if kind and param.ndim == 2:
+            squares.setdefault(kind, []).append(float((param.detach().float() ** 2).mean()))
+    result["matrix_rms"] = {k: float(np.sqrt(np.mean(v))) for k, v in squares.items()}
     if counts is not None:
         result.update(embedding_shape(emb, counts))
     if pretrain_data is not None:
