@@ -201,3 +201,12 @@ def test_sample_schedule_is_mlperfs(every, start, per_step):
     steps = budget // per_step
     got = [s for s in range(1, steps + 1) if SampleSchedule(every, start, per_step).due(s)]
     assert got == [s for s in expected if s <= steps]
+
+
+def test_unigram_bias_init_needs_prepared_data(data, tmp_path, capsys):
+    """--mlm_bias_init unigram counts tokens in `bertforge prepare pretraining` output; on HDF5
+    it is refused before any training."""
+    out = tmp_path / "unigram"
+    assert main(pretrain_argv(data, "nvidia", out, 1, "--mlm_bias_init", "unigram")) == 2
+    assert "holds files other toolkits prepared" in capsys.readouterr().err
+    assert not (out / "model.safetensors").exists()
