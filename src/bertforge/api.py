@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, overload
+from typing import overload
 
 import numpy as np
 import torch
@@ -33,13 +33,12 @@ from bertforge.data import squad
 from bertforge.data.glue import encode_texts, get_task
 from bertforge.errors import ConfigError, DataError
 from bertforge.infer import predict
-from bertforge.runconfig import ModelArgs, Precision, RuntimeArgs
+from bertforge.runconfig import ModelArgs, Pooling, Precision, RuntimeArgs
 from bertforge.tasks.common import load_model, model_inputs
 from bertforge.tasks.runner import check_seq_length
 from bertforge.tasks.squad import model_arrays, span_logits
 from bertforge.train.runtime import Runtime
 
-Pooling = Literal["mean", "cls", "pooled"]
 TextOrPair = str | tuple[str, str]
 
 

@@ -25,6 +25,7 @@ from bertforge.validation import check_types
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 OptimizerName = Literal["adamw", "lamb"]
 ScheduleName = Literal["linear", "poly"]
+Pooling = Literal["mean", "cls", "pooled"]  # sentence vectors of encode() (Python API, serve)
 # Where a training run's metrics go besides metrics.jsonl, which is always written.
 TRACKERS = ("jsonl", "tensorboard", "wandb")
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bertforge.api import Pooling
 from bertforge.errors import ConfigError
-from bertforge.runconfig import RuntimeArgs
+from bertforge.runconfig import Pooling, RuntimeArgs
 from bertforge.validation import check_types
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,100 +17,15 @@ from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import InferenceStats, predict_timed
-from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
-from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
+from bertforge.tasks.config import GlueEvalRun, GlueRun
+from bertforge.tasks.evaluation import evaluate_during_training
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class GlueData:
-    """Which GLUE task and where its files are."""
-
-    task_name: str = "mrpc"
-    """cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli (GLUE names like SST-2 work too; also --task)."""
-    data_dir: str | None = None
-    """The task's GLUE directory (or the GLUE root holding it)."""
-    max_seq_length: int = 128
-    """Tokens per example: [CLS] sentence A [SEP] (sentence B [SEP]); longer pairs are cut."""
-    eval_batch_size: int = 64
-    """Sequences per device per prediction batch (also --predict_batch_size)."""
-    max_tokens_per_batch: int | None = None
-    """Also cap each prediction batch at this many tokens (rows x its longest example, rounded up
-    to 8; examples are batched by length): short examples then share bigger batches, so every
-    batch costs about the same. Predictions do not change."""
-
-    def __post_init__(self) -> None:
-        data.get_task(self.task_name)  # an unknown task fails here, naming the valid ones
-        for name in ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-
-
-@dataclass(kw_only=True)
-class GlueEvalRun:
-    """Evaluate (dev metrics) and/or predict (test-set submission files) with a fine-tuned checkpoint."""
-
-    output_dir: str = "runs/glue_eval"
-    """Where eval_results.json and the submission files go."""
-    overwrite_output_dir: bool = False
-    """Replace earlier results in output_dir."""
-    do_eval: bool = False
-    """Score the dev set(s) with the task's official metrics."""
-    do_predict: bool = False
-    """Write the test set's GLUE submission file(s) into output_dir."""
-    input_jsonl: str | None = None
-    """Instead of data_dir: JSON lines {"id", "text_a", "text_b" (optional)} to classify ('-':
-    standard input); writes {"id", "label", "score", "probabilities"} lines to output_jsonl."""
-    output_jsonl: str | None = None
-    """Where the classes of --input_jsonl go as JSON lines (default, or '-': standard output)."""
-    data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
-
-
-@dataclass(kw_only=True)
-class GluePredictRun(GlueEvalRun):
-    """Write GLUE test-set submission files with a fine-tuned checkpoint (--do_eval scores dev too)."""
-
-    do_predict: bool = True
-    """Write the test set's GLUE submission file(s) into output_dir."""
-
-
-@dataclass(kw_only=True)
-class GlueEvaluateRun(GlueEvalRun):
-    """GLUE dev-set metrics of a fine-tuned checkpoint (--do_predict writes submissions too)."""
-
-    do_eval: bool = True
-    """Score the dev set(s) with the task's official metrics."""
-
-
-@dataclass(kw_only=True)
-class GlueRun:
-    """Fine-tune and/or evaluate BERT on a GLUE task."""
-
-    output_dir: str = "runs/glue"
-    """The run directory: model, metrics.jsonl, checkpoints, eval results, submissions."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
-    do_train: bool = False
-    """Fine-tune on the train split."""
-    do_eval: bool = False
-    """Score the dev set(s) with the task's official metrics."""
-    do_predict: bool = False
-    """Write the test set's GLUE submission file(s) into output_dir."""
-    data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=2e-5, train_batch_size=32))
-    evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
-    """Dev metrics while training (--eval_every, --save_best)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 class ClassificationLoss:

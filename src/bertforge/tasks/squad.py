@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,144 +17,15 @@ from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
 from bertforge.fileio import ensure_parent_dir
 from bertforge.infer import InferenceStats, predict_timed
-from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
 from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
-from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
+from bertforge.tasks.config import EvaluateArgs, SquadPredictData, SquadPredictRun, SquadRun, parse_slice
+from bertforge.tasks.evaluation import evaluate_during_training
 from bertforge.tasks.runner import Job, check_seq_length, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class SquadPredictData:
-    """The SQuAD file to predict and Google's run_squad.py windowing and decoding settings."""
-
-    predict_file: str | None = None
-    """SQuAD JSON to predict (and, when it has answers, to evaluate)."""
-    predict_articles: str | None = None
-    """Use only these articles of predict_file, as a Python slice, e.g. '38:48'."""
-    max_seq_length: int = 384
-    """Tokens per window: [CLS] question [SEP] context piece [SEP]."""
-    doc_stride: int = 128
-    """Tokens between the starts of consecutive context windows."""
-    max_query_length: int = 64
-    """Questions longer than this many tokens are cut."""
-    predict_batch_size: int = 64
-    """Sequences per device per prediction batch."""
-    max_tokens_per_batch: int | None = None
-    """Also cap each prediction batch at this many tokens (rows x its longest window, rounded up to
-    8; windows are batched by length): short windows then share bigger batches, so every batch
-    costs about the same. Predictions do not change."""
-    n_best_size: int = 20
-    """Start and end candidates considered per window (and answers listed per question)."""
-    max_answer_length: int = 30
-    """Longest answer, in tokens."""
-    version_2_with_negative: bool = False
-    """SQuAD v2.0: questions marked is_impossible have no answer in their context. Training learns
-    the null span at [CLS] for them; prediction adds the null answer "", writes null_odds.json and
-    scores with the official v2.0 metric."""
-    null_score_diff_threshold: float = 0.0
-    """SQuAD v2.0: predict "" when the null answer's score minus the best non-null answer's score
-    exceeds this (evaluation reports the best value as best_f1_thresh)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "predict_batch_size",
-                     "n_best_size", "max_answer_length", "max_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if self.max_seq_length < self.max_query_length + 4:
-            raise ConfigError(f"--max_seq_length {self.max_seq_length} leaves no room for the context after "
-                              f"a question of --max_query_length {self.max_query_length} and 3 special tokens")
-        parse_slice(self.predict_articles, "predict_articles")
-        if not math.isfinite(self.null_score_diff_threshold):
-            raise ConfigError(f"--null_score_diff_threshold must be a finite number, "
-                              f"got {self.null_score_diff_threshold}")
-
-
-@dataclass(kw_only=True)
-class SquadData(SquadPredictData):
-    """SQuAD files and Google's run_squad.py windowing and decoding settings."""
-
-    train_file: str | None = None
-    """SQuAD JSON to train on."""
-    train_articles: str | None = None
-    """Use only these articles of train_file, as a Python slice: '0:38' (the first 38)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        parse_slice(self.train_articles, "train_articles")
-
-
-@dataclass(kw_only=True)
-class SquadPredictRun:
-    """Predict SQuAD answers with a fine-tuned checkpoint, and score them when the file has answers."""
-
-    output_dir: str = "runs/squad_predict"
-    """Where predictions.json, nbest_predictions.json, eval_results.json (and for SQuAD v2.0
-    null_odds.json) go."""
-    overwrite_output_dir: bool = False
-    """Replace earlier results in output_dir."""
-    do_eval: bool = True
-    """Score the predictions when predict_file has answers."""
-    question: str | None = None
-    """Instead of predict_file: one question to answer about --context; prints the answer as JSON
-    ({"answer", "score", "start", "end"}: start/end are character offsets in the context)."""
-    context: str | None = None
-    """The text to find the answer to --question in."""
-    input_jsonl: str | None = None
-    """Instead of predict_file: JSON lines {"id", "question", "context"} to answer ('-': standard
-    input); writes {"id", "answer", "score", "start", "end"} lines to output_jsonl."""
-    output_jsonl: str | None = None
-    """Where the answers to --input_jsonl go as JSON lines (default, or '-': standard output)."""
-    data: SquadPredictData = field(default_factory=SquadPredictData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
-
-
-@dataclass(kw_only=True)
-class SquadRun:
-    """Fine-tune BERT on SQuAD v1.1 or v2.0, predict answers, and score them with the official metric."""
-
-    output_dir: str = "runs/squad"
-    """The run directory: model, metrics.jsonl, checkpoints, predictions, scores."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
-    do_train: bool = False
-    """Fine-tune on train_file."""
-    do_predict: bool = False
-    """Predict predict_file after training."""
-    do_eval: bool = True
-    """Score the predictions when predict_file has answers."""
-    data: SquadData = field(default_factory=SquadData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=3e-5, num_train_epochs=2.0,
-                                                               train_batch_size=32))
-    evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
-    """EM/F1 on predict_file while training (--eval_every, --save_best)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
-
-
-@dataclass
-class EvaluateArgs:  # not kw_only: its required fields are the command's positional arguments
-    """Official SQuAD v1.1 or v2.0 evaluation of a predictions file (v2.0 when the data file's
-    questions carry is_impossible)."""
-
-    data_file: str
-    """The SQuAD JSON with gold answers."""
-    predictions_file: str
-    """JSON object: question id -> answer text."""
-    output_file: str | None = None
-    """Where to write the scores as JSON (default: <predictions_file stem>_eval.json beside it)."""
-    na_prob_file: str | None = None
-    """SQuAD v2.0: JSON object question id -> no-answer score (null_odds.json); adds best_exact,
-    best_f1 and their thresholds."""
-    na_prob_thresh: float = 1.0
-    """SQuAD v2.0: a question whose no-answer score exceeds this counts as answered "" (the
-    official script's default, 1.0)."""
 
 
 # ---- loss ----------------------------------------------------------------------------------
@@ -184,18 +53,6 @@ class SpanLoss:
 
 
 # ---- data ----------------------------------------------------------------------------------
-
-
-def parse_slice(text: str | None, what: str) -> slice | None:
-    if text is None:
-        return None
-    try:
-        parts = [int(p) if p.strip() else None for p in text.split(":")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (2, 3) or parts[2:] == [0]:
-        raise ConfigError(f"--{what} {text!r}: expected a Python slice such as '0:38' or '38:'")
-    return slice(*parts)
 
 
 def read_examples(path: str, articles: str | None, is_training: bool, what: str,
