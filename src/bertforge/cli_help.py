@@ -104,8 +104,8 @@ def compat_help(name: str, cls: type, width: int) -> str:
               + ", ".join(noted) + ".",
               "", "Accepted at their reference default only: " + ", ".join(refused) + ".",
               "", "Also: absl booleans (--do_train, --do_train=true, --nodo_lower_case), dashes for underscores "
-                  "(--no-compile), launchers' --local_rank and Intel's --intra_op_parallelism_threads before "
-                  "the command, NVIDIA's per-optimizer-step --train_batch_size (divided by "
+                  "(--no-compile), launchers' --local_rank and Intel's --intra_op_parallelism_threads anywhere "
+                  "on the line, NVIDIA's per-optimizer-step --train_batch_size (divided by "
                   "--gradient_accumulation_steps), --bert_model bert-large-uncased, --max_steps -1."]
     return "\n".join(_wrap_long(lines, width))
 
