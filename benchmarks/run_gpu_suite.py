@@ -199,7 +199,7 @@ def install_cpu_flash() -> None:
         return
     import torch
 
-    from bertforge.model import bert as bert_module
+    from bertforge.model import attention
 
     sys.path.insert(0, str(REPO / "tests"))
     from attention_reference import CpuFlash
@@ -208,7 +208,7 @@ def install_cpu_flash() -> None:
     lib = torch.library.Library("aten", "IMPL")
     lib.impl("_flash_attention_forward", flash.forward, "CPU")
     lib.impl("_flash_attention_backward", flash.backward, "CPU")
-    bert_module._flash_varlen_on = lambda device: device.type == "cpu"
+    attention._flash_varlen_on = lambda device: device.type == "cpu"
     install_cpu_flash.keep = (lib, flash)  # the registration lives as long as the library object
 
 
