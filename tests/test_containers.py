@@ -1,7 +1,7 @@
 """The container images under docker/: what each installs, copies, runs and exposes, checked
 against the package (pyproject.toml, the CLI, the server's routes) and the build context. Docker
 cannot run on the machines these tests run on, so the images were never built here: the
-Dockerfiles are parsed (tests/container_helpers.py) and checked instead."""
+Dockerfiles are parsed (tests/dockerfiles.py) and checked instead."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import fields
 
 import pytest
-from container_helpers import (FLAVOURS, REPO, copies, dockerfile, exec_form, image_has, in_context,
+from dockerfiles import (FLAVOURS, REPO, copies, dockerfile, exec_form, image_has, in_context,
                                user_uid)
 
 from bertforge.serve.config import ServeArgs

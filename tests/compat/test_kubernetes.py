@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from compat_helpers import parse
-from container_helpers import FLAVOURS, dockerfile, image_has, user_uid
+from dockerfiles import FLAVOURS, dockerfile, image_has, user_uid
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = ["pytorchjob-pretrain.yaml", "mpijob-pretrain.yaml"]
