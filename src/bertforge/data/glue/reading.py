@@ -4,10 +4,11 @@ Files are read the way GLUE ships them: UTF-8 with an optional byte-order mark (
 start with one), one row a line ended by LF or CRLF (the last line may lack it; a file with
 old Mac CR-only line ends reads too), fields split on tabs with NO quote processing (GLUE's
 texts contain bare `"` that a CSV quote parser would swallow, joining rows). Columns are found
-by their header name where a file has a header and by position where it has none (CoLA's train and dev). A file is labelled when its header names the
-task's label column, so GLUE's unlabelled test files (an `index` column, no label) and labelled
-test files (MRPC's original `msr_paraphrase_test.txt`) both read; MRPC's original
-`msr_paraphrase_{train,test}.txt` share GLUE's MRPC header and need no option.
+by their header name where a file has a header and by position where it has none (CoLA's train
+and dev). A file is labelled when its header names the task's label column, so GLUE's unlabelled
+test files (an `index` column, no label) and labelled test files (MRPC's original
+`msr_paraphrase_test.txt`) both read; MRPC's original `msr_paraphrase_{train,test}.txt` share
+GLUE's MRPC header and need no option.
 """
 
 from __future__ import annotations
