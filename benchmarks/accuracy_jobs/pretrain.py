@@ -24,6 +24,7 @@ IN_ALL = True
 PRETRAIN = dict(bert_model="mini", max_seq_length=128, max_predictions_per_seq=20, train_batch_size=32,
                 learning_rate=5e-3, warmup_proportion=0.1, max_steps=1000, eval_every=200)
 FINETUNE_LR = 1e-4
+SMOKE_DOCUMENTS = 120  # --smoke pretrains on the first Wikipedia documents: a few hundred sequences
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def run_pretrain(env: Env, results: Results, seeds: list[int], recipe: PretrainR
         if env.smoke:
             root.mkdir(parents=True, exist_ok=True)
             wiki = root / "wiki_smoke.jsonl"
-            wiki.write_text("".join(env.wiki_file.read_text(encoding="utf-8").splitlines(keepends=True)[:300]))
+            documents = env.wiki_file.read_text(encoding="utf-8").splitlines(keepends=True)[:SMOKE_DOCUMENTS]
+            wiki.write_text("".join(documents))
         cmd, seconds, _ = in_process(
             ["prepare", "pretraining", "--input_file", wiki, "--output_dir", data, "--vocab_file", vocab,
              "--max_seq_length", recipe.seq, "--max_predictions_per_seq", recipe.max_predictions,
