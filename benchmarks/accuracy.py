@@ -15,7 +15,7 @@ in a child process: its CLI). From the repository root:
 
     python benchmarks/accuracy.py all                                   # CPU, hours
     python benchmarks/accuracy.py --device cuda --precision bf16 all --squad_sides bertforge transformers \\
-        --glue_seeds 0 1 2 --skip pretrain                                  # GPU, one call
+        --glue_seeds 0 1 2 --skip pretrain                                  # GPU, one run
     python benchmarks/accuracy.py --smoke --workdir /tmp/acc all          # every path, minutes
     python benchmarks/accuracy.py --results benchmarks/accuracy_results.jsonl report
 

@@ -1,7 +1,7 @@
 """What every accuracy job shares: where and how it runs (`Env`), the results file (`Results`:
 append-only JSON lines, each record found again by its key fields so a rerun skips what is
 measured), running bertforge (a child process through its command line, or in this process
-through the same parser), and the report's helpers."""
+through the same parser), and what the reports share."""
 
 from __future__ import annotations
 
