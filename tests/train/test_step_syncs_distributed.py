@@ -110,3 +110,20 @@ def test_preemption_flag_is_agreed_on_the_host(monkeypatch):
     assert Trainer._preempted(trainer) is True
     assert Trainer._preempted(trainer) is True
     assert calls == [("new_group", "gloo"), ("all_reduce", "cpu", "gloo"), ("all_reduce", "cpu", "gloo")]
+
+
+@pytest.mark.slow
+def test_two_ranks_with_checkpoints_agree_on_the_flag_every_step(tmp_path, vocab_file, squad_dev_file):
+    """Two gloo ranks with --save_every: the preemption flag goes through the host group at every
+    step, and the run trains, checkpoints and finishes on both ranks."""
+    from dist_worker import Job, launch, read_metrics, write_tiny_config
+
+    write_tiny_config(tmp_path / "tiny.json", dropout=0.0)
+    argv = ["finetune", "squad", "--do_train", "--train_file", str(squad_dev_file), "--train_articles", "0:1",
+            "--max_seq_length", "128", "--bert_model", str(tmp_path / "tiny.json"), "--vocab_file", str(vocab_file),
+            "--do_lower_case", "true", "--max_steps", "4", "--save_every", "2", "--global_batch_size", "8",
+            "--train_batch_size", "4", "--log_every", "1", "--device", "cpu", "--output_dir", str(tmp_path / "run")]
+    launch(Job(argv), tmp_path / "launch", nproc=2).check()
+    steps = [r["step"] for r in read_metrics(tmp_path / "run") if "seq_per_s" in r]
+    assert steps == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "model.safetensors").is_file()
