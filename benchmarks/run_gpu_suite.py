@@ -53,7 +53,11 @@ import time
 import traceback
 from pathlib import Path
 
-from bertforge.bench import suite
+try:
+    from bertforge.bench import suite
+except ImportError as e:
+    raise SystemExit(f"run_gpu_suite.py: bertforge cannot be imported ({e}): install it (from a bundle: python -m pip "
+                     f"install --no-index --find-links wheels bertforge) or put the checkout's src/ on PYTHONPATH")
 from bertforge.bench.suite import BY_NAME, CASES, Case, estimate_seconds, overrun
 from bertforge.bench.suite_report import bench_table, header, report, summary_line, targets
 
