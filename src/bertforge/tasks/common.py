@@ -8,7 +8,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from bertforge.fileio import atomic_write_json
-# Loading moved below the tasks (the API loads models too); these names stay importable here.
+# Model loading lives in bertforge.loading, below the tasks and the API that both use it;
+# scripts that import these names from here keep working.
 from bertforge.loading import LoadedModel, load_model, model_inputs
 from bertforge.runconfig import TrainArgs
 from bertforge.train.runtime import Runtime

@@ -1,6 +1,9 @@
 """SQuAD v1.1 and v2.0 end to end (`bertforge finetune squad`, `predict squad`, `evaluate squad`):
-features, fine-tuning, prediction, n-best post-processing (with the null answer for v2.0) and the
-official metrics."""
+the run configs, fine-tuning, prediction of SQuAD files through the answer pipeline every entry
+point shares (`bertforge.qa`, with the null answer for v2.0) and the official metrics.
+
+`span_logits` and `model_arrays` (defined in `bertforge.qa` and `bertforge.data.squad`) can also be
+imported from here."""
 
 from __future__ import annotations
 
