@@ -18,10 +18,12 @@ from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import InferenceStats, predict_timed
-from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
+from bertforge.loading import LoadedModel, check_seq_length, model_inputs
+from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
+from bertforge.tasks.common import report_inference, write_json
 from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
-from bertforge.tasks.runner import Job, check_seq_length, run
+from bertforge.tasks.runner import Job, run
+from bertforge.validation import check_at_least, check_types
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
@@ -47,21 +49,17 @@ class GlueData:
     batch costs about the same. Predictions do not change."""
 
     def __post_init__(self) -> None:
+        check_types(self, "glue")
         data.get_task(self.task_name)  # an unknown task fails here, naming the valid ones
-        for name in ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        check_at_least(self, 1, ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"))
 
 
 @dataclass(kw_only=True)
-class GlueEvalRun:
+class GlueEvalRun(RunConfig):
     """Evaluate (dev metrics) and/or predict (test-set submission files) with a fine-tuned checkpoint."""
 
     output_dir: str = "runs/glue_eval"
     """Where eval_results.json and the submission files go."""
-    overwrite_output_dir: bool = False
-    """Replace earlier results in output_dir."""
     do_eval: bool = False
     """Score the dev set(s) with the task's official metrics."""
     do_predict: bool = False
@@ -72,8 +70,6 @@ class GlueEvalRun:
     output_jsonl: str | None = None
     """Where the classes of --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 @dataclass(kw_only=True)
@@ -93,13 +89,11 @@ class GlueEvaluateRun(GlueEvalRun):
 
 
 @dataclass(kw_only=True)
-class GlueRun:
+class GlueRun(TrainRun):
     """Fine-tune and/or evaluate BERT on a GLUE task."""
 
     output_dir: str = "runs/glue"
     """The run directory: model, metrics.jsonl, checkpoints, eval results, submissions."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
     do_train: bool = False
     """Fine-tune on the train split."""
     do_eval: bool = False
@@ -107,11 +101,9 @@ class GlueRun:
     do_predict: bool = False
     """Write the test set's GLUE submission file(s) into output_dir."""
     data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=2e-5, train_batch_size=32))
     evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
     """Dev metrics while training (--eval_every, --save_best)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 class ClassificationLoss:
@@ -174,8 +166,9 @@ def align_labels(model: nn.Module, checkpoint_labels: list[str] | None, task: da
 
 class GlueJob(Job):
     head = "classification"
+    cfg: GlueRun | GlueEvalRun
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: GlueRun | GlueEvalRun):
         super().__init__(cfg)
         self.task = data.get_task(cfg.data.task_name)
         self.result_files = ("eval_results.json",) + tuple(s.submission_file for s in self.task.splits_of("test"))
@@ -230,8 +223,9 @@ class GlueJob(Job):
     def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
         # The main metric is the task's first: MNLI's matched accuracy, CoLA's MCC, STS-B's
         # Pearson, accuracy elsewhere (MRPC and QQP too, F1 being their second).
-        evaluate_during_training(self, trainer, loaded, runtime, lambda: self.evaluate(loaded, runtime)[0],
-                                 self.task.metrics[0])
+        self.best = evaluate_during_training(self.cfg.evaluation, trainer, loaded, runtime, Path(self.cfg.output_dir),
+                                             self.labels(loaded), lambda: self.evaluate(loaded, runtime)[0],
+                                             self.task.metrics[0])
 
     def _predict(self, loaded: LoadedModel, runtime: Runtime, features: data.GlueFeatures, desc: str):
         d = self.cfg.data
@@ -280,8 +274,11 @@ def finetune(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = Tr
 
 
 def evaluate_run(cfg: GlueEvalRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    """`evaluate glue` / `predict glue`: the task's files; --input_jsonl goes to
+    `bertforge.raw_text`, which classifies it through the Python API (a layer above the tasks:
+    imported here, when asked for, only so that this one entry point serves both)."""
     if cfg.input_jsonl:
-        from bertforge.tasks.raw_text import classify_run
+        from bertforge.raw_text import classify_run
         classify_run(cfg)
         return {}
     return run(GlueJob(cfg), dist_info, progress)
