@@ -34,20 +34,14 @@ from bertforge.checkpoint.common import atomic_dir_write
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.fileio import atomic_write_json
-from bertforge.model import build_model
-from bertforge.model.bert import BertOutput, PreTrainingOutput
+from bertforge.model import HEADS, build_model
 from bertforge.optional import require
 
 log = logging.getLogger(__name__)
 
 ExportFormat = Literal["onnx", "torch_export"]
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # each (batch, sequence) int64
-OUTPUTS = {  # per head, the output names and their axes
-    "qa": {"start_logits": ("batch", "sequence"), "end_logits": ("batch", "sequence")},
-    "classification": {"logits": ("batch", "num_labels")},
-    "base": {"sequence_output": ("batch", "sequence", "hidden"), "pooled_output": ("batch", "hidden")},
-    "pretraining": {"mlm_logits": ("batch", "sequence", "vocab"), "nsp_logits": ("batch", 2)},
-}
+OUTPUTS = {name: spec.outputs for name, spec in HEADS.items()}  # per head, output names and axes
 MODEL_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
 EXPORT_FILES = ("model.onnx", "model.onnx.data", "model.pt2", "export.json", "vocab.txt")
 # Largest difference from the PyTorch model that verification accepts, relative to the outputs'
@@ -68,7 +62,7 @@ class ExportArgs:
     """Where model.onnx (or model.pt2), export.json and vocab.txt go."""
     format: ExportFormat = "onnx"
     """onnx (onnxruntime, TensorRT, OpenVINO) or torch_export (model.pt2, torch.export.load)."""
-    head: Literal["auto", "qa", "classification", "base", "pretraining"] = "auto"
+    head: Literal[("auto", *HEADS)] = "auto"
     """Which head to export; auto: the checkpoint's (the encoder alone when it has none)."""
     bert_model: str | None = None
     """The bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
@@ -92,11 +86,11 @@ class ServingModel(nn.Module):
                 ) -> tuple[Tensor, ...]:
         """Each input (B, T) int64; outputs as OUTPUTS[head] lists them."""
         out = self.model(input_ids, token_type_ids, attention_mask)
-        if isinstance(out, BertOutput):
-            return out.sequence_output, out.pooled_output
-        if isinstance(out, PreTrainingOutput):
-            return out.mlm_logits, out.nsp_logits
-        return out if isinstance(out, tuple) else (out,)
+        if isinstance(out, Tensor):
+            return (out,)
+        if isinstance(out, tuple):
+            return out
+        return tuple(getattr(out, name) for name in OUTPUTS[self.model.head])  # an output dataclass
 
 
 def example_inputs(config: BertConfig, batch: int = 3, seq: int = 12, seed: int = 0
@@ -142,16 +136,17 @@ def load_for_export(args: ExportArgs) -> tuple[nn.Module, str, dict]:
     """The model on its padded path, in eval mode, the head, and what export.json records."""
     ckpt = load_checkpoint(args.checkpoint, config=args.bert_model)
     head = ckpt.head if args.head == "auto" else args.head
-    if head not in OUTPUTS:
-        raise ConfigError(f"cannot export head {head!r}; heads: {', '.join(OUTPUTS)}")
-    if head != "base" and head not in ckpt.heads:
+    if head not in HEADS:
+        raise ConfigError(f"cannot export head {head!r}; heads: {', '.join(HEADS)}")
+    trained = bool(HEADS[head].markers)  # the bare encoder has no weights of its own to train
+    if trained and head not in ckpt.heads:
         raise CheckpointError(f"{args.checkpoint} has no trained {head} head (it has: "
                               f"{', '.join(sorted(ckpt.heads)) or 'none, the encoder only'}); "
                               f"pass --head base to export the encoder")
     model = build_model(ckpt.config, head, num_labels=ckpt.num_labels or 2, unpad=False)
-    load_into(model, ckpt, require_head=head != "base")
+    load_into(model, ckpt, require_head=trained)
     model.eval()
-    meta = {"head": head, "labels": ckpt.labels if head == "classification" else None,
+    meta = {"head": head, "labels": ckpt.labels if HEADS[head].label_weight else None,
             "do_lower_case": ckpt.do_lower_case, "task": ckpt.meta.get("task"),
             "max_seq_length": ckpt.config.max_position_embeddings, "source": str(args.checkpoint),
             "vocab_file": ckpt.vocab_file}

@@ -515,3 +515,19 @@ def test_submission_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="2 indices for 3 predictions"):
         write_submission(tmp_path, "rte", np.array([0, 1, 0]), indices=[0, 1])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_package_exports_each_modules_public_names():
+    """bertforge.data.glue is a package (tasks, reading, features, submissions); every public
+    name of its modules is importable from the package, as it was from the one module."""
+    import importlib
+
+    import bertforge.data.glue as glue
+
+    for module in ("tasks", "reading", "features", "submissions"):
+        m = importlib.import_module(f"bertforge.data.glue.{module}")
+        public = {n for n, v in vars(m).items() if not n.startswith("_") and getattr(v, "__module__", None) == m.__name__}
+        assert public <= set(glue.__all__), (module, public - set(glue.__all__))
+        for name in public:
+            assert getattr(glue, name) is getattr(m, name)
+    assert glue.TASKS["mrpc"] is glue.get_task("MRPC")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bertforge.model import BertForQuestionAnswering
+from bertforge.model import attention
 from bertforge.model import bert as bert_module
 from conftest import random_batch, tiny_config
 
@@ -71,14 +72,14 @@ def test_inference_and_no_dropout_have_nothing_to_recompute(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(bert_module, "checkpoint", refuse)
+    monkeypatch.setattr(attention, "checkpoint", refuse)
     q = torch.randn(10, 2, 8, requires_grad=True)
     with torch.no_grad():
-        bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1, recompute=True)
-    bert_module._per_sequence_attention(q, q, q, [4, 6], 0.0, recompute=True)  # SDPA's flash kernel: O(L)
-    bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1)  # off unless asked for
+        attention._per_sequence_attention(q, q, q, [4, 6], 0.1, recompute=True)
+    attention._per_sequence_attention(q, q, q, [4, 6], 0.0, recompute=True)  # SDPA's flash kernel: O(L)
+    attention._per_sequence_attention(q, q, q, [4, 6], 0.1)  # off unless asked for
     with pytest.raises(AssertionError, match="recomputed"):
-        bert_module._per_sequence_attention(q, q, q, [4, 6], 0.1, recompute=True)
+        attention._per_sequence_attention(q, q, q, [4, 6], 0.1, recompute=True)
 
 
 def test_the_trainer_turns_it_on_from_the_runtime_option(tmp_path):

@@ -1,6 +1,6 @@
 """The model's fast paths compute the function of the plain path: each unpadded attention kernel
 against softmax attention written out, FlashAttention's varlen path (its CPU reference kernel,
-see attention_reference.py) eager and compiled, the kernel choice per device and precision,
+see bertforge.bench.cpu_flash) eager and compiled, the kernel choice per device and precision,
 the forward that never waits for the device when the host knows the lengths, grouped CPU
 inference, and compiled layers."""
 
@@ -12,11 +12,12 @@ import transformers
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attention_reference import CpuFlash, reference_varlen_attention
+from bertforge.bench.cpu_flash import CpuFlash, reference_varlen_attention
 from bertforge.config import BertConfig
 from bertforge.checkpoint import native_to_hf
 from bertforge.errors import DataError
 from bertforge.model import BertForQuestionAnswering
+from bertforge.model import attention
 from bertforge.model import bert as bert_module
 from conftest import hf_config, random_batch, tiny_config
 
@@ -45,13 +46,13 @@ def _assert_same_grads(model, reference, rtol=1e-5, atol=1e-6):
 
 @pytest.fixture
 def cpu_flash(monkeypatch):
-    """The CPU counts as a device with FlashAttention, and the op runs attention_reference's
+    """The CPU counts as a device with FlashAttention, and the op runs bertforge.bench.cpu_flash's
     kernels (the CUDA one cannot run here)."""
     flash = CpuFlash()
     lib = torch.library.Library("aten", "IMPL")
     lib.impl("_flash_attention_forward", flash.forward, "CPU")
     lib.impl("_flash_attention_backward", flash.backward, "CPU")
-    monkeypatch.setattr(bert_module, "_flash_varlen_on", lambda device: device.type == "cpu")
+    monkeypatch.setattr(attention, "_flash_varlen_on", lambda device: device.type == "cpu")
     yield flash
     lib._destroy()
 
@@ -63,16 +64,16 @@ def cpu_flash(monkeypatch):
 def test_unpadded_attention_kernels_match_reference(path, request):
     torch.manual_seed(1)
     lengths, T = [5, 13, 1, 9], 13
-    layout = bert_module.Unpadded.from_mask(_mask(lengths, T))
+    layout = attention.Unpadded.from_mask(_mask(lengths, T))
     qkv = torch.randn(sum(lengths), 3, 4, 8)
     q, k, v = qkv.unbind(1)
     if path == "per_sequence":
-        out = bert_module._per_sequence_attention(q, k, v, layout.lengths, 0.0)
+        out = attention._per_sequence_attention(q, k, v, layout.lengths, 0.0)
     elif path == "padded_grid":
-        out = bert_module._padded_grid_attention(qkv, layout, 0.0)
+        out = attention._padded_grid_attention(qkv, layout, 0.0)
     else:  # the op's CPU reference: checks what the model passes (cu_seqlens, max_seqlen, q/k/v)
         flash = request.getfixturevalue("cpu_flash")
-        out = bert_module._flash_varlen_attention(q, k, v, layout, 0.0)
+        out = attention._flash_varlen_attention(q, k, v, layout, 0.0)
         assert flash.max_seqlens == [13]
     cu = torch.tensor([0, 5, 18, 19, 28])
     torch.testing.assert_close(out, reference_varlen_attention(q, k, v, cu)[0], rtol=1e-5, atol=1e-5)
@@ -80,15 +81,15 @@ def test_unpadded_attention_kernels_match_reference(path, request):
 
 def test_unpadded_layout_without_padding_is_the_padded_layout():
     full = torch.ones(3, 7, dtype=torch.long)
-    assert bert_module.Unpadded.from_mask(full) is None
-    assert bert_module.Unpadded.from_mask(full, [7, 7, 7]) is None
+    assert attention.Unpadded.from_mask(full) is None
+    assert attention.Unpadded.from_mask(full, [7, 7, 7]) is None
 
 
 def test_layout_from_host_lengths_equals_layout_from_mask():
     mask = _mask([4, 9, 2], 9)
     mask[1, 3] = 0  # padding need not be a suffix
-    from_mask = bert_module.Unpadded.from_mask(mask)
-    from_host = bert_module.Unpadded.from_mask(mask, [4, 8, 2])
+    from_mask = attention.Unpadded.from_mask(mask)
+    from_host = attention.Unpadded.from_mask(mask, [4, 8, 2])
     assert from_host.lengths == from_mask.lengths == [4, 8, 2]
     assert from_host.max_seqlen == from_mask.max_seqlen == 8
     assert torch.equal(from_host.indices, from_mask.indices)
@@ -107,10 +108,10 @@ def test_flash_varlen_input_limits():
 
     for dtype in (torch.float16, torch.bfloat16):
         for head_dim in (8, 64, 128, 256):
-            assert bert_module._flash_varlen_supports(q(dtype, head_dim))
+            assert attention._flash_varlen_supports(q(dtype, head_dim))
         for head_dim in (4, 12, 63, 264):
-            assert not bert_module._flash_varlen_supports(q(dtype, head_dim))
-    assert not bert_module._flash_varlen_supports(q(torch.float32, 64))
+            assert not attention._flash_varlen_supports(q(dtype, head_dim))
+    assert not attention._flash_varlen_supports(q(torch.float32, 64))
 
 
 @pytest.mark.parametrize("capability, built, hip, expected", [
@@ -119,10 +120,10 @@ def test_flash_varlen_input_limits():
 ])
 def test_flash_varlen_devices(monkeypatch, capability, built, hip, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(bert_module, "_FLASH_BUILT", built)
+    monkeypatch.setattr(attention, "_FLASH_BUILT", built)
     monkeypatch.setattr(torch.version, "hip", hip)
-    assert bert_module._flash_varlen_on(torch.device("cuda", 0)) is expected
-    assert not bert_module._flash_varlen_on(torch.device("cpu"))
+    assert attention._flash_varlen_on(torch.device("cuda", 0)) is expected
+    assert not attention._flash_varlen_on(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("device, dtype, head_dim, flash_device, compiling, expected", [
@@ -144,14 +145,14 @@ def test_attention_kernel_choice(monkeypatch, device, dtype, head_dim, flash_dev
             return torch.empty(6, 2, head_dim, dtype=dtype, device=device)
         return kernel
 
-    monkeypatch.setattr(bert_module, "_flash_varlen_attention", record("flash"))
-    monkeypatch.setattr(bert_module, "_padded_grid_attention", record("grid"))
-    monkeypatch.setattr(bert_module, "_per_sequence_attention", record("per_sequence"))
+    monkeypatch.setattr(attention, "_flash_varlen_attention", record("flash"))
+    monkeypatch.setattr(attention, "_padded_grid_attention", record("grid"))
+    monkeypatch.setattr(attention, "_per_sequence_attention", record("per_sequence"))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
-    layout = bert_module.Unpadded.from_mask(_mask([2, 4], 4).to(device), [2, 4])
+    layout = attention.Unpadded.from_mask(_mask([2, 4], 4).to(device), [2, 4])
     layout.flash_varlen = flash_device
     qkv = torch.empty(6, 3, 2, head_dim, dtype=dtype, device=device)
-    bert_module.unpadded_attention(qkv, layout, 0.1)
+    attention.unpadded_attention(qkv, layout, 0.1)
     assert chosen == [expected]
 
 
@@ -162,7 +163,7 @@ def test_attention_kernel_choice(monkeypatch, device, dtype, head_dim, flash_dev
 def flash_in_fp32(cpu_flash, monkeypatch):
     """The flash path in fp32, so that it compares tightly with the padded path; the kernel's
     own input limits are tested above."""
-    monkeypatch.setattr(bert_module, "_flash_varlen_supports", lambda q: True)
+    monkeypatch.setattr(attention, "_flash_varlen_supports", lambda q: True)
     return cpu_flash
 
 
@@ -205,10 +206,10 @@ def _fake_cuda_layer(config: BertConfig, mode: FakeTensorMode):
     return lambda x, layout: torch.func.functional_call(layer, params, (x, layout))
 
 
-def _layout(lengths: list[int], device, flash_varlen=True) -> bert_module.Unpadded:
+def _layout(lengths: list[int], device, flash_varlen=True) -> attention.Unpadded:
     """A layout of the given lengths with tensors that carry shapes only."""
     B, T, N = len(lengths), max(lengths), sum(lengths)
-    return bert_module.Unpadded(
+    return attention.Unpadded(
         torch.empty(N, dtype=torch.long, device=device), torch.empty(B + 1, dtype=torch.int32, device=device),
         lengths, max(lengths), B, T, torch.empty(B, 1, 1, T, dtype=torch.bool, device=device), flash_varlen)
 

@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,47 +15,10 @@ import numpy as np
 import pytest
 
 import bertforge
-from conftest import REPO, minilm_dir, minilm_with_head
+from conftest import minilm_dir, minilm_with_head
+from serve.server_process import Server
 
 LABELS = ["negative", "positive"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m bertforge serve CHECKPOINT --port P ...` until stopped; its log in a file."""
-
-    def __init__(self, checkpoint: Path, log: Path, *flags: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-        with log.open("w") as f:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bertforge", "serve", str(checkpoint), "--port", str(self.port),
-                 "--device", "cpu", *flags], stdout=f, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 180
-        while True:
-            assert self.process.poll() is None, f"server exited:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"server not up after 180 s:\n{log.read_text()}"
-            time.sleep(0.3)
-
-    def health(self) -> dict:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ Hugging Face names):
 - `common`:        the `Checkpoint` dataclass, weight-file readers, config/vocab/casing lookup.
 - `native`, `hf`, `google` (+ `tf_checkpoint`, the TF bundle reader), `nvidia`: one per format.
 - `hub`:           Hugging Face Hub model ids as sources, through huggingface_hub.
+- `formats`:       the table of formats (`FORMATS`: detect, load, save), one entry each.
 - `load`:          format detection, `load_checkpoint`, `load_into`.
 - `save`:          `save_checkpoint_as` (native or Hugging Face) into a clean directory.
 - `commands`:      the `convert` and `info` commands.

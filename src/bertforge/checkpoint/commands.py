@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bertforge.checkpoint.formats import FORMATS, TARGETS
 from bertforge.checkpoint.load import load_checkpoint
 from bertforge.checkpoint.save import prepare_destination, save_checkpoint_as
 from bertforge.errors import ConfigError
@@ -23,7 +24,7 @@ class ConvertArgs:
     Hugging Face Hub model id (bert-base-uncased, user/model)."""
     dst: str
     """The output directory."""
-    to: Literal["native", "hf"] = "native"
+    to: Literal[TARGETS] = "native"
     """native (bertforge: safetensors + config.json + bertforge.json) or hf (transformers' layout)."""
     bert_model: str | None = None
     """The source's bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
@@ -31,7 +32,7 @@ class ConvertArgs:
     """A vocab.txt to ship with the result when the source has none beside it."""
     do_lower_case: bool | None = None
     """Record the casing when the source does not (Google TF checkpoints rarely do)."""
-    format: Literal["auto", "native", "hf", "tf", "nvidia"] = "auto"
+    format: Literal[("auto", *FORMATS)] = "auto"
     """Force the source format instead of detecting it."""
     force: bool = False
     """Replace the checkpoint in a non-empty destination (its checkpoint files are removed first;

@@ -27,6 +27,7 @@ from torch import Tensor
 from bertforge.config import BertConfig, find_config_file, resolve_config
 from bertforge.errors import CheckpointError
 from bertforge.fileio import default_file_mode
+from bertforge.model.heads import heads_in, num_labels_in
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Checkpoint:
     source: Path
     """Where the checkpoint was read from (a directory, a weights file or a TF prefix)."""
     format: str
-    """The format it was read as: native, hf, tf or nvidia."""
+    """The format it was read as: a name in `bertforge.checkpoint.formats.FORMATS`."""
     labels: list[str] | None = None
     """Class names of a classification head, in output order, when the checkpoint records them."""
     vocab_file: Path | None = None
@@ -54,15 +55,8 @@ class Checkpoint:
 
     @property
     def heads(self) -> set[str]:
-        """Which heads the weights include: pretraining, qa, classification."""
-        found = set()
-        if "mlm.bias" in self.state or "nsp.weight" in self.state:
-            found.add("pretraining")
-        if "qa_outputs.weight" in self.state:
-            found.add("qa")
-        if "classifier.weight" in self.state:
-            found.add("classification")
-        return found
+        """Which heads the weights include trained (see `bertforge.model.heads.HEADS`)."""
+        return heads_in(self.state)
 
     @property
     def head(self) -> str:
@@ -75,8 +69,7 @@ class Checkpoint:
 
     @property
     def num_labels(self) -> int | None:
-        w = self.state.get("classifier.weight")
-        return None if w is None else int(w.shape[0])
+        return num_labels_in(self.state)
 
 
 # ---- reading weight files ----------------------------------------------------------------

@@ -27,6 +27,7 @@ from bertforge.checkpoint.common import (
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
 from bertforge.fileio import read_json
+from bertforge.model.heads import HEADS
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +50,12 @@ _LAYER = {
     "ffn_norm": "output.LayerNorm",
 }
 _QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
-# ... and heads (no `bert.` prefix on either side).
-_HEADS = {
-    "mlm.dense.weight": "cls.predictions.transform.dense.weight",
-    "mlm.dense.bias": "cls.predictions.transform.dense.bias",
-    "mlm.norm.weight": "cls.predictions.transform.LayerNorm.weight",
-    "mlm.norm.bias": "cls.predictions.transform.LayerNorm.bias",
-    "mlm.bias": "cls.predictions.bias",
-    "nsp.weight": "cls.seq_relationship.weight",
-    "nsp.bias": "cls.seq_relationship.bias",
-    "qa_outputs.weight": "qa_outputs.weight",
-    "qa_outputs.bias": "qa_outputs.bias",
-    "classifier.weight": "classifier.weight",
-    "classifier.bias": "classifier.bias",
-}
+# ... and heads (no `bert.` prefix on either side), from the table of heads.
+_HEADS = {ours: theirs for spec in HEADS.values() for ours, theirs in spec.hf_names.items()}
 # Hugging Face tensors that carry no information of their own.
 _REDUNDANT = {"bert.embeddings.position_ids", "cls.predictions.decoder.bias",
               "bert.embeddings.token_type_ids"}
 _TIED_DECODER = "cls.predictions.decoder.weight"
-
-ARCHITECTURES = {
-    "base": "BertModel",
-    "pretraining": "BertForPreTraining",
-    "qa": "BertForQuestionAnswering",
-    "classification": "BertForSequenceClassification",
-}
 
 
 def _canonical_hf_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -259,11 +241,13 @@ def load_hf(path: Path, config: str | Path | BertConfig | None = None) -> Checkp
 def save_hf(ckpt: Checkpoint, out_dir: Path) -> Path:
     """Write `ckpt` in transformers' layout: model.safetensors, config.json (with the
     architecture of its head and its labels), tokenizer_config.json, vocab.txt."""
-    head = ckpt.head
-    hf_state = native_to_hf({k: v.contiguous() for k, v in ckpt.state.items()})
-    if head == "base":  # transformers' BertModel keeps its weights without the `bert.` prefix
-        hf_state = {k.removeprefix("bert."): v for k, v in hf_state.items()}
-    cfg = ckpt.config.to_hf_dict(ARCHITECTURES[head])
+    spec = HEADS[ckpt.head]
+    hf_state = {}
+    for key, value in native_to_hf({k: v.contiguous() for k, v in ckpt.state.items()}).items():
+        if key.startswith("bert."):  # the encoder, where transformers' class for the head keeps it
+            key = spec.hf_encoder_prefix + key.removeprefix("bert.")
+        hf_state[key] = value
+    cfg = ckpt.config.to_hf_dict(spec.hf_architecture)
     if ckpt.labels:
         cfg["id2label"] = {str(i): label for i, label in enumerate(ckpt.labels)}
         cfg["label2id"] = {label: i for i, label in enumerate(ckpt.labels)}

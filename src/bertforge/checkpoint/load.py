@@ -1,7 +1,7 @@
 """Reading a checkpoint of any format: detection from what is on disk, `load_checkpoint`, and
 `load_into`, which puts the weights into a model all or nothing.
 
-Formats (see docs/checkpoints.md for what each holds):
+The formats are the entries of `formats.FORMATS` (see docs/checkpoints.md for what each holds):
 - native:  bertforge's own directory (`bertforge.json` marks it); what training runs write.
 - hf:      a Hugging Face directory or weights file (safetensors or pytorch_model.bin, sharded or
            not).
@@ -22,50 +22,34 @@ from torch import nn
 
 from bertforge.checkpoint import hub
 from bertforge.checkpoint.common import Checkpoint
-from bertforge.checkpoint.google import load_tf_checkpoint
-from bertforge.checkpoint.hf import WEIGHT_FILES, find_weights, load_hf
-from bertforge.checkpoint.native import NATIVE_META, load_native
-from bertforge.checkpoint.nvidia import load_nvidia_checkpoint
+from bertforge.checkpoint.formats import FORMATS
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
+from bertforge.model.heads import BACKBONE_PREFIXES, HEAD_PREFIXES
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("native", "hf", "tf", "nvidia")
 
 
 # ---- detection ---------------------------------------------------------------------------
 
 
 def detect_format(path: str | Path) -> str:
-    """One of FORMATS, from the files at `path`; CheckpointError when none fits."""
+    """The first of FORMATS whose files are at `path`; CheckpointError when none fits."""
     path = Path(path)
+    for spec in FORMATS.values():
+        if spec.detect(path):
+            return spec.name
     if not path.exists():
-        if Path(f"{path}.index").is_file():  # a TensorFlow prefix such as bert_model.ckpt
-            return "tf"
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        if (path / NATIVE_META).is_file():
-            return "native"
-        if find_weights(path) is not None:
-            return "hf"
-        if list(path.glob("*.ckpt.index")) or list(path.glob("*.index")):
-            return "tf"
-        pts = sorted(path.glob("*.pt"))
-        if len(pts) == 1:
-            return "nvidia"
-        raise CheckpointError(
-            f"{path}: no checkpoint in this directory (looked for {NATIVE_META}, "
-            f"{', '.join(WEIGHT_FILES)}, a TensorFlow *.ckpt.index, or one DLE *.pt file)")
-    name = path.name
-    if name.endswith(".index") or ".ckpt" in name:
-        return "tf"
-    if name.endswith((".safetensors", ".bin", ".index.json")):
-        return "hf"
-    if name.endswith((".pt", ".pth")):
-        return "nvidia"
-    raise CheckpointError(f"{path}: unknown checkpoint file type (expected a directory, *.safetensors, "
-                          "*.bin, *.pt, or a TensorFlow *.ckpt prefix / *.ckpt.index)")
+        looked_for = _one_of([spec.in_directory for spec in FORMATS.values()])
+        raise CheckpointError(f"{path}: no checkpoint in this directory (looked for {looked_for})")
+    expected = _one_of(["a directory", *(spec.files for spec in FORMATS.values() if spec.files)])
+    raise CheckpointError(f"{path}: unknown checkpoint file type (expected {expected})")
+
+
+def _one_of(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + ", or " + items[-1]
 
 
 # ---- loading -----------------------------------------------------------------------------
@@ -84,13 +68,7 @@ def load_checkpoint(path: str | Path, config: str | Path | BertConfig | None = N
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: {', '.join(FORMATS)}")
-    if fmt == "native":
-        return load_native(path)
-    if fmt == "hf":
-        return load_hf(path, config)
-    if fmt == "tf":
-        return load_tf_checkpoint(path, config)
-    return load_nvidia_checkpoint(path, config)
+    return FORMATS[fmt].load(path, config)
 
 
 def _local_path(source: str | Path) -> Path:
@@ -103,9 +81,6 @@ def _local_path(source: str | Path) -> Path:
 
 
 # ---- putting weights into a model --------------------------------------------------------
-
-BACKBONE_PREFIXES = ("bert.embeddings.", "bert.encoder.")
-HEAD_PREFIXES = ("bert.pooler.", "mlm.", "nsp.", "qa_outputs.", "classifier.")
 
 
 @dataclass

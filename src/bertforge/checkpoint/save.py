@@ -1,5 +1,6 @@
-"""Writing a loaded checkpoint in bertforge's format or Hugging Face's (the second half of
-`bertforge convert`), into a directory that holds nothing else.
+"""Writing a loaded checkpoint in bertforge's format or Hugging Face's (the formats with a `save`
+in `formats.FORMATS`; the second half of `bertforge convert`), into a directory that holds
+nothing else.
 
 A conversion over an earlier one (`overwrite`, `--force`) first removes the earlier checkpoint's
 files, because one left behind changes how the directory is read; any other entry there makes
@@ -13,11 +14,10 @@ import shutil
 from pathlib import Path
 
 from bertforge.checkpoint.common import TMP_PREFIX, Checkpoint
-from bertforge.checkpoint.hf import WEIGHT_FILES, save_hf
-from bertforge.checkpoint.native import NATIVE_CONFIG, NATIVE_META, NATIVE_WEIGHTS, save_native_checkpoint
+from bertforge.checkpoint.formats import FORMATS, TARGETS
+from bertforge.checkpoint.hf import WEIGHT_FILES
+from bertforge.checkpoint.native import NATIVE_CONFIG, NATIVE_META, NATIVE_WEIGHTS
 from bertforge.errors import ConfigError
-
-TARGETS = ("native", "hf")
 
 # Files of a checkpoint directory in any format bertforge reads or writes (tokenizer files
 # included: transformers' save_pretrained writes them beside the weights).
@@ -69,16 +69,14 @@ def prepare_destination(out_dir: Path, overwrite: bool, needed: tuple[Path | Non
 
 def save_checkpoint_as(ckpt: Checkpoint, out_dir: str | Path, to: str = "native",
                        overwrite: bool = False) -> Path:
-    """Write a loaded checkpoint in bertforge's format or Hugging Face's into `out_dir`.
+    """Write a loaded checkpoint in the format `to` (one of TARGETS) into `out_dir`.
     `overwrite` replaces an earlier checkpoint there (see the module docstring)."""
     if to not in TARGETS:
-        raise ConfigError(f"--to must be 'native' or 'hf', got {to!r}")
+        raise ConfigError(f"--to must be {' or '.join(map(repr, TARGETS))}, got {to!r}")
     out_dir = Path(out_dir)
     for entry in prepare_destination(out_dir, overwrite, needed=(ckpt.source, ckpt.vocab_file)):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    if to == "native":
-        return save_native_checkpoint(ckpt, out_dir)
-    return save_hf(ckpt, out_dir)
+    return FORMATS[to].save(ckpt, out_dir)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+from bertforge.data.squad import SquadSettings
 from bertforge.errors import BertforgeError, ConfigError
 from bertforge.serve.batcher import Batcher, Busy
 from bertforge.serve.config import ServeArgs
@@ -140,10 +141,10 @@ def _field_errors(exc: ValidationError) -> tuple[int, str]:
 def build_app(predictor, args: ServeArgs) -> FastAPI:
     """The FastAPI application serving `predictor` (a `bertforge.api.Predictor`)."""
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-model")
+    settings = SquadSettings.of(args)
 
     def answer(items: list[AnswerRequest]) -> list[dict]:
-        answers = predictor.answer([r.question for r in items], [r.context for r in items],
-                                   max_seq_length=args.max_seq_length, doc_stride=args.doc_stride)
+        answers = predictor.answer([r.question for r in items], [r.context for r in items], settings=settings)
         return [{"answer": a.text, "score": a.score, "start": a.start, "end": a.end} for a in answers]
 
     def classify(items: list[ClassifyRequest]) -> list[dict]:

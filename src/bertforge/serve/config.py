@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError
 from bertforge.runconfig import Pooling, RuntimeArgs
-from bertforge.validation import check_types
+from bertforge.validation import check_at_least, check_types
 
 
 @dataclass  # not kw_only: jsonargparse makes only positional-capable fields positional (serve CHECKPOINT)
-class ServeArgs:
-    """Serve a model's answer / classify / encode over HTTP and JSON, batching concurrent requests."""
+class ServeArgs(SquadSettings):
+    """Serve a model's answer / classify / encode over HTTP and JSON, batching concurrent requests.
+    /answer reads contexts and decodes answers with the SQuAD settings (`SquadSettings`, the flags
+    of `predict squad`)."""
 
     checkpoint: str
     """The model: a bertforge run directory, a Hugging Face directory, a Google TF or NVIDIA
@@ -34,11 +37,10 @@ class ServeArgs:
     """Longest /answer context, in characters (422 beyond)."""
     max_text_chars: int = 10_000
     """Longest question or /classify, /encode text, in characters (422 beyond)."""
-    max_seq_length: int = 384
+    # Also the length /classify and /encode cut texts to: its own help, SquadSettings' default.
+    max_seq_length: int = field(default=SquadSettings.max_seq_length, kw_only=True)
     """/answer: tokens per window of a context ([CLS] question [SEP] part [SEP]); /classify and
     /encode: tokens kept of a text (or pair)."""
-    doc_stride: int = 128
-    """/answer: tokens between the starts of consecutive windows of a long context."""
     pooling: Pooling = "mean"
     """/encode: mean (sentence-transformers style), cls, or pooled (BERT's pooler)."""
     normalize: bool = False
@@ -51,14 +53,13 @@ class ServeArgs:
 
     def __post_init__(self) -> None:
         check_types(self, "serve")
+        super().__post_init__()
         if not self.checkpoint.strip():
             raise ConfigError("the checkpoint is empty; give a path or a Hugging Face Hub id")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be in [0, 65535], got {self.port}")
-        for name in ("max_batch_size", "max_pending", "predict_batch_size", "max_body_bytes",
-                     "max_context_chars", "max_text_chars", "max_seq_length", "doc_stride"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, 1, ("max_batch_size", "max_pending", "predict_batch_size", "max_body_bytes",
+                                 "max_context_chars", "max_text_chars"))
         for name in ("batch_timeout_ms", "graceful_timeout_s"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be at least 0, got {getattr(self, name)}")

@@ -2,19 +2,21 @@
 GLUE, `pretrain`): their flags, defaults and checks.
 
 They live apart from the tasks that run them so that reading them imports no torch: the CLI
-builds each command's `--help` from them alone.
+builds each command's `--help` from them alone. Each extends `runconfig.RunConfig` (or
+`TrainRun` when it trains); SQuAD's data groups extend `SquadSettings`, which `serve` and the
+Python API share.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bertforge.data.glue import get_task
+from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError
-from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.validation import check_types
+from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
+from bertforge.validation import check_at_least, check_types
 
 
 def parse_slice(text: str | None, what: str) -> slice | None:
@@ -42,8 +44,8 @@ class EvalDuringTraining:
     metric) the run's final model; bertforge.json records their step."""
 
     def __post_init__(self) -> None:
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"--eval_every must be at least 1, got {self.eval_every}")
+        check_types(self, "evaluation")
+        check_at_least(self, 1, ("eval_every",))
         if self.save_best and self.eval_every is None:
             raise ConfigError("--save_best needs --eval_every: the best of which evaluations?")
 
@@ -52,50 +54,24 @@ class EvalDuringTraining:
 
 
 @dataclass(kw_only=True)
-class SquadPredictData:
+class SquadPredictData(SquadSettings):
     """The SQuAD file to predict and Google's run_squad.py windowing and decoding settings."""
 
     predict_file: str | None = None
     """SQuAD JSON to predict (and, when it has answers, to evaluate)."""
     predict_articles: str | None = None
     """Use only these articles of predict_file, as a Python slice, e.g. '38:48'."""
-    max_seq_length: int = 384
-    """Tokens per window: [CLS] question [SEP] context piece [SEP]."""
-    doc_stride: int = 128
-    """Tokens between the starts of consecutive context windows."""
-    max_query_length: int = 64
-    """Questions longer than this many tokens are cut."""
     predict_batch_size: int = 64
     """Sequences per device per prediction batch."""
-    max_tokens_per_batch: int | None = None
-    """Also cap each prediction batch at this many tokens (rows x its longest window, rounded up to
-    8; windows are batched by length): short windows then share bigger batches, so every batch
-    costs about the same. Predictions do not change."""
-    n_best_size: int = 20
-    """Start and end candidates considered per window (and answers listed per question)."""
-    max_answer_length: int = 30
-    """Longest answer, in tokens."""
     version_2_with_negative: bool = False
     """SQuAD v2.0: questions marked is_impossible have no answer in their context. Training learns
     the null span at [CLS] for them; prediction adds the null answer "", writes null_odds.json and
     scores with the official v2.0 metric."""
-    null_score_diff_threshold: float = 0.0
-    """SQuAD v2.0: predict "" when the null answer's score minus the best non-null answer's score
-    exceeds this (evaluation reports the best value as best_f1_thresh)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "predict_batch_size",
-                     "n_best_size", "max_answer_length", "max_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if self.max_seq_length < self.max_query_length + 4:
-            raise ConfigError(f"--max_seq_length {self.max_seq_length} leaves no room for the context after "
-                              f"a question of --max_query_length {self.max_query_length} and 3 special tokens")
+        super().__post_init__()
+        check_at_least(self, 1, ("predict_batch_size",))
         parse_slice(self.predict_articles, "predict_articles")
-        if not math.isfinite(self.null_score_diff_threshold):
-            raise ConfigError(f"--null_score_diff_threshold must be a finite number, "
-                              f"got {self.null_score_diff_threshold}")
 
 
 @dataclass(kw_only=True)
@@ -113,14 +89,12 @@ class SquadData(SquadPredictData):
 
 
 @dataclass(kw_only=True)
-class SquadPredictRun:
+class SquadPredictRun(RunConfig):
     """Predict SQuAD answers with a fine-tuned checkpoint, and score them when the file has answers."""
 
     output_dir: str = "runs/squad_predict"
     """Where predictions.json, nbest_predictions.json, eval_results.json (and for SQuAD v2.0
     null_odds.json) go."""
-    overwrite_output_dir: bool = False
-    """Replace earlier results in output_dir."""
     do_eval: bool = True
     """Score the predictions when predict_file has answers."""
     question: str | None = None
@@ -134,18 +108,23 @@ class SquadPredictRun:
     output_jsonl: str | None = None
     """Where the answers to --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: SquadPredictData = field(default_factory=SquadPredictData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+
+    @property
+    def predicting(self) -> bool:
+        return True
+
+    @property
+    def raw_text(self) -> bool:
+        """Whether the questions come as text (--question/--context, --input_jsonl), not a file."""
+        return self.question is not None or self.context is not None or bool(self.input_jsonl)
 
 
 @dataclass(kw_only=True)
-class SquadRun:
+class SquadRun(TrainRun):
     """Fine-tune BERT on SQuAD v1.1 or v2.0, predict answers, and score them with the official metric."""
 
     output_dir: str = "runs/squad"
     """The run directory: model, metrics.jsonl, checkpoints, predictions, scores."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
     do_train: bool = False
     """Fine-tune on train_file."""
     do_predict: bool = False
@@ -153,12 +132,14 @@ class SquadRun:
     do_eval: bool = True
     """Score the predictions when predict_file has answers."""
     data: SquadData = field(default_factory=SquadData)
-    model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=3e-5, num_train_epochs=2.0,
                                                                train_batch_size=32))
     evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
     """EM/F1 on predict_file while training (--eval_every, --save_best)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+
+    @property
+    def predicting(self) -> bool:
+        return self.do_predict
 
 
 @dataclass
@@ -178,6 +159,9 @@ class EvaluateArgs:  # not kw_only: its required fields are the command's positi
     na_prob_thresh: float = 1.0
     """SQuAD v2.0: a question whose no-answer score exceeds this counts as answered "" (the
     official script's default, 1.0)."""
+
+    def __post_init__(self) -> None:
+        check_types(self, "evaluate squad")
 
 
 # ---- GLUE ------------------------------------------------------------------------------------
@@ -201,21 +185,17 @@ class GlueData:
     batch costs about the same. Predictions do not change."""
 
     def __post_init__(self) -> None:
+        check_types(self, "glue")
         get_task(self.task_name)  # an unknown task fails here, naming the valid ones
-        for name in ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        check_at_least(self, 1, ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"))
 
 
 @dataclass(kw_only=True)
-class GlueEvalRun:
+class GlueEvalRun(RunConfig):
     """Evaluate (dev metrics) and/or predict (test-set submission files) with a fine-tuned checkpoint."""
 
     output_dir: str = "runs/glue_eval"
     """Where eval_results.json and the submission files go."""
-    overwrite_output_dir: bool = False
-    """Replace earlier results in output_dir."""
     do_eval: bool = False
     """Score the dev set(s) with the task's official metrics."""
     do_predict: bool = False
@@ -226,8 +206,6 @@ class GlueEvalRun:
     output_jsonl: str | None = None
     """Where the classes of --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 @dataclass(kw_only=True)
@@ -247,13 +225,11 @@ class GlueEvaluateRun(GlueEvalRun):
 
 
 @dataclass(kw_only=True)
-class GlueRun:
+class GlueRun(TrainRun):
     """Fine-tune and/or evaluate BERT on a GLUE task."""
 
     output_dir: str = "runs/glue"
     """The run directory: model, metrics.jsonl, checkpoints, eval results, submissions."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
     do_train: bool = False
     """Fine-tune on the train split."""
     do_eval: bool = False
@@ -261,11 +237,9 @@ class GlueRun:
     do_predict: bool = False
     """Write the test set's GLUE submission file(s) into output_dir."""
     data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=2e-5, train_batch_size=32))
     evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
     """Dev metrics while training (--eval_every, --save_best)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 # ---- pretraining -----------------------------------------------------------------------------
@@ -309,13 +283,9 @@ class PretrainData:
 
     def __post_init__(self) -> None:
         check_types(self, "pretrain")
-        for name in ("eval_every", "samples_between_eval", "max_samples_termination", "eval_batch_size",
-                     "max_eval_samples", "shuffle_window"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if self.samples_start_eval < 0:
-            raise ConfigError(f"--samples_start_eval must be >= 0, got {self.samples_start_eval}")
+        check_at_least(self, 1, ("eval_every", "samples_between_eval", "max_samples_termination", "eval_batch_size",
+                                 "max_eval_samples", "shuffle_window"))
+        check_at_least(self, 0, ("samples_start_eval",))
         if self.eval_every and self.samples_between_eval:
             raise ConfigError("--eval_every and --samples_between_eval both set when to evaluate; give one")
         if self.samples_start_eval and not self.samples_between_eval:
@@ -336,13 +306,11 @@ def _pretrain_defaults() -> TrainArgs:
 
 
 @dataclass(kw_only=True)
-class PretrainRun:
+class PretrainRun(TrainRun):
     """Pretrain BERT with masked LM + NSP and LAMB."""
 
     output_dir: str = "runs/pretrain"
     """The run directory: model, metrics.jsonl, checkpoints, train_summary.json."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
     phase2: bool = False
     """Phase 2: start from --init_checkpoint's weights (phase 1's output_dir) with a fresh
     optimizer and schedule, on seq-512 data. NVIDIA's spelling, --phase2 --resume_from_checkpoint
@@ -371,6 +339,4 @@ class PretrainRun:
     leaves the embeddings lined up on word frequency: short runs then fine-tune worse than random
     weights (benchmarks/ACCURACY.md). Prepared data (`bertforge prepare pretraining`) only."""
     data: PretrainData = field(default_factory=PretrainData)
-    model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=_pretrain_defaults)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)

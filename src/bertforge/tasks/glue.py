@@ -17,10 +17,11 @@ from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import InferenceStats, predict_timed
-from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
+from bertforge.loading import LoadedModel, check_seq_length, model_inputs
+from bertforge.tasks.common import report_inference, write_json
 from bertforge.tasks.config import GlueEvalRun, GlueRun
 from bertforge.tasks.evaluation import evaluate_during_training
-from bertforge.tasks.runner import Job, check_seq_length, run
+from bertforge.tasks.runner import Job, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
@@ -88,8 +89,9 @@ def align_labels(model: nn.Module, checkpoint_labels: list[str] | None, task: da
 
 class GlueJob(Job):
     head = "classification"
+    cfg: GlueRun | GlueEvalRun
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: GlueRun | GlueEvalRun):
         super().__init__(cfg)
         self.task = data.get_task(cfg.data.task_name)
         self.result_files = ("eval_results.json",) + tuple(s.submission_file for s in self.task.splits_of("test"))
@@ -144,8 +146,9 @@ class GlueJob(Job):
     def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
         # The main metric is the task's first: MNLI's matched accuracy, CoLA's MCC, STS-B's
         # Pearson, accuracy elsewhere (MRPC and QQP too, F1 being their second).
-        evaluate_during_training(self, trainer, loaded, runtime, lambda: self.evaluate(loaded, runtime)[0],
-                                 self.task.metrics[0])
+        self.best = evaluate_during_training(self.cfg.evaluation, trainer, loaded, runtime, Path(self.cfg.output_dir),
+                                             self.labels(loaded), lambda: self.evaluate(loaded, runtime)[0],
+                                             self.task.metrics[0])
 
     def _predict(self, loaded: LoadedModel, runtime: Runtime, features: data.GlueFeatures, desc: str):
         d = self.cfg.data
@@ -194,8 +197,11 @@ def finetune(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = Tr
 
 
 def evaluate_run(cfg: GlueEvalRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    """`evaluate glue` / `predict glue`: the task's files; --input_jsonl goes to
+    `bertforge.raw_text`, which classifies it through the Python API (a layer above the tasks:
+    imported here, when asked for, only so that this one entry point serves both)."""
     if cfg.input_jsonl:
-        from bertforge.tasks.raw_text import classify_run
+        from bertforge.raw_text import classify_run
         classify_run(cfg)
         return {}
     return run(GlueJob(cfg), dist_info, progress)

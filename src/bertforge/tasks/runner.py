@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from bertforge.checkpoint import save_native
 from bertforge.checkpoint.native import write_description
 from bertforge.config import BertConfig
 from bertforge.dllog import DLLogger, summary_records
-from bertforge.errors import ConfigError
-from bertforge.runconfig import TrainArgs
-from bertforge.tasks.common import LoadedModel, load_model, log_batch_plan
+from bertforge.loading import LoadedModel, load_model
+from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
+from bertforge.tasks.common import log_batch_plan
+from bertforge.tasks.evaluation import BestWeights
 from bertforge.tasks.output_dir import OutputDir, config_dict
 from bertforge.train.batching import StepPlan
-from bertforge.tasks.evaluation import BestWeights
 from bertforge.train.loop import LossFn, StepLoader, Trainer
 from bertforge.train.runtime import DistInfo, Runtime, resolve_device, seed_everything
 from bertforge.train.tracking import attach_trackers
@@ -33,25 +32,19 @@ log = logging.getLogger(__name__)
 
 
 class Job:
-    """One run of a task. `cfg` is the task's run config, with at least `output_dir`,
-    `overwrite_output_dir`, `model` (ModelArgs) and `runtime` (RuntimeArgs); training runs also
-    have `train` (TrainArgs)."""
+    """One run of a task, as its run config says (a `RunConfig`; a `TrainRun` when it trains)."""
 
     head: str  # the model head the task trains or uses
     result_files: tuple[str, ...] = ()  # what a prediction/evaluation run writes into output_dir
     progress: bool = True  # progress bars (run() sets it)
     best: BestWeights | None = None  # with --save_best, where the final weights come from
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: RunConfig):
         self.cfg = cfg
 
     @property
     def training(self) -> bool:
-        return bool(getattr(self.cfg, "do_train", False))
-
-    @property
-    def train_args(self) -> TrainArgs:
-        return self.cfg.train
+        return self.cfg.training
 
     # ---- what a task supplies --------------------------------------------------------------
 
@@ -89,26 +82,17 @@ class Job:
         return {}
 
 
-def check_seq_length(max_seq_length: int, config: BertConfig, pair: bool = True) -> None:
-    """The data's sequence length and segment count against what the model can embed."""
-    if max_seq_length > config.max_position_embeddings:
-        raise ConfigError(f"--max_seq_length {max_seq_length} exceeds the model's max_position_embeddings "
-                          f"({config.max_position_embeddings})")
-    if pair and config.type_vocab_size < 2:
-        raise ConfigError(f"this task feeds sentence pairs (token types 0 and 1) but the model's "
-                          f"type_vocab_size is {config.type_vocab_size}")
-
-
 def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
     """Run `job` as the module docstring says; returns its results."""
     cfg = job.cfg
     job.progress = progress
     resolve_device(cfg.runtime.device, dist_info.local_rank)  # a device that is not there fails first
     job.check()
-    if job.training:
-        cfg.train.accumulation_for(dist_info.world_size)  # a batch that does not divide fails now
-    out = OutputDir(cfg.output_dir, training=job.training,
-                    resume=job.training and bool(cfg.train.resume), overwrite=cfg.overwrite_output_dir,
+    train = _train_args(job)
+    if train is not None:
+        train.accumulation_for(dist_info.world_size)  # a batch that does not divide fails now
+    out = OutputDir(cfg.output_dir, training=train is not None,
+                    resume=train is not None and bool(train.resume), overwrite=cfg.overwrite_output_dir,
                     result_files=job.result_files, inputs=(cfg.model.init_checkpoint,))
     out.check()
     with Runtime(cfg.runtime, dist_info) as runtime:
@@ -121,16 +105,25 @@ def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> di
             out.release()
 
 
+def _train_args(job: Job) -> TrainArgs | None:
+    """How the job trains; None when it does not."""
+    if not job.training:
+        return None
+    if not isinstance(job.cfg, TrainRun):
+        raise TypeError(f"{type(job).__name__} trains, but its config {type(job.cfg).__name__} is not a TrainRun")
+    return job.cfg.train
+
+
 def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
     cfg = job.cfg
     dllog = DLLogger(cfg.runtime.json_summary) if cfg.runtime.json_summary and runtime.is_main else None
-    seed_everything(cfg.train.seed if job.training else 0)
+    train = _train_args(job)
+    seed_everything(train.seed if train is not None else 0)
     loaded = load_model(cfg.model, job.head, unpad=cfg.runtime.unpad, **job.model_options())
     job.check_model(loaded.config)
     job.prepare_model(loaded)
     results: dict = {}
-    if job.training:
-        train = cfg.train
+    if train is not None:
         accumulation = train.accumulation_for(runtime.world_size)
         plan = StepPlan(train.train_batch_size, accumulation, runtime.world_size)
         loader = job.train_loader(loaded, plan, runtime)
@@ -181,4 +174,4 @@ def log_losses(trainer: Trainer, dllog: DLLogger) -> None:
     trainer.add_callback("on_log", write)
 
 
-__all__ = ["Job", "run", "check_seq_length"]
+__all__ = ["Job", "run"]

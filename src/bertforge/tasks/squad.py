@@ -1,6 +1,10 @@
 """SQuAD v1.1 and v2.0 end to end (`bertforge finetune squad`, `predict squad`, `evaluate squad`):
-features, fine-tuning, prediction, n-best post-processing (with the null answer for v2.0) and the
-official metrics."""
+fine-tuning, prediction of SQuAD files through the answer pipeline every entry point shares
+(`bertforge.qa`, with the null answer for v2.0) and the official metrics. The run configs live in
+`bertforge.tasks.config`.
+
+`span_logits` and `model_arrays` (defined in `bertforge.qa` and `bertforge.data.squad`) can also be
+imported from here."""
 
 from __future__ import annotations
 
@@ -8,19 +12,21 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.data import squad as data
+from bertforge.data.squad import model_arrays
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
 from bertforge.fileio import ensure_parent_dir
-from bertforge.infer import InferenceStats, predict_timed
-from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
+from bertforge.infer import InferenceStats
+from bertforge.loading import LoadedModel, check_seq_length
+from bertforge.qa import AnswerPipeline, Answers, span_logits
+from bertforge.tasks.common import report_inference, write_json
 from bertforge.tasks.config import EvaluateArgs, SquadPredictData, SquadPredictRun, SquadRun, parse_slice
 from bertforge.tasks.evaluation import evaluate_during_training
-from bertforge.tasks.runner import Job, check_seq_length, run
+from bertforge.tasks.runner import Job, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
@@ -29,14 +35,6 @@ log = logging.getLogger(__name__)
 
 
 # ---- loss ----------------------------------------------------------------------------------
-
-
-def span_logits(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-    """Start/end logits with padding positions at -inf: answers never start or end in padding,
-    and the softmax does not depend on how much padding a batch carries."""
-    start, end = model(**model_inputs(batch))
-    pad = batch["attention_mask"] == 0
-    return start.float().masked_fill(pad, float("-inf")), end.float().masked_fill(pad, float("-inf"))
 
 
 class SpanLoss:
@@ -65,15 +63,6 @@ def read_examples(path: str, articles: str | None, is_training: bool, what: str,
     return examples, problems
 
 
-def model_arrays(features: data.SquadFeatures, with_labels: bool) -> dict[str, np.ndarray]:
-    arrays = {"input_ids": features.input_ids, "token_type_ids": features.token_type_ids,
-              "attention_mask": features.attention_mask}
-    if with_labels:
-        arrays["start_positions"] = features.start_positions
-        arrays["end_positions"] = features.end_positions
-    return arrays
-
-
 def report_problems(problems: list[data.Problem], path: str, output_dir: Path, name: str) -> None:
     if not problems:
         return
@@ -90,18 +79,15 @@ class SquadJob(Job):
     head = "qa"
     result_files = ("predictions.json", "nbest_predictions.json", "null_odds.json", "eval_results.json",
                     "predict_problems.json")
-
-    @property
-    def predicting(self) -> bool:
-        return getattr(self.cfg, "do_predict", True)
+    cfg: SquadRun | SquadPredictRun
 
     def check(self) -> None:
         cfg = self.cfg
-        if not (self.training or self.predicting):
+        if not (self.training or cfg.predicting):
             raise ConfigError("nothing to do: pass --do_train and/or --do_predict")
         if self.training and not cfg.data.train_file:
             raise ConfigError("--do_train needs --train_file")
-        if self.predicting and not cfg.data.predict_file:
+        if cfg.predicting and not cfg.data.predict_file:
             raise ConfigError("--predict_file is required to predict")
         if self.training and cfg.evaluation.eval_every and not cfg.data.predict_file:
             raise ConfigError("--eval_every scores --predict_file: give one (with answers)")
@@ -112,9 +98,10 @@ class SquadJob(Job):
     def check_model(self, config) -> None:
         check_seq_length(self.cfg.data.max_seq_length, config)
 
-    def _settings(self) -> dict:
+    def pipeline(self, loaded: LoadedModel, runtime: Runtime) -> AnswerPipeline:
         d = self.cfg.data
-        return dict(max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
+        return AnswerPipeline(loaded.model, loaded.tokenizer, d, runtime, d.predict_batch_size,
+                              allow_no_answer=d.version_2_with_negative)
 
     def train_loader(self, loaded: LoadedModel, plan: StepPlan, runtime: Runtime) -> ArrayStepLoader:
         d = self.cfg.data
@@ -122,9 +109,7 @@ class SquadJob(Job):
                                            d.version_2_with_negative)
         if runtime.is_main:
             report_problems(problems, d.train_file, Path(self.cfg.output_dir), "train_problems.json")
-        features = data.convert_examples_to_features(examples, loaded.tokenizer, is_training=True,
-                                                     progress=self.progress and runtime.is_main,
-                                                     **self._settings())
+        features = self.pipeline(loaded, runtime).windows(examples, is_training=True, progress=self.progress)
         log.info("SQuAD training: %d questions -> %d features", len(examples), len(features))
         return ArrayStepLoader(model_arrays(features, True), plan, runtime.dist.rank, self.cfg.train.seed)
 
@@ -140,49 +125,41 @@ class SquadJob(Job):
             return
         # Features once, scored at every evaluation.
         d = self.cfg.data
-        examples, features, _ = predict_features(d, loaded, runtime, progress=False)
+        pipeline = self.pipeline(loaded, runtime)
+        examples, features, _ = predict_features(d, pipeline, progress=False)
         if not has_gold(examples, d.version_2_with_negative):
             v2 = any(e.is_impossible for e in examples) and not d.version_2_with_negative
             raise ConfigError(f"--eval_every: {d.predict_file} has questions without answers to score against"
                               + ("; it is a SQuAD 2.0 file: add --version_2_with_negative" if v2 else ""))
 
         def evaluate() -> dict | None:
-            found, _ = predict_answers(d, loaded, runtime, examples, features, progress=False)
-            return None if found is None else score(d, examples, found[0], found[2])
+            found, _ = predict_answers(pipeline, examples, features, progress=False)
+            return None if found is None else score(d, examples, found)
 
-        evaluate_during_training(self, trainer, loaded, runtime, evaluate, "f1")
+        self.best = evaluate_during_training(self.cfg.evaluation, trainer, loaded, runtime, Path(self.cfg.output_dir),
+                                             self.labels(loaded), evaluate, "f1")
 
     def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
-        if not self.predicting:
+        if not self.cfg.predicting:
             return {}
-        return predict_and_evaluate(self.cfg, loaded, runtime, out, self.progress)
+        return predict_and_evaluate(self.cfg, self.pipeline(loaded, runtime), out, self.progress)
 
 
-def predict_features(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, progress: bool
+def predict_features(d: SquadPredictData, pipeline: AnswerPipeline, progress: bool
                      ) -> tuple[list, data.SquadFeatures, list[data.Problem]]:
     """predict_file's questions (and those skipped) and their windows."""
     examples, problems = read_examples(d.predict_file, d.predict_articles, False, "predict_articles")
-    features = data.convert_examples_to_features(
-        examples, loaded.tokenizer, is_training=False, progress=progress and runtime.is_main,
-        max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
-    return examples, features, problems
+    return examples, pipeline.windows(examples, progress=progress), problems
 
 
-def predict_answers(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, examples: list,
-                    features: data.SquadFeatures, progress: bool
-                    ) -> tuple[tuple[dict, dict] | None, InferenceStats]:
-    """(predictions, n-best lists) on rank 0 (every rank predicts its share; None elsewhere), and
+def predict_answers(pipeline: AnswerPipeline, examples: list, features: data.SquadFeatures, progress: bool
+                    ) -> tuple[Answers | None, InferenceStats]:
+    """The answers on rank 0 (every rank predicts its share of the windows; None elsewhere), and
     how fast the windows were predicted."""
-    (start, end), stats = predict_timed(loaded.model, model_arrays(features, False), d.predict_batch_size,
-                                        runtime, span_logits, desc="predict", progress=progress, per_token=True,
-                                        max_tokens=d.max_tokens_per_batch)
-    if not runtime.is_main:
+    (start, end), stats = pipeline.logits(features, progress)
+    if not pipeline.runtime.is_main:
         return None, stats
-    if d.version_2_with_negative:
-        return data.postprocess_v2(examples, features, start, end, d.n_best_size, d.max_answer_length,
-                                   d.null_score_diff_threshold, progress=progress), stats
-    return (*data.postprocess(examples, features, start, end, d.n_best_size, d.max_answer_length,
-                              progress=progress), None), stats
+    return pipeline.decode(examples, features, start, end, progress), stats
 
 
 def gold_answers(examples: list) -> dict[str, list[str]]:
@@ -195,31 +172,32 @@ def has_gold(examples: list, version_2_with_negative: bool) -> bool:
     return all(e.answers or (version_2_with_negative and e.is_impossible) for e in examples)
 
 
-def score(d: SquadPredictData, examples: list, predictions: dict, null_odds: dict | None) -> dict:
+def score(d: SquadPredictData, examples: list, answers: Answers) -> dict:
     """The official v1.1 scores, or v2.0 with the null odds as no-answer scores."""
     if d.version_2_with_negative:
-        return metric.evaluate_answers_v2(gold_answers(examples), predictions, null_odds)
-    return metric.evaluate_answers(gold_answers(examples), predictions)
+        return metric.evaluate_answers_v2(gold_answers(examples), answers.predictions, answers.null_odds)
+    return metric.evaluate_answers(gold_answers(examples), answers.predictions)
 
 
-def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, progress: bool = True) -> dict:
-    d = cfg.data
-    examples, features, problems = predict_features(d, loaded, runtime, progress)
+def predict_and_evaluate(cfg: SquadRun | SquadPredictRun, pipeline: AnswerPipeline, out: Path,
+                         progress: bool = True) -> dict:
+    d, runtime = cfg.data, pipeline.runtime
+    examples, features, problems = predict_features(d, pipeline, progress)
     if runtime.is_main:
         report_problems(problems, d.predict_file, out, "predict_problems.json")
-    found, stats = predict_answers(d, loaded, runtime, examples, features, progress)
+    found, stats = predict_answers(pipeline, examples, features, progress)
     results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems),
                                  **report_inference(out, stats, runtime, "predict")}}
     if found is None:
         return results
-    predictions, nbest, null_odds = found
-    data.write_predictions(out, predictions, nbest, null_odds)
+    predictions = found.predictions
+    data.write_predictions(out, predictions, found.nbest, found.null_odds)
     log.info("%d predictions written to %s", len(predictions), out / "predictions.json")
     if not d.version_2_with_negative and any(e.is_impossible for e in examples):
         log.warning("%s has unanswerable questions (is_impossible): SQuAD v2.0 needs "
                     "--version_2_with_negative", d.predict_file)
     if cfg.do_eval and has_gold(examples, d.version_2_with_negative):
-        scores = score(d, examples, predictions, null_odds)
+        scores = score(d, examples, found)
         print(json.dumps(scores))
         write_json(out / "eval_results.json", {**scores, "questions": len(examples), "skipped": len(problems),
                                                "predict_file": d.predict_file,
@@ -235,8 +213,11 @@ def finetune(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = T
 
 
 def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    if cfg.question is not None or cfg.context is not None or cfg.input_jsonl:
-        from bertforge.tasks.raw_text import answer_run
+    """`predict squad`: a SQuAD file; raw text goes to `bertforge.raw_text`, which answers it
+    through the Python API (a layer above the tasks: imported here, when asked for, only so that
+    this one entry point serves both)."""
+    if cfg.raw_text:
+        from bertforge.raw_text import answer_run
         answer_run(cfg)
         return {}
     return run(SquadJob(cfg), dist_info, progress)

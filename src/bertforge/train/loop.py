@@ -107,13 +107,20 @@ class TrainState:
 @dataclass
 class StepOutput:
     sums: dict[str, Tensor]  # per loss term, summed over this rank's micro-batches (device)
-    denominators: dict[str, float]  # per loss term, the count over the global batch
+    # per loss term, the count over the global batch: a host number in one process, a device
+    # tensor under data parallelism (all-reduced there, never read back by the step)
+    denominators: dict[str, float | Tensor]
     grad_norm: Tensor  # global gradient norm before clipping (device); inf/NaN: fp16 skipped
 
     @property
     def loss(self) -> Tensor:
         """This rank's share of the step's loss (the global loss after an all-reduce)."""
-        return sum(self.sums[k] / max(self.denominators[k], 1.0) for k in self.sums)
+        return sum(self.sums[k] / _at_least_one(self.denominators[k]) for k in self.sums)
+
+
+def _at_least_one(count: float | Tensor) -> float | Tensor:
+    """A count to divide a loss sum by (a term with no items has a zero sum)."""
+    return count.clamp_min(1.0) if isinstance(count, Tensor) else max(count, 1.0)
 
 
 def build_train_state(model: nn.Module, cfg: TrainArgs, runtime: Runtime, total_steps: int) -> TrainState:
@@ -137,11 +144,14 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
         for k, v in loss_fn.denominators(batch).items():
             local[k] += float(v)
     keys = sorted(local)
+    denominators: dict[str, float | Tensor] = dict(local)
     if rt.dist.enabled:
-        counts = rt.all_reduce_sum(torch.tensor([local[k] for k in keys], dtype=torch.float64)).tolist()
-    else:
-        counts = [local[k] for k in keys]
-    denominators = dict(zip(keys, counts))
+        # The global counts stay on the device: copied there without waiting (pinned memory),
+        # summed by the all-reduce and divided by there. Reading them back would make the host
+        # wait for the device at every step.
+        counts = torch.tensor([local[k] for k in keys], dtype=torch.float32, pin_memory=rt.device.type == "cuda")
+        counts = rt.all_reduce_sum(counts.to(rt.device, non_blocking=True))
+        denominators = dict(zip(keys, counts.unbind()))
     sums: dict[str, Tensor] = {}
     for i, batch in enumerate(micro_batches):
         batch = to_device(batch, rt.device)
@@ -153,7 +163,7 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
                 terms = loss_fn.loss_sums(state.model, batch)
             # DDP averages gradients over ranks: scale by world so the result is the sum over the
             # global batch divided by the global count.
-            loss = sum(terms[k].float() / max(denominators[k], 1.0) for k in keys) * rt.world_size
+            loss = sum(terms[k].float() / _at_least_one(denominators[k]) for k in keys) * rt.world_size
             state.scaler.scale(loss).backward()
         for k in keys:
             sums[k] = sums[k] + terms[k].detach().float() if k in sums else terms[k].detach().float()
@@ -216,7 +226,7 @@ class _Window:
     """Sums since the last log line."""
 
     sums: dict[str, Tensor] = field(default_factory=dict)
-    den: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    den: dict[str, float | Tensor] = field(default_factory=lambda: defaultdict(float))
     samples: int = 0
     tokens: int = 0
     start: float = field(default_factory=time.perf_counter)
@@ -265,6 +275,7 @@ class Trainer:
         self._fp16_skips_in_a_row = 0
         self._scale = self.state.scaler.get_scale()  # the loss scale after the latest checked step
         self._preempt = threading.Event()
+        self._flags_group = None  # see _host_group
         self.stop_reason: str | None = None  # set by request_stop
         self._saved_step: int | None = None  # the step of the latest checkpoint this run wrote
         self._loader_state = loader.state_dict()  # the data position after the latest step
@@ -423,11 +434,20 @@ class Trainer:
     def _preempted(self) -> bool:
         flag = self._preempt.is_set()
         if self.rt.dist.enabled and self.cfg.save_every:
-            # Every rank must stop at the same step to write one checkpoint together.
-            t = torch.tensor([1.0 if flag else 0.0], device=self.rt.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            # Every rank must stop at the same step to write one checkpoint together. The flag is
+            # a host fact, agreed over a host (gloo) group: a device all-reduce read back would
+            # make the host wait for the device at every step.
+            t = torch.tensor([1.0 if flag else 0.0])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._host_group())
             flag = bool(t.item())
         return flag
+
+    def _host_group(self):
+        """The process group for host values: the default one where it is gloo, else a gloo group
+        over the same ranks, made at the first call (every rank makes it at the same step)."""
+        if self._flags_group is None:
+            self._flags_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        return self._flags_group
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -512,7 +532,8 @@ class Trainer:
     def _log_record(self, window: _Window, grad_norm: Tensor) -> dict:
         keys = sorted(window.sums)
         totals = self.rt.all_reduce_sum(torch.stack([window.sums[k] for k in keys]).double()).tolist()
-        terms = {f"{k}_loss": totals[i] / max(window.den[k], 1.0) for i, k in enumerate(keys)}
+        counts = [float(window.den[k]) for k in keys]  # device tensors under data parallelism: read at log time
+        terms = {f"{k}_loss": totals[i] / max(counts[i], 1.0) for i, k in enumerate(keys)}
         loss = sum(terms.values())
         seconds = max(time.perf_counter() - window.start, 1e-9)
         record = {"step": self.step, "loss": loss, **(terms if len(terms) > 1 else {}),
