@@ -79,6 +79,14 @@ def _distributed(spec: str) -> Callable[[Any], object]:
     return lambda cfg: _load(spec)(cfg, _dist_info())
 
 
+def _predict(job: str, raw_text: str) -> Callable[[Any], object]:
+    """A prediction command: the task's job `job(config, DistInfo)` on its files, or, for text
+    given on the command line or as JSON lines (`config.raw_text`), `raw_text(config)`, which
+    predicts through the Python API."""
+    files, text = _distributed(job), _call(raw_text)
+    return lambda cfg: text(cfg) if cfg.raw_text else files(cfg)
+
+
 def _prepare(cfg) -> None:
     import json
 
@@ -99,19 +107,20 @@ def default_cache_dir() -> Path:
 
 
 _TASKS = "bertforge.tasks.config"
+_RAW_TEXT = "bertforge.raw_text:"
 COMMANDS = [
     Command(("finetune", "squad"), "fine-tune on SQuAD v1.1, then predict and evaluate", f"{_TASKS}:SquadRun",
             _distributed("bertforge.tasks.squad:finetune")),
     Command(("finetune", "glue"), "fine-tune on a GLUE task, evaluate, write submissions", f"{_TASKS}:GlueRun",
             _distributed("bertforge.tasks.glue:finetune")),
     Command(("predict", "squad"), "predict SQuAD answers with a fine-tuned checkpoint",
-            f"{_TASKS}:SquadPredictRun", _distributed("bertforge.tasks.squad:predict_run")),
+            f"{_TASKS}:SquadPredictRun", _predict("bertforge.tasks.squad:predict_run", _RAW_TEXT + "answer_run")),
     Command(("predict", "glue"), "write GLUE test-set submission files", f"{_TASKS}:GluePredictRun",
-            _distributed("bertforge.tasks.glue:evaluate_run")),
+            _predict("bertforge.tasks.glue:evaluate_run", _RAW_TEXT + "classify_run")),
     Command(("evaluate", "squad"), "official SQuAD v1.1 EM/F1 of a predictions file", f"{_TASKS}:EvaluateArgs",
             _call("bertforge.tasks.squad:evaluate_files"), positional=True),
     Command(("evaluate", "glue"), "GLUE dev-set metrics of a fine-tuned checkpoint", f"{_TASKS}:GlueEvaluateRun",
-            _distributed("bertforge.tasks.glue:evaluate_run")),
+            _predict("bertforge.tasks.glue:evaluate_run", _RAW_TEXT + "classify_run")),
     Command(("pretrain",), "pretrain BERT (MLM + NSP, LAMB) from prepared shards", f"{_TASKS}:PretrainRun",
             _distributed("bertforge.tasks.pretraining:pretrain")),
     Command(("prepare", "pretraining"), "turn raw text into pretraining shards",

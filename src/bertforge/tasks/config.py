@@ -207,6 +207,11 @@ class GlueEvalRun(RunConfig):
     """Where the classes of --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: GlueData = field(default_factory=GlueData)
 
+    @property
+    def raw_text(self) -> bool:
+        """Whether the texts come as JSON lines (--input_jsonl), not the task's files."""
+        return bool(self.input_jsonl)
+
 
 @dataclass(kw_only=True)
 class GluePredictRun(GlueEvalRun):

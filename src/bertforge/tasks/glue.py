@@ -197,11 +197,9 @@ def finetune(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = Tr
 
 
 def evaluate_run(cfg: GlueEvalRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    """`evaluate glue` / `predict glue`: the task's files; --input_jsonl goes to
-    `bertforge.raw_text`, which classifies it through the Python API (a layer above the tasks:
-    imported here, when asked for, only so that this one entry point serves both)."""
-    if cfg.input_jsonl:
-        from bertforge.raw_text import classify_run
-        classify_run(cfg)
-        return {}
+    """`evaluate glue` / `predict glue` of the task's files. JSON lines (--input_jsonl) are
+    classified by `bertforge.raw_text.classify_run`, which the CLI calls instead."""
+    if cfg.raw_text:
+        raise ConfigError("evaluate_run reads the task's files (--data_dir); --input_jsonl goes to "
+                          "bertforge.raw_text.classify_run")
     return run(GlueJob(cfg), dist_info, progress)

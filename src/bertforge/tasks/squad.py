@@ -213,13 +213,11 @@ def finetune(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = T
 
 
 def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    """`predict squad`: a SQuAD file; raw text goes to `bertforge.raw_text`, which answers it
-    through the Python API (a layer above the tasks: imported here, when asked for, only so that
-    this one entry point serves both)."""
+    """`predict squad` of a SQuAD file. Raw text (--question/--context, --input_jsonl) is
+    answered by `bertforge.raw_text.answer_run`, which the CLI calls instead."""
     if cfg.raw_text:
-        from bertforge.raw_text import answer_run
-        answer_run(cfg)
-        return {}
+        raise ConfigError("predict_run predicts a SQuAD file (--predict_file); raw text (--question/--context, "
+                          "--input_jsonl) goes to bertforge.raw_text.answer_run")
     return run(SquadJob(cfg), dist_info, progress)
 
 
