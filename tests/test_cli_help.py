@@ -1,8 +1,10 @@
 """`bertforge ... --help`: short, grouped, with defaults, the reference names behind
---help-compat, command groups listing their tasks, and no torch import to print any of it."""
+--help-compat, command groups listing their tasks, no torch import to print any of it, and no
+traceback when the reader of the help goes away."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import typing
@@ -125,3 +127,17 @@ def test_help_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["finetune", "squad", "--help"]])
+def test_help_into_a_closed_pipe_stops_quietly(argv):
+    """`bertforge ... --help | head`: the reader is gone before the help is written (its end of
+    the pipe is closed before the command starts). No traceback; SIGPIPE's exit status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "bertforge.cli", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -306,6 +306,21 @@ def parse_command(command: Command, argv: Sequence[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command `argv` (default: the process's arguments); returns the exit status."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return status
+    except BrokenPipeError:
+        # `bertforge ... --help | head`: the reader closed the pipe. Stop quietly, with the status
+        # of a command ended by SIGPIPE (128 + 13); output still buffered goes to /dev/null, where
+        # the interpreter's last flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(cli_help.top_help([(" ".join(c.path), c.help) for c in COMMANDS]))
