@@ -58,14 +58,13 @@ def test_scalars_are_named_by_split_and_events_are_left_out():
 
 
 def test_the_final_evaluation_is_one_record_and_trackers_close_after_it(tmp_path):
-    """A finished training leaves the trackers open for the run's final evaluation, written to
-    metrics.jsonl and TensorBoard; without scores of its own, the run's final evaluation is the
-    one training made after its last step (pretraining's)."""
+    """A finished training leaves the trackers open for the run's final evaluation, which goes to
+    metrics.jsonl and TensorBoard at the last step, or at the step of the weights it scored."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     trainer = make_trainer(tmp_path, "fp32")
-    evaluate_every(trainer, 3, lambda step: {"mlm_accuracy": step / 10})
+    evaluate_every(trainer, 3, lambda step: {"accuracy": step / 10})
     records = RunRecords(tmp_path, is_main=True)
     records.attach(trainer, ["jsonl", "tensorboard"], {})
     (tracker,) = records.trackers
@@ -74,17 +73,20 @@ def test_the_final_evaluation_is_one_record_and_trackers_close_after_it(tmp_path
     tracker.close = lambda: (closed.append(True), close())
     trainer.fit()
     assert closed == []
-    record = records.final_eval(None)
+    record = records.final_eval({"accuracy": 0.75, "f1": 0.5})
     assert closed == [True]
-    assert record == {"event": "eval", "step": STEPS, "mlm_accuracy": STEPS / 10}
+    assert record == {"event": "eval", "step": STEPS, "accuracy": 0.75, "f1": 0.5}
     assert [r for r in metrics(tmp_path) if r.get("event") == "eval"] == [record]
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
-    assert [(e.step, e.value) for e in acc.Scalars("final/mlm_accuracy")] == [(STEPS, pytest.approx(STEPS / 10))]
-    assert [e.step for e in acc.Scalars("eval/mlm_accuracy")] == [3, STEPS]
-    # A task's own scores win, at the step its weights come from (--save_best).
+    assert [(e.step, e.value) for e in acc.Scalars("final/accuracy")] == [(STEPS, 0.75)]
+    assert [(e.step, e.value) for e in acc.Scalars("final/f1")] == [(STEPS, 0.5)]
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [3, STEPS]  # training's own evaluations
+    # --save_best: the step whose weights were scored; no scores, no record.
     assert RunRecords(tmp_path / "other", is_main=True).final_eval({"f1": 0.5}, weights_step=3) == {
         "event": "eval", "step": 3, "f1": 0.5}
+    assert RunRecords(tmp_path / "none", is_main=True).final_eval(None) is None
+    assert not (tmp_path / "none" / "metrics.jsonl").exists()
 
 
 def test_report_to_names_are_checked():

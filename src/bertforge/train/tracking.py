@@ -129,8 +129,11 @@ def attach_trackers(trainer: Trainer, names: list[str], run_config: dict,
 
 class RunRecords:
     """What a run records besides its training: the trackers --report_to names, open from the
-    start of training to the end of the run, and the run's final evaluation, one record
-    {"event": "eval", "step": ..., scores} in metrics.jsonl and the trackers. Rank 0 writes.
+    start of training to the end of the run, and the run's final evaluation (the scores of the
+    final model that a task computes after training, or in a run that does not train), one
+    record {"event": "eval", "step": ..., scores} in metrics.jsonl and the trackers. Rank 0
+    writes. Evaluations during training (--eval_every; pretraining's, whose last is after the
+    last step) are eval records of their own, written as they happen.
 
     The final evaluation comes after training (the model is saved, then scored), so the trackers
     stay open after a finished training until `final_eval` closes them; a training that fails
@@ -143,32 +146,20 @@ class RunRecords:
         self.metrics = MetricsLog(Path(output_dir) / "metrics.jsonl" if is_main else None)
         self.trackers: list[Tracker] = []
         self.last_step = 0  # the last training step, 0 when the run does not train
-        self._evals: dict[int, dict] = {}  # training's evaluation records, by step
 
     def attach(self, trainer: Trainer, names: list[str], run_config: dict) -> None:
-        """Follow `trainer`'s records; start the trackers `names` asks for (rank 0)."""
-        def follow(t: Trainer) -> None:
-            if t.record.get("split") == "eval" and "step" in t.record:
-                self._evals[t.record["step"]] = t.record
-
-        trainer.add_callback("on_record", follow)
+        """Follow `trainer` to its last step; start the trackers `names` asks for (rank 0)."""
         trainer.add_callback("on_train_end", lambda t: setattr(self, "last_step", t.step))
         if self.is_main:
             self.trackers = attach_trackers(trainer, names, run_config, close_after_training=False)
 
     def final_eval(self, scores: dict | None, weights_step: int | None = None) -> dict | None:
-        """Log the run's final evaluation, then close the trackers; returns the record.
-
-        scores: the evaluation of the final model the task made after training (or in a run
-        that does not train); None: the one training made of it (pretraining's evaluation
-        after its last step), if any. weights_step: the step whose weights the final model
-        holds, where that is not the last (--save_best); the record's step."""
-        step = self.last_step if weights_step is None else weights_step
-        if scores is None and step in self._evals:
-            scores = {k: v for k, v in self._evals[step].items() if k not in ("step", "split")}
+        """Log the run's final evaluation, if it made one (`scores`), then close the trackers;
+        returns the record. Its step is the last training step, or `weights_step` where the
+        final model holds an earlier step's weights (--save_best)."""
         record = None
         if scores and self.is_main:
-            record = {"event": "eval", "step": step, **scores}
+            record = {"event": "eval", "step": self.last_step if weights_step is None else weights_step, **scores}
             self.metrics.write(record)
             for tracker in self.trackers:
                 tracker.log(record)
