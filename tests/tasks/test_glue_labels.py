@@ -151,7 +151,8 @@ def test_upper_case_names_in_another_order_are_scored_through_their_names(tmp_pa
                 "accuracy_mismatched": np.mean([p == g for p, g in zip(predicted[half:], gold[half:])])}
     # The test tells orders apart: read in GLUE's order, the same outputs would score otherwise.
     as_if_glue_order = [GLUE_ORDER[names.index(p.upper())] for p in predicted]
-    assert np.mean([p == g for p, g in zip(as_if_glue_order, gold)]) != np.mean([p == g for p, g in zip(predicted, gold)])
+    right = np.mean([p == g for p, g in zip(predicted, gold)])
+    assert np.mean([p == g for p, g in zip(as_if_glue_order, gold)]) != right
     data_dir = mnli_dev(tmp_path / "glue", pairs, gold)
 
     def evaluate(checkpoint: Path, out: str, *extra: str) -> dict:
