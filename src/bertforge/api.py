@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from bertforge.data import squad
-from bertforge.data.glue import encode_texts, get_task
+from bertforge.data.glue import encode_texts, get_task, named_labels
 from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError, DataError
 from bertforge.infer import predict
@@ -298,13 +298,14 @@ def _classifier_logits(model: nn.Module, batch: dict) -> Tensor:
 
 
 def _labels(recorded: list[str] | None, task: str | None, model: nn.Module) -> list[str]:
-    """Class names: those the checkpoint records, else those of the GLUE task it was trained
-    for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
+    """Class names: those the checkpoint records (a GLUE checkpoint's file labels, "0" and "1",
+    as the task names them: not_equivalent, equivalent), else those of the GLUE task it was
+    trained for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
     count = getattr(model, "num_labels", 0)
     if recorded and len(recorded) == count:
-        return [str(x) for x in recorded]
+        return named_labels(task, [str(x) for x in recorded])
     if task and task.startswith("glue/"):
-        names = get_task(task.removeprefix("glue/")).labels
+        names = get_task(task.removeprefix("glue/")).label_names
         if names and len(names) == count:
             return list(names)
     return [f"LABEL_{i}" for i in range(count)]
