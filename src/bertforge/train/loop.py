@@ -320,7 +320,8 @@ class Trainer:
         self._saved_step = self.step
         state = {"optimizer": self.state.optimizer.state_dict(), "schedule": self.state.schedule.state_dict(),
                  "scaler": self.state.scaler.state_dict()}
-        meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed}
+        meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed,
+                "optimizer": type(self.state.optimizer).__name__}
         return checkpoints.save_training_checkpoint(
             self.output_dir, self.step, self.model.state_dict(), state, meta, checkpoints.rng_state(),
             self.rt.dist.rank, self.rt.barrier, self.cfg.keep_checkpoints, self.describe)
@@ -333,7 +334,9 @@ class Trainer:
         self.loader.load_state_dict(meta["loader"])
         self._loader_state = self.loader.state_dict()
         self.model.load_state_dict(ckpt.model)
-        self.state.optimizer.load_state_dict(ckpt.state["optimizer"])
+        changed = checkpoints.restore_optimizer(
+            self.state.optimizer, ckpt, f"--optimizer {self.cfg.optimizer} --adam_bias_correction "
+                                        f"{str(self.cfg.adam_bias_correction).lower()}")
         self.state.schedule.load_state_dict(ckpt.state["schedule"])
         self.state.scaler.load_state_dict(ckpt.state["scaler"])
         self._scale = self.state.scaler.get_scale()
@@ -344,7 +347,8 @@ class Trainer:
         self._rederive_schedule(int(meta["total_steps"]))
         checkpoints.set_rng_state(ckpt.rng)
         self.log({"event": "resume", "step": self.step, "checkpoint": str(ckpt.path),
-                            "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"])})
+                  "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"]),
+                  **({"changed": changed} if changed else {})})
         log.info("resumed from %s at step %d", ckpt.path, self.step)
 
     def _rederive_schedule(self, previous_total: int) -> None:
