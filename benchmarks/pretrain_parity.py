@@ -363,7 +363,7 @@ def _verdict(group: dict) -> dict:
                      "spread": spread, "diff": diff, "allowed": allowed, "judged": judged, "passed": passed})
     final = rows[-1] if rows else None
     nsp_gap = None if final is None else 100 * abs(final["bertforge_nsp_accuracy"] - final["transformers_nsp_accuracy"])
-    complete = (final is not None and final["step"] == group["recipe"]["steps"]
+    complete = (final is not None and final["step"] == group["recipe"]["steps"] and final["judged"]
                 and all(len(seeds[s]) >= 2 for s in SIDES))
     passed = complete and ok and nsp_gap <= NSP_POINTS
     timing = {s: statistics.fmean(runs[(s, seed)]["seconds_per_update"] for seed in seeds[s]) if seeds[s] else None
@@ -393,9 +393,10 @@ def markdown(verdict: dict) -> str:
     shown = ", ".join(f"{s} {timing[s]:.3f} s" for s in SIDES if timing[s] is not None)
     gap = verdict["nsp_gap_points"]
     lines += ["", f"Final NSP accuracy gap: {gap:.2f} points (allowed {NSP_POINTS:g})." if gap is not None else "",
-              f"Time per update ({', '.join(map(str, verdict['threads']))} threads): {shown}.",
+              f"Time per update (torch threads: {', '.join(map(str, verdict['threads']))}): {shown}.",
               f"Verdict: **{verdict['verdict']}** (MLM loss judged after update {JUDGED_AFTER}: difference below "
-              f"the larger of the seed spread and {MLM_RELATIVE:.0%} of the mean; 2 seeds per side needed).", ""]
+              f"the larger of the seed spread and {MLM_RELATIVE:.0%} of the mean; needs 2 seeds per side and "
+              f"a run past update {JUDGED_AFTER}).", ""]
     return "\n".join(lines)
 
 
