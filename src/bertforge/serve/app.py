@@ -27,22 +27,17 @@ from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bertforge.errors import BertforgeError, ConfigError
-from bertforge.serve.config import ServeArgs
+from bertforge.serve import deps  # noqa: F401 -- first: names a missing package of the serve extra
 
-try:  # the serve extra's packages, all checked here: `server` and `guard` import this module first
-    import prometheus_client  # noqa: F401
-    import pydantic_core
-    import uvicorn  # noqa: F401
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, StrictStr, ValidationError
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-except ImportError as e:  # the serve extra is not installed
-    raise ConfigError(f"bertforge serve needs FastAPI, uvicorn and prometheus_client ({e.name} is missing): "
-                      "pip install \"bertforge[serve]\"") from None
+import pydantic_core
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bertforge.errors import BertforgeError
 from bertforge.serve import v2
+from bertforge.serve.config import ServeArgs
 from bertforge.serve.batcher import Busy, ShuttingDown
 from bertforge.serve.guard import BINARY_HEADER, BodyReader, Guard
 from bertforge.serve.metrics import Instrument, Metrics

@@ -23,6 +23,8 @@ import hmac
 import json
 import logging
 
+from bertforge.serve import deps  # noqa: F401 -- first: names a missing package of the serve extra
+
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from bertforge.serve import deps  # noqa: F401 -- first: names a missing package of the serve extra
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.routing import BaseRoute, Match
 

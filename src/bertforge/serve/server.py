@@ -26,10 +26,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from bertforge.errors import ConfigError
-from bertforge.serve.app import build_app  # first: it names the missing package of the serve extra
+from bertforge.serve import deps  # noqa: F401 -- first: names a missing package of the serve extra
 
-import uvicorn  # noqa: E402 -- after that check
+import uvicorn
+
+from bertforge.errors import ConfigError
+from bertforge.serve.app import build_app
 from bertforge.serve.config import ServeArgs
 from bertforge.serve.guard import HeadDeadlineH11Protocol
 from bertforge.serve.service import Lifecycle

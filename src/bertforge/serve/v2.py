@@ -25,6 +25,9 @@ import struct
 from typing import Any
 
 import numpy as np
+
+from bertforge.serve import deps  # noqa: F401 -- first: names a missing package of the serve extra
+
 from pydantic import BaseModel, StrictInt, StrictStr, ValidationError
 
 from bertforge.errors import BertforgeError
