@@ -24,14 +24,16 @@ def free_port() -> int:
 class Server:
     """`python -m bertforge serve CHECKPOINT --port P ...` until stopped; its log in a file.
     Returns once the server is ready (`wait="ready"`) or only live (`wait="live"`: the model may
-    still be loading); `env`: more environment variables for it."""
+    still be loading); `env`: more environment variables for it; `python_path`: directories its
+    Python imports from before this checkout's src/."""
 
     def __init__(self, checkpoint: Path, log: Path, *flags: str, wait: str = "ready",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, python_path: tuple[Path, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+        path = os.pathsep.join(p for p in (*map(str, python_path), str(REPO / "src"), os.environ.get("PYTHONPATH", ""))
+                               if p)
         environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(env or {})}
         with log.open("w") as f:
             self.process = subprocess.Popen(
