@@ -9,8 +9,8 @@ Each --max_batch_size starts its own server (a subprocess on a free port), then 
 turn is warmed up and loaded: each client sends its next request as soon as its last one is
 answered, until the total is reached. Questions and contexts are SQuAD dev articles 38-39, in
 order, cycled, one question a request. The server's own metrics give the mean sequences per
-forward pass. With --url, the script loads an already running server instead (the simple route:
-any server taking the same POST /answer JSON). --checkpoint serves that checkpoint instead of
+forward pass. With --url, the script loads an already running server instead (by default the
+simple route alone: any server taking the same POST /answer JSON). --checkpoint serves that checkpoint instead of
 MiniLM (a quick check of the script on a tiny model). Take numbers only on an otherwise idle
 machine: the script refuses when the 1-minute load average is 0.5 or more, unless --ignore_load.
 """
@@ -159,7 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=1280, help="requests per route and configuration")
-    parser.add_argument("--routes", default="answer,v2", help="comma-separated: answer (POST /answer), v2 (infer)")
+    parser.add_argument("--routes", help="comma-separated: answer (POST /answer), v2 (infer); default: both, "
+                                         "answer alone with --url")
     parser.add_argument("--batch_sizes", default="32,1", help="--max_batch_size of each configuration")
     parser.add_argument("--batch_timeout_ms", type=float, default=5.0)
     parser.add_argument("--checkpoint", type=Path, help="serve this checkpoint instead of MiniLM with a QA head")
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the results here as JSON")
     parser.add_argument("--ignore_load", action="store_true", help="measure even on a busy machine")
     args = parser.parse_args()
-    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    routes = [r.strip() for r in (args.routes or ("answer" if args.url else "answer,v2")).split(",") if r.strip()]
     if not routes or set(routes) - set(ROUTES):
         raise SystemExit(f"--routes takes a comma-separated list of {', '.join(ROUTES)}, got {args.routes!r}")
     load_1m = os.getloadavg()[0]

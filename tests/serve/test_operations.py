@@ -6,7 +6,6 @@ cannot serve refused at start with one line."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import time
@@ -105,7 +104,8 @@ def test_ready_only_once_loaded_and_no_more_once_draining(tmp_path, vocab_file, 
 
         async def drain():
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-                pending = [asyncio.ensure_future(client.post("/answer", json={"question": f"Who {i}?", "context": long}))
+                pending = [asyncio.ensure_future(client.post("/answer", json={"question": f"Who {i}?",
+                                                                              "context": long}))
                            for i in range(4)]
                 while (await client.get("/health")).json().get("batches", 0) == 0:
                     await asyncio.sleep(0.01)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -72,7 +71,8 @@ def test_a_list_of_items_is_answered_item_by_item(qa_server, qa_api, dev_questio
      "the list has 33 items; this server takes at most 32 in one request (--max_items_per_request)"),
     ([{"question": "Who?", "context": "Mary."}, {"question": "Who?"}], 422, "item 1: missing field 'context'"),
     ([{"question": "Who?", "context": "Mary."}, "x"], 422, "item 1: must be a JSON object, got str"),
-    ([{"question": "Who?", "context": "Mary."}, {"question": "", "context": "Mary."}], 422, "item 1: question is empty"),
+    ([{"question": "Who?", "context": "Mary."}, {"question": "", "context": "Mary."}], 422,
+     "item 1: question is empty"),
 ])
 def test_bad_lists_are_clear_4xx(qa_server, body, status, message):
     response = post(qa_server, "/answer", json=body)
@@ -166,7 +166,8 @@ def test_classification_server(tmp_path):
             want = api.classify(text)
             got = response.json()
             assert got["label"] == want.label and got["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
-        response = post(server, "/classify", json=[{"text_a": "A gripping film."}, {"text_a": "Dull.", "text_b": "Yes."}])
+        pair = {"text_a": "Dull.", "text_b": "Yes."}
+        response = post(server, "/classify", json=[{"text_a": "A gripping film."}, pair])
         assert [r["label"] for r in response.json()] == [c.label for c in api.classify(["A gripping film.",
                                                                                         ("Dull.", "Yes.")])]
         infer = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["A gripping film."]}]}

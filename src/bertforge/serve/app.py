@@ -129,8 +129,8 @@ def build_app(args: ServeArgs, load: Callable[[ServeArgs], Any], token: str | No
               ) -> tuple[FastAPI, Lifecycle]:
     """The application serving the model that `load(args)` returns (a `bertforge.api.Predictor`,
     loaded on a thread of its own once the application starts), and its Lifecycle."""
-    metrics: Metrics | None = None
-    lifecycle = Lifecycle(args, lambda units, jobs: metrics.step(units, jobs))
+    # Each refers to the other; the lambdas look their names up when called, once both exist.
+    lifecycle = Lifecycle(args, on_step=lambda units, jobs: metrics.step(units, jobs))
     metrics = Metrics(queue=lambda: lifecycle.service.scheduler.waiting if lifecycle.service else 0,
                       queued_units=lambda: lifecycle.service.scheduler.waiting_units if lifecycle.service else 0,
                       ready=lambda: float(lifecycle.ready))
@@ -187,8 +187,6 @@ def build_app(args: ServeArgs, load: Callable[[ServeArgs], Any], token: str | No
             raise HTTPException(503, f"{e}; retry shortly") from None
         except TooMuchWork as e:
             raise HTTPException(413, str(e)) from None
-        except v2.ProtocolError as e:
-            raise HTTPException(400, str(e)) from None
         except BertforgeError as e:
             raise HTTPException(422, str(e)) from None
 

@@ -129,6 +129,13 @@ class Scheduler:
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """A scheduler that stopped by mistake fails its requests instead of leaving them waiting."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the scheduler stopped", exc_info=task.exception())
+            self.abort(f"internal error ({task.exception()})")
 
     def abort(self, reason: str) -> None:
         """Every job not yet answered fails with ShuttingDown(reason), and so does every job

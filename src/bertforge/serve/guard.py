@@ -3,7 +3,8 @@ long a client may take.
 
 - `Guard` (ASGI middleware): the Host header must name this server (403 otherwise: a web page
   cannot read it through a DNS name rebound to its address); with a token, `Authorization:
-  Bearer <token>` (401). Health probes are exempt from both: probes send neither.
+  Bearer <token>` (401). Health probes are exempt from both: probes send neither. A refused
+  request's connection is closed: its body is never read.
 - `BodyReader` (ASGI middleware): a request with a body must say `Content-Type:
   application/json` (415), as a web page cannot without the CORS preflight this server never
   grants (the Open Inference Protocol's binary tensors announce themselves by their own header,
@@ -70,11 +71,12 @@ class Guard:
             name = host_name(headers.get(b"host", b""))
             if name not in self.hosts:
                 return await send_error(send, 403, f"Host {name!r} is not one this server answers to "
-                                                   f"({', '.join(sorted(self.hosts))}; see --allowed_hosts)")
+                                                   f"({', '.join(sorted(self.hosts))}; see --allowed_hosts)",
+                                        close=True)
         if self.token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
             return await send_error(send, 401, "this server needs the header 'Authorization: Bearer <token>' "
                                                "with the token it was started with (--auth_token_env)",
-                                    headers=[(b"www-authenticate", b"Bearer")])
+                                    headers=[(b"www-authenticate", b"Bearer")], close=True)
         return await self.app(scope, receive, send)
 
 

@@ -97,7 +97,6 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port"
                           ) from None
-    sock.set_inheritable(True)
     return sock
 
 

@@ -106,7 +106,8 @@ class TextWork:
         if self.endpoint == "classify":
             return [{"label": c.label, "score": c.score, "probabilities": c.probabilities}
                     for c in self.predictor.classify(texts, max_seq_length=a.max_seq_length)]
-        vectors = self.predictor.encode(texts, pooling=a.pooling, normalize=a.normalize, max_seq_length=a.max_seq_length)
+        vectors = self.predictor.encode(texts, pooling=a.pooling, normalize=a.normalize,
+                                        max_seq_length=a.max_seq_length)
         return [{"embedding": v.tolist()} for v in vectors]
 
     def finish(self, prepared: Prepared, outputs: list[list[dict]]) -> list[dict]:
