@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from bertforge.api import Predictor
 from bertforge.errors import BertforgeError
+from bertforge.serve import work
 from bertforge.serve.batcher import Scheduler, ShuttingDown, Slice
 from bertforge.serve.config import ServeArgs
 
@@ -38,9 +40,7 @@ class ModelFacts:
 class Service:
     """A loaded model's endpoints behind one scheduler (see the module docstring)."""
 
-    def __init__(self, predictor, args: ServeArgs, on_step: Callable[[int, int], None]):
-        from bertforge.serve import work
-
+    def __init__(self, predictor: Predictor, args: ServeArgs, on_step: Callable[[int, int], None]):
         self.args = args
         self.works = work.works(predictor, args)
         work.warm_up(self.works)
@@ -58,16 +58,16 @@ class Service:
         """One result per item; raises Busy, ShuttingDown, TooMuchWork or the BertforgeError of
         a bad item."""
         loop = asyncio.get_running_loop()
-        work = self.works[endpoint]
+        asked = self.works[endpoint]
         with self.scheduler.admission():
-            prepared = await loop.run_in_executor(self.prep_thread, work.prepare, items)
+            prepared = await loop.run_in_executor(self.prep_thread, asked.prepare, items)
             limit = self.args.max_windows_per_request
             if prepared.size > limit:
                 what = "windows" if endpoint == "answer" else "texts"
                 raise TooMuchWork(f"this request needs {prepared.size} {what} of the model; this server reads at "
                                   f"most {limit} for one request (--max_windows_per_request)")
             outputs = await self.scheduler.submit(endpoint, prepared.payload, prepared.size)
-            return await loop.run_in_executor(self.prep_thread, work.finish, prepared, outputs)
+            return await loop.run_in_executor(self.prep_thread, asked.finish, prepared, outputs)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -102,17 +102,19 @@ class Lifecycle:
     def ready(self) -> bool:
         return self.phase == "ready"
 
-    def start_loading(self, load: Callable[[ServeArgs], Any]) -> None:
+    def start_loading(self, load: Callable[[ServeArgs], Predictor]) -> None:
         """`load(args)` (the Predictor) on a thread; then the Service, started on this loop."""
         loop = asyncio.get_running_loop()
 
         def loading() -> None:
             try:
-                service = Service(load(self.args), self.args, self.on_step)
+                outcome, value = self._loaded, Service(load(self.args), self.args, self.on_step)
             except BaseException as e:  # noqa: BLE001 -- the server reports it and stops
-                loop.call_soon_threadsafe(self._fail, e)
-                return
-            loop.call_soon_threadsafe(self._loaded, service)
+                outcome, value = self._fail, e
+            try:
+                loop.call_soon_threadsafe(outcome, value)
+            except RuntimeError:  # the loop is closed: the server stopped while the model loaded
+                pass
 
         threading.Thread(target=loading, name="bertforge-load", daemon=True).start()
 
@@ -129,8 +131,9 @@ class Lifecycle:
     def abort(self) -> None:
         """Every request not yet answered gets 503 now (the graceful shutdown's time is up)."""
         if self.service is not None:
-            log.warning("%d requests unanswered at the end of --graceful_timeout_s: they get 503",
-                        self.service.scheduler.waiting)
+            if self.service.scheduler.waiting:
+                log.warning("%d requests unanswered at the end of --graceful_timeout_s: they get 503",
+                            self.service.scheduler.waiting)
             self.service.scheduler.abort("the server is shutting down")
 
     async def stop(self) -> None:
