@@ -24,6 +24,8 @@ from bertforge.errors import ConfigError
 from bertforge.validation import check_at_least, check_types
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+# How `encode` turns a text's hidden states into one vector (the Python API and the server).
+Pooling = Literal["mean", "cls", "pooled"]
 OptimizerName = Literal["adamw", "lamb"]
 ScheduleName = Literal["linear", "poly"]
 # Where a training run's metrics go besides metrics.jsonl, which is always written.
