@@ -94,6 +94,11 @@ def _prepare(cfg) -> None:
     print(json.dumps(prepare_pretraining_data(cfg), indent=2, default=str))
 
 
+def _serve(cfg) -> None:
+    from bertforge.serve import serve
+    serve(cfg, os.environ)  # --auth_token_env names a variable of the command's environment
+
+
 def _download(dataset: str) -> Callable[[Any], object]:
     def run(cfg):
         from bertforge import download
@@ -141,7 +146,7 @@ COMMANDS = [
     Command(("plot",), "plot training curves of runs (loss, lr, seq/s, eval metrics) into a PNG",
             "bertforge.plot:PlotArgs", _call("bertforge.plot:plot"), positional=True),
     Command(("serve",), "serve a model's answer/classify/encode over HTTP and JSON, batching requests",
-            "bertforge.serve.config:ServeArgs", _call("bertforge.serve:serve"), positional=True),
+            "bertforge.serve.config:ServeArgs", _serve, positional=True),
 ]
 
 

@@ -151,6 +151,9 @@ def classify_run(cfg: GlueEvalRun) -> int:
     if cfg.do_eval or cfg.data.data_dir:
         raise ConfigError("--input_jsonl classifies texts without labels: run `bertforge predict glue` "
                           "without --data_dir and --do_eval")
+    if cfg.data.label_order is not None:
+        raise ConfigError("--label_order reorders a head for the task's files; --input_jsonl reports the "
+                          "checkpoint's outputs under its own label names: leave one out")
     records = read_jsonl(cfg.input_jsonl, ("text_a",), ("text_b",))
     predictor = _predictor(cfg, cfg.data.eval_batch_size)
     with _open_output(cfg.output_jsonl) as out:

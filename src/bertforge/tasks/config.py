@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bertforge.data.glue import get_task
+from bertforge.data.glue import GlueTask, get_task
 from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError
 from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
@@ -183,11 +183,37 @@ class GlueData:
     """Also cap each prediction batch at this many tokens (rows x its longest example, rounded up
     to 8; examples are batched by length): short examples then share bigger batches, so every
     batch costs about the same. Predictions do not change."""
+    label_order: str | list[str] | None = None
+    """What a trained head's outputs are, in its output order, comma-separated: e.g.
+    entailment,neutral,contradiction for an MNLI model trained on Hugging Face's GLUE data set.
+    Needed where the checkpoint does not name them (LABEL_0, LABEL_1, LABEL_2, or no names at
+    all) and the task has more than two classes; it overrides the checkpoint's names. The task's
+    class names or GLUE's file labels, in any case."""
 
     def __post_init__(self) -> None:
         check_types(self, "glue")
-        get_task(self.task_name)  # an unknown task fails here, naming the valid ones
+        task = get_task(self.task_name)  # an unknown task fails here, naming the valid ones
         check_at_least(self, 1, ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"))
+        if isinstance(self.label_order, str):
+            self.label_order = [x.strip() for x in self.label_order.split(",")]
+        if self.label_order is not None:
+            check_label_order(self.label_order, task)
+
+
+def check_label_order(names: list[str], task: GlueTask) -> None:
+    """A ConfigError unless `names` name each of the task's classes once."""
+    if task.label_names is None:
+        raise ConfigError(f"--label_order: GLUE {task.name} is a regression task; its head has one output, "
+                          "not classes")
+    valid = ", ".join(task.label_names)
+    unknown = [x for x in names if task.class_id(x) is None]
+    if unknown:
+        raise ConfigError(f"--label_order: {', '.join(map(repr, unknown))} is not a GLUE {task.name} label; "
+                          f"its labels are {valid}")
+    ids = [task.class_id(x) for x in names]
+    if len(names) != len(task.label_names) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--label_order must name each of GLUE {task.name}'s {len(task.label_names)} labels "
+                          f"({valid}) once, in the head's output order; got {','.join(names)}")
 
 
 @dataclass(kw_only=True)

@@ -61,26 +61,48 @@ _UNNAMED = re.compile(r"^LABEL_\d+$")
 
 
 def align_labels(model: nn.Module, checkpoint_labels: list[str] | None, task: data.GlueTask,
-                 source: str) -> None:
-    """Put a trained classifier's outputs in the task's label order.
+                 source: str, label_order: list[str] | None = None) -> None:
+    """Put a trained classifier's outputs in the task's class order.
 
-    A head whose labels are named in another order (an MNLI model from Hugging Face lists
-    entailment, neutral, contradiction; GLUE's files contradiction, entailment, neutral) has its
-    rows permuted; names that are not the task's are an error; unnamed labels (LABEL_0, ...) are
-    taken to be in the task's order, with a warning."""
-    if task.labels is None or not checkpoint_labels:
+    What the outputs are comes from `label_order` (--label_order) where given, else from the
+    names the checkpoint records: the task's class names or GLUE's file labels, in any case
+    (an MNLI model from Hugging Face lists ENTAILMENT, NEUTRAL, CONTRADICTION; GLUE's files
+    contradiction, entailment, neutral). The classifier's rows are permuted to the task's
+    order; names that are not the task's are an error.
+
+    Unnamed outputs (LABEL_0, ..., or no names recorded) of a two-class head are taken to be in
+    GLUE's order, with a warning: binary GLUE models are trained in it, whether with Google's or
+    NVIDIA's scripts or on Hugging Face's GLUE data sets, which number every two-class task as
+    GLUE's files do. With more classes they are refused: Hugging Face's MNLI data set numbers
+    entailment, neutral, contradiction, GLUE's files contradiction, entailment, neutral, and a
+    guess would permute every prediction silently."""
+    if task.label_names is None:
         return
-    theirs, ours = [str(x) for x in checkpoint_labels], list(task.labels)
-    if theirs == ours:
+    ours = list(task.label_names)
+    theirs = [str(x) for x in checkpoint_labels or []]
+    unnamed = not theirs or all(_UNNAMED.match(x) for x in theirs)
+    if label_order is not None:
+        if not unnamed and [task.class_id(x) for x in theirs] != [task.class_id(x) for x in label_order]:
+            log.warning("%s names its labels %s; --label_order %s overrides them", source, ", ".join(theirs),
+                        ",".join(label_order))
+        theirs, source = list(label_order), f"--label_order ({source})"
+    elif unnamed and len(ours) == 2:
+        log.warning("%s does not name its labels (%s): assuming they are %s's labels in GLUE's order (%s); "
+                    "--label_order says otherwise", source, ", ".join(theirs) or "none recorded", task.name,
+                    ", ".join(ours))
         return
-    if all(_UNNAMED.match(x) for x in theirs) and len(theirs) == len(ours):
-        log.warning("%s names its labels %s: assuming they are %s's labels in GLUE's order (%s)",
-                    source, ", ".join(theirs), task.name, ", ".join(ours))
-        return
-    if sorted(theirs) != sorted(ours):
+    elif unnamed:  # MNLI, the one task with more than two classes
+        raise ConfigError(f"{source} does not name its {len(ours)} labels ({', '.join(theirs) or 'none recorded'}): "
+                          f"say which output is which with --label_order, e.g. --label_order {','.join(ours)} "
+                          "(GLUE's order, in which Google's and NVIDIA's scripts train) or "
+                          "entailment,neutral,contradiction (Hugging Face's GLUE data set's order)")
+    ids = [task.class_id(x) for x in theirs]
+    if sorted(i for i in ids if i is not None) != list(range(len(ours))):
         raise ConfigError(f"{source} was trained with labels {theirs}, but GLUE {task.name} has labels "
                           f"{ours}: it is not a {task.name} model")
-    order = [theirs.index(label) for label in ours]
+    if ids == list(range(len(ours))):
+        return
+    order = [ids.index(i) for i in range(len(ours))]  # order[k]: the output that is our class k
     with torch.no_grad():
         model.classifier.weight.copy_(model.classifier.weight[order].clone())
         model.classifier.bias.copy_(model.classifier.bias[order].clone())
@@ -118,8 +140,12 @@ class GlueJob(Job):
         if loaded.head_loaded and recorded and recorded != f"glue/{self.task.name}":
             log.warning("%s was fine-tuned for %s, not glue/%s: its scores on %s mean little", source,
                         recorded, self.task.name, self.task.name)
+        label_order = self.cfg.data.label_order
         if loaded.head_loaded:
-            align_labels(loaded.model, loaded.labels, self.task, source)
+            align_labels(loaded.model, loaded.labels, self.task, source, label_order)
+        elif label_order is not None:
+            raise ConfigError(f"--label_order names the outputs of a trained {self.task.name} head, but {source} "
+                              "has none: the head trained here is in GLUE's order")
 
     def _features(self, loaded: LoadedModel, split: str) -> data.GlueFeatures:
         if split not in self._encoded:
@@ -138,7 +164,8 @@ class GlueJob(Job):
         return ClassificationLoss(self.task.is_regression)
 
     def labels(self, loaded: LoadedModel) -> list[str] | None:
-        return list(self.task.labels) if self.task.labels else None
+        """The class names the trained model records (its head is in the task's order)."""
+        return list(self.task.label_names) if self.task.label_names else None
 
     def checkpoint_meta(self, loaded, trainer) -> dict:
         return {"task": f"glue/{self.task.name}"}

@@ -26,7 +26,7 @@ from bertforge.tasks.output_dir import OutputDir, config_dict
 from bertforge.train.batching import StepPlan
 from bertforge.train.loop import LossFn, StepLoader, Trainer
 from bertforge.train.runtime import DistInfo, Runtime, resolve_device, seed_everything
-from bertforge.train.tracking import attach_trackers
+from bertforge.train.tracking import RunRecords
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,11 @@ def _train_args(job: Job) -> TrainArgs | None:
 
 def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
     cfg = job.cfg
-    dllog = DLLogger(cfg.runtime.json_summary) if cfg.runtime.json_summary and runtime.is_main else None
     train = _train_args(job)
+    # A resumed run appends: its dllogger file holds the steps before the resume.
+    dllog = (DLLogger(cfg.runtime.json_summary, append=bool(train and train.resume))
+             if cfg.runtime.json_summary and runtime.is_main else None)
+    records = RunRecords(out, runtime.is_main)
     seed_everything(train.seed if train is not None else 0)
     loaded = load_model(cfg.model, job.head, unpad=cfg.runtime.unpad, **job.model_options())
     job.check_model(loaded.config)
@@ -137,8 +140,7 @@ def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
         if dllog is not None:
             log_losses(trainer, dllog)
         job.add_callbacks(trainer, loaded, runtime)
-        if runtime.is_main:
-            attach_trackers(trainer, train.trackers, config_dict(cfg))
+        records.attach(trainer, train.trackers, config_dict(cfg))
         result = trainer.fit()
         results["train"] = {"steps": result.steps, "seconds": result.seconds, "samples": result.samples,
                             "first_loss": result.first_loss, "last_loss": result.last_loss}
@@ -152,6 +154,7 @@ def _run(job: Job, runtime: Runtime, out: Path, progress: bool) -> dict:
             log.info("model written to %s", out)
         runtime.barrier()
     results.update(job.after(loaded, runtime, out, results))
+    records.final_eval(results.get("eval"), job.best.step if job.best else None)
     if dllog is not None:
         for record in summary_records(results):
             dllog.log((), record)
