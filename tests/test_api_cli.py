@@ -148,6 +148,14 @@ def test_glue_jsonl_with_data_dir_is_refused(cls_dir, tmp_path, capsys):
     assert "--input_jsonl classifies texts without labels" in capsys.readouterr().err
 
 
+def test_glue_jsonl_with_label_order_is_refused(cls_dir, tmp_path, capsys):
+    source = tmp_path / "t.jsonl"
+    source.write_text('{"text_a": "x"}\n')
+    assert main(["predict", "glue", "--init_checkpoint", str(cls_dir), "--input_jsonl", str(source),
+                 "--label_order", "not_equivalent,equivalent"]) == 2
+    assert "--label_order reorders a head for the task's files" in capsys.readouterr().err
+
+
 def test_the_task_entry_points_leave_raw_text_to_raw_text():
     """The tasks read files; the CLI sends raw text to bertforge.raw_text, which sits above them.
     Called with raw text, a task's entry point says where it goes, before any work."""
