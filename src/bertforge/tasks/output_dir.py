@@ -28,7 +28,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from bertforge.errors import ConfigError
-from bertforge.fileio import atomic_write_json, describe_os_error, read_json
+from bertforge.fileio import atomic_write, atomic_write_json, describe_os_error, read_json
 from bertforge.train.checkpoints import STEP_DIR, checkpoint_root
 
 try:  # advisory locks are POSIX; elsewhere runs are not protected against each other
@@ -86,6 +86,8 @@ class OutputDir:
         self._lock_fd: int | None = None
         self._created = False  # claim made the directory
         self._before: set[str] = set()  # what was there when claimed (the earlier run moved out)
+        self._checkpoints_before: set[str] = set()  # the checkpoints there when claimed
+        self._stored_config: bytes | None = None  # run_config.json as a resumed run found it
         self.replaced: Path | None = None  # where the earlier run waits until this one has made something
 
     # ---- before any work (every rank; reads only) ------------------------------------------
@@ -123,16 +125,16 @@ class OutputDir:
                               f"pass --overwrite_output_dir to replace them, or choose another --output_dir")
 
     def _check_overwritable(self, present: list[str]) -> None:
-        foreign = [n for n in present if n not in RUN_FILES and n not in self.result_files
-                   and not n.endswith("_problems.json") and not n.startswith(REPLACED)]
-        if foreign:
-            raise ConfigError(f"--overwrite_output_dir: {self.path} also holds {_names(foreign)}, which "
-                              f"bertforge did not write; move them away or choose another --output_dir")
         root = self.path.resolve()
         inside = [p for p in self.inputs if p == root or root in p.parents]
         if inside:
             raise ConfigError(f"--overwrite_output_dir would delete {inside[0]}, an input of this run; "
                               f"move it out of {self.path} or choose another --output_dir")
+        foreign = [n for n in present if n not in RUN_FILES and n not in self.result_files
+                   and not n.endswith("_problems.json") and not n.startswith(REPLACED)]
+        if foreign:
+            raise ConfigError(f"--overwrite_output_dir: {self.path} also holds {_names(foreign)}, which "
+                              f"bertforge did not write; move them away or choose another --output_dir")
 
     # ---- claiming (rank 0) -----------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class OutputDir:
         stored = self.path / RUN_CONFIG
         if self.training and self.resume and stored.is_file():
             check_resumable(read_json(stored, "run config", ConfigError), config, stored)
+            self._stored_config = stored.read_bytes()
+        self._checkpoints_before = set(self._checkpoints())
         if self.training or not stored.exists():
             atomic_write_json(stored, config)
 
@@ -200,11 +204,14 @@ class OutputDir:
     def made_something(self) -> bool:
         """Whether this run has written what makes it worth keeping over the run it replaces: a
         checkpoint, its model, a summary or a result file."""
-        root = checkpoint_root(self.path)
-        if root.is_dir() and any(STEP_DIR.match(p.name) for p in root.iterdir()) and "checkpoints" not in self._before:
+        if set(self._checkpoints()) - self._checkpoints_before:
             return True
         return any((self.path / name).exists() and name not in self._before
                    for name in (*PRODUCTS, *self.result_files))
+
+    def _checkpoints(self) -> list[str]:
+        root = checkpoint_root(self.path)
+        return [p.name for p in root.iterdir() if STEP_DIR.match(p.name)] if root.is_dir() else []
 
     def commit(self) -> None:
         """This run has made something: delete the run it replaced."""
@@ -216,17 +223,19 @@ class OutputDir:
     def abandon(self) -> None:
         """The run failed. When it made something, that is kept (a checkpoint to resume from).
         Otherwise what it wrote goes: all of it when it replaced a run, which comes back; only
-        its run_config.json when it had not started (a refused run is not another run)."""
+        its run_config.json when it had not started (a refused run is not another run); a
+        resumed run's directory is left as the run found it."""
         if self._lock_fd is None:
             return  # never claimed: nothing written
         if self.made_something():
             self.commit()
             return
-        if self.replaced is None and self.resume:
-            return
         mine = [p for p in self.path.iterdir()
                 if p.name not in self._before and p.name != LOCK and p != self.replaced]
-        if self.replaced is None and any(p.name != RUN_CONFIG for p in mine):
+        if self.resume and self._stored_config is not None:  # the run it continued is left as it was
+            atomic_write(self.path / RUN_CONFIG, lambda f: f.write(self._stored_config))
+            mine = [p for p in mine if p.name != RUN_CONFIG]
+        elif self.replaced is None and any(p.name != RUN_CONFIG for p in mine):
             return  # it trained (metrics.jsonl): kept, to see why it failed
         for p in mine:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
