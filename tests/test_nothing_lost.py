@@ -11,7 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from pretraining_writers import synthetic_samples, write_nvidia_hdf5
@@ -240,5 +239,4 @@ def test_a_pretraining_checkpoint_does_not_resume_a_squad_run(tmp_path, tiny, vo
     (alone / "bertforge.json").unlink()  # nothing says what it is: its data position does
     assert main(argv) == 2
     line = one_error(capsys.readouterr().err)
-    assert "is not one of this run's data" in line
-    assert np.isin(["global_batch"], line.split("(")[1].split(")")[0].split(", ")).all()
+    assert "is not one of this run's data" in line and "global_batch" in line
