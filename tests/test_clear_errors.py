@@ -102,7 +102,8 @@ def test_predictions_onto_a_full_disk(tmp_path, qa_model, squad_dev_file, capsys
         out.mkdir()
         fill(disk, leave=96 * 1024)  # room for predictions.json, not for nbest_predictions.json
         assert main(["predict", "squad", "--init_checkpoint", str(qa_model), "--predict_file", str(squad_dev_file),
-                     "--predict_articles", "0:1", "--device", "cpu", "--output_dir", str(out)]) == 2
+                     "--predict_articles", "0:1", "--max_seq_length", "64", "--doc_stride", "32",
+                     "--max_query_length", "16", "--device", "cpu", "--output_dir", str(out)]) == 2
         line = one_error(capsys.readouterr().err)
         assert f"cannot write {out}/" in line and "no space left on the device" in line
 

@@ -16,7 +16,6 @@ import torch
 from pretraining_writers import synthetic_samples, write_nvidia_hdf5
 from runs import copy_run, fill, metrics, small_filesystem, snapshot, squad_argv, write_tiny_config
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from bertforge.checkpoint import load_checkpoint
 from bertforge.cli import main
@@ -235,7 +234,8 @@ def test_a_pretraining_checkpoint_does_not_resume_a_squad_run(tmp_path, tiny, vo
     argv = squad_argv(out, tiny, vocab_file, squad_dev_file, "--resume", str(alone))
     capsys.readouterr()
     assert main(argv) == 2
-    assert "it is a checkpoint of a pretraining model (pretraining)" in one_error(capsys.readouterr().err)
+    assert "it is a checkpoint of a pretraining model; this run trains a qa model" in \
+        one_error(capsys.readouterr().err)
     (alone / "bertforge.json").unlink()  # nothing says what it is: its data position does
     assert main(argv) == 2
     line = one_error(capsys.readouterr().err)

@@ -47,7 +47,7 @@ def plan_model(args: ModelArgs, head: str | None, *, require_head: bool = False,
         info = peek_checkpoint(args.init_checkpoint, config=args.bert_model)
         config, vocab, recorded = info.config, info.vocab_file, info.do_lower_case
         if args.bert_model:
-            _check_bert_model(args.bert_model, config, args.init_checkpoint)
+            _check_bert_model(args.bert_model, config, args.init_checkpoint, warn=False)
     elif require_head:
         raise ConfigError("prediction needs trained weights: pass --init_checkpoint")
     else:
@@ -113,7 +113,7 @@ _SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "int
                  "max_position_embeddings", "type_vocab_size")
 
 
-def _check_bert_model(spec: str, config: BertConfig, source: str) -> None:
+def _check_bert_model(spec: str, config: BertConfig, source: str, warn: bool = True) -> None:
     """--bert_model given with a checkpoint that has its own config: it must describe the same
     model (a DLE-padded vocab_size counts as the same); other differences (dropout) are not
     used, and said so."""
@@ -128,7 +128,7 @@ def _check_bert_model(spec: str, config: BertConfig, source: str) -> None:
                           "leave --bert_model out: the checkpoint's own config is used")
     other = [f.name for f in fields(BertConfig) if f.name not in (*_SHAPE_FIELDS, "vocab_size")
              and getattr(given, f.name) != getattr(config, f.name)]
-    if other:
+    if other and warn:
         log.warning("--bert_model %s differs from --init_checkpoint %s's config in %s; the checkpoint's "
                     "values are used", spec, source, ", ".join(other))
 

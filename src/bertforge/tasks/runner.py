@@ -108,7 +108,7 @@ def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> di
     train = _train_args(job)
     if train is not None:
         train.accumulation_for(dist_info.world_size)  # a batch that does not divide fails now
-    validate(job)
+    _validate_inputs(job)
     out = OutputDir(cfg.output_dir, training=train is not None,
                     resume=train is not None and bool(train.resume), overwrite=cfg.overwrite_output_dir,
                     result_files=job.result_files, inputs=tuple(input_paths(cfg)))
@@ -130,7 +130,7 @@ def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> di
             out.release()
 
 
-def validate(job: Job) -> None:
+def _validate_inputs(job: Job) -> None:
     """Every check of the run's inputs that needs no device and no weights: the model's config,
     vocabulary and casing (and the model/data limits they set), the task's files, and the
     checkpoint --resume PATH names."""
@@ -166,9 +166,10 @@ def _check_resume_source(path: Path, job: Job) -> None:
         meta = read_json(path / NATIVE_META, NATIVE_META, CheckpointError)
         head = meta.get("head") if isinstance(meta, dict) else None
         if head is not None and head != job.head:
+            task = meta.get("task")
             raise CheckpointError(f"cannot resume from {path}: it is a checkpoint of a {head} model"
-                                  f"{' (' + str(meta['task']) + ')' if meta.get('task') else ''}; this run "
-                                  f"trains a {job.head} model")
+                                  f"{f' ({task})' if task and task != head else ''}; this run trains a "
+                                  f"{job.head} model")
 
 
 def input_paths(cfg: RunConfig) -> list[Path]:
