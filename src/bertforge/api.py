@@ -23,24 +23,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bertforge.data import squad
-from bertforge.data.glue import encode_texts, get_task
+from bertforge.data.glue import encode_texts, get_task, named_labels
 from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError, DataError
 from bertforge.infer import predict
 from bertforge.loading import check_seq_length, load_model, model_inputs
 from bertforge.qa import AnswerPipeline
-from bertforge.runconfig import ModelArgs, Precision, RuntimeArgs
+from bertforge.runconfig import ModelArgs, Pooling, Precision, RuntimeArgs
 from bertforge.train.runtime import Runtime
 from bertforge.validation import check_argument
 
-Pooling = Literal["mean", "cls", "pooled"]
 TextOrPair = str | tuple[str, str]
 
 
@@ -162,17 +161,37 @@ class Predictor:
         score ([CLS]) beats the best span's by more than null_score_diff_threshold. Default: as
         the checkpoint was fine-tuned (`finetune squad --version_2_with_negative` records it).
         """
-        self._need("qa", "answer", "bertforge finetune squad")
         settings = SquadSettings.from_arguments(**overrides) if settings is None else replace(settings, **overrides)
+        pipeline = self.answer_pipeline(settings, allow_no_answer)
+        examples = self.answer_examples(question, context)
+        if not examples:
+            return []
+        found = pipeline(examples)
+        answers = [Answer(text=best["text"], score=best["probability"], start=best["start"], end=best["end"])
+                   for best in map(found.chosen, (e.qas_id for e in examples))]
+        return answers[0] if isinstance(question, str) else answers
+
+    def answer_pipeline(self, settings: SquadSettings, allow_no_answer: bool | None = None) -> AnswerPipeline:
+        """The pipeline `answer` runs (windows, logits, decoding), for callers that run its stages
+        themselves: the server interleaves the windows of several requests in its forward passes.
+        allow_no_answer: as `answer` takes it."""
+        self._need("qa", "answer", "bertforge finetune squad")
+        if allow_no_answer is None:
+            allow_no_answer = bool(self.loaded.meta.get("version_2_with_negative", False))
+        check_seq_length(settings.max_seq_length, self.loaded.config)
+        return AnswerPipeline(self.model, self.loaded.tokenizer, settings, self.runtime, self.batch_size,
+                              allow_no_answer)
+
+    def answer_examples(self, question: str | Sequence[str], context: str | Sequence[str]
+                        ) -> list[squad.SquadExample]:
+        """`answer`'s questions as SQuAD examples (ids "0", "1", ...), each checked: a string,
+        not empty, and as many contexts as questions (or one for all)."""
         single = isinstance(question, str)
         questions = [question] if single else _sequence(question, "question")
         contexts = [context] * len(questions) if isinstance(context, str) else _sequence(context, "context")
         if len(contexts) != len(questions):
             raise DataError(f"{len(questions)} questions but {len(contexts)} contexts: give one context "
                             "for all, or one per question")
-        if allow_no_answer is None:
-            allow_no_answer = bool(self.loaded.meta.get("version_2_with_negative", False))
-        check_seq_length(settings.max_seq_length, self.loaded.config)
         examples = []
         for i, (q, c) in enumerate(zip(questions, contexts)):
             _text(q, "question", i, single)
@@ -183,13 +202,7 @@ class Predictor:
             if not doc_tokens:
                 raise DataError(f"{_where('context', i, single)} is empty: there is nothing to answer from")
             examples.append(squad.SquadExample(str(i), q, c, doc_tokens, char_to_word, answers=[]))
-        if not examples:
-            return []
-        found = AnswerPipeline(self.model, self.loaded.tokenizer, settings, self.runtime, self.batch_size,
-                               allow_no_answer)(examples)
-        answers = [Answer(text=best["text"], score=best["probability"], start=best["start"], end=best["end"])
-                   for best in map(found.chosen, (e.qas_id for e in examples))]
-        return answers[0] if single else answers
+        return examples
 
     # ---- classification --------------------------------------------------------------------
 
@@ -298,13 +311,14 @@ def _classifier_logits(model: nn.Module, batch: dict) -> Tensor:
 
 
 def _labels(recorded: list[str] | None, task: str | None, model: nn.Module) -> list[str]:
-    """Class names: those the checkpoint records, else those of the GLUE task it was trained
-    for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
+    """Class names: those the checkpoint records (a GLUE checkpoint's file labels, "0" and "1",
+    as the task names them: not_equivalent, equivalent), else those of the GLUE task it was
+    trained for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
     count = getattr(model, "num_labels", 0)
     if recorded and len(recorded) == count:
-        return [str(x) for x in recorded]
+        return named_labels(task, [str(x) for x in recorded])
     if task and task.startswith("glue/"):
-        names = get_task(task.removeprefix("glue/")).labels
+        names = get_task(task.removeprefix("glue/")).label_names
         if names and len(names) == count:
             return list(names)
     return [f"LABEL_{i}" for i in range(count)]

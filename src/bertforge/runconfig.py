@@ -24,6 +24,8 @@ from bertforge.errors import ConfigError
 from bertforge.validation import check_at_least, check_types
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+# How `encode` turns a text's hidden states into one vector (the Python API and the server).
+Pooling = Literal["mean", "cls", "pooled"]
 OptimizerName = Literal["adamw", "lamb"]
 ScheduleName = Literal["linear", "poly"]
 # Where a training run's metrics go besides metrics.jsonl, which is always written.
@@ -87,13 +89,19 @@ class TrainArgs:
     max_steps: int | None = None
     """Optimizer steps to run; overrides num_train_epochs."""
     optimizer: OptimizerName = "adamw"
-    """adamw (fine-tuning: torch's AdamW with bias correction, as Hugging Face and NVIDIA) or lamb
-    (pretraining: NVIDIA's FusedLAMB rule)."""
+    """adamw (fine-tuning: torch's AdamW, as Hugging Face's examples use it) or lamb (pretraining:
+    NVIDIA's FusedLAMB rule). Both with Adam's bias correction unless adam_bias_correction is false."""
+    adam_bias_correction: bool = True
+    """Divide Adam's moments by (1 - beta^t), as torch's AdamW and NVIDIA's FusedLAMB do. false:
+    no bias correction, as Google's AdamWeightDecayOptimizer (its fine-tuning and pretraining) and
+    NVIDIA's fine-tuning (BertAdam; FusedAdam with bias_correction=False) run Adam."""
     schedule: ScheduleName = "linear"
     """linear: warmup, then linear decay to 0 over the steps after warmup (Hugging Face's
-    get_linear_schedule_with_warmup, which NVIDIA's fine-tuning scripts use). poly: NVIDIA's
-    PolyWarmUpScheduler for pretraining: warmup, then lr * (1 - step/total)^schedule_power with the
-    decay measured over all steps (Google's optimization.py is poly with power 1.0)."""
+    get_linear_schedule_with_warmup). poly: NVIDIA's PolyWarmUpScheduler for pretraining: warmup,
+    then lr * (1 - k/total)^schedule_power at update k, the decay measured over all steps. Google's
+    optimization.py decays as poly with power 1.0 does, one update behind: its update k uses
+    (k-1)/total (and its warmup counts floor(warmup_proportion x total) whole steps).
+    Both follow the updates applied: an update fp16 skipped does not advance the schedule."""
     schedule_power: float = 0.5
     """Exponent of the poly schedule (NVIDIA pretraining: 0.5; Google: 1.0)."""
     warmup_proportion: float = 0.1

@@ -22,27 +22,34 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m bertforge serve CHECKPOINT --port P ...` until stopped; its log in a file."""
+    """`python -m bertforge serve CHECKPOINT --port P ...` until stopped; its log in a file.
+    Returns once the server is ready (`wait="ready"`) or only live (`wait="live"`: the model may
+    still be loading); `env`: more environment variables for it; `python_path`: directories its
+    Python imports from before this checkout's src/."""
 
-    def __init__(self, checkpoint: Path, log: Path, *flags: str):
+    def __init__(self, checkpoint: Path, log: Path, *flags: str, wait: str = "ready",
+                 env: dict[str, str] | None = None, python_path: tuple[Path, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+        path = os.pathsep.join(p for p in (*map(str, python_path), str(REPO / "src"), os.environ.get("PYTHONPATH", ""))
+                               if p)
+        environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(env or {})}
         with log.open("w") as f:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bertforge", "serve", str(checkpoint), "--port", str(self.port),
-                 "--device", "cpu", *flags], stdout=f, stderr=subprocess.STDOUT, env=env)
+                 "--device", "cpu", *flags], stdout=f, stderr=subprocess.STDOUT, env=environment)
+        probe = f"{self.url}/v2/health/{wait}"
         deadline = time.monotonic() + 180
         while True:
             assert self.process.poll() is None, f"server exited:\n{log.read_text()}"
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(probe, timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"server not up after 180 s:\n{log.read_text()}"
-            time.sleep(0.3)
+            assert time.monotonic() < deadline, f"server not {wait} after 180 s:\n{log.read_text()}"
+            time.sleep(0.05 if wait == "live" else 0.3)
 
     def health(self) -> dict:
         return httpx.get(f"{self.url}/health", timeout=10).json()

@@ -25,6 +25,7 @@ from bertforge.checkpoint.common import (
     state_bytes, state_dict_of, vocab_beside,
 )
 from bertforge.config import BertConfig
+from bertforge.data.glue.tasks import named_labels
 from bertforge.errors import CheckpointError
 from bertforge.fileio import read_json
 from bertforge.model.heads import HEADS
@@ -277,8 +278,10 @@ def save_hf(ckpt: Checkpoint, out_dir: Path) -> Path:
         hf_state[key] = value
     cfg = ckpt.config.to_hf_dict(spec.hf_architecture)
     if ckpt.labels:
-        cfg["id2label"] = {str(i): label for i, label in enumerate(ckpt.labels)}
-        cfg["label2id"] = {label: i for i, label in enumerate(ckpt.labels)}
+        # A GLUE checkpoint that records GLUE's file labels ("0", "1") gets the classes' names.
+        labels = named_labels(ckpt.meta.get("task"), ckpt.labels)
+        cfg["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        cfg["label2id"] = {label: i for i, label in enumerate(labels)}
     elif ckpt.num_labels:
         cfg["num_labels"] = ckpt.num_labels
     if task := hf_finetuning_task(ckpt.meta):

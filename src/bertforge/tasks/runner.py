@@ -39,7 +39,7 @@ from bertforge.train.batching import StepPlan
 from bertforge.train.checkpoints import check_loader_state, list_checkpoints, tensor_bytes
 from bertforge.train.loop import LossFn, StepLoader, Trainer
 from bertforge.train.runtime import DistInfo, Runtime, resolve_device, seed_everything
-from bertforge.train.tracking import attach_trackers
+from bertforge.train.tracking import RunRecords
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,11 @@ def _train_args(job: Job) -> TrainArgs | None:
 
 def _run(job: Job, runtime: Runtime, out: OutputDir, progress: bool) -> dict:
     cfg = job.cfg
-    dllog = DLLogger(cfg.runtime.json_summary) if cfg.runtime.json_summary and runtime.is_main else None
     train = _train_args(job)
+    # A resumed run appends: its dllogger file holds the steps before the resume.
+    dllog = (DLLogger(cfg.runtime.json_summary, append=bool(train and train.resume))
+             if cfg.runtime.json_summary and runtime.is_main else None)
+    records = RunRecords(out.path, runtime.is_main)
     seed_everything(train.seed if train is not None else 0)
     resuming = train is not None and bool(train.resume) and (
         _resume_path(job) is not None or bool(list_checkpoints(out.path)))
@@ -245,8 +248,7 @@ def _run(job: Job, runtime: Runtime, out: OutputDir, progress: bool) -> dict:
             # need not fit on the disk for the whole run.
             trainer.add_callback("on_step_end", lambda t: out.commit() if out.made_something() else None)
         job.add_callbacks(trainer, loaded, runtime)
-        if runtime.is_main:
-            attach_trackers(trainer, train.trackers, config_dict(cfg))
+        records.attach(trainer, train.trackers, config_dict(cfg))
         result = trainer.fit()
         results["train"] = {"steps": result.steps, "seconds": result.seconds, "samples": result.samples,
                             "first_loss": result.first_loss, "last_loss": result.last_loss}
@@ -257,6 +259,7 @@ def _run(job: Job, runtime: Runtime, out: OutputDir, progress: bool) -> dict:
             log.info("model written to %s", out.path)
         runtime.barrier()
     results.update(job.after(loaded, runtime, out.path, results))
+    records.final_eval(results.get("eval"), job.best.step if job.best else None)
     if dllog is not None:
         for record in summary_records(results):
             dllog.log((), record)

@@ -4,8 +4,8 @@
 - `model.safetensors`: the weights (bertforge names);
 - `trainer.pt`: optimizer, schedule and loss-scaler states (tensors and plain numbers only, so
   it loads with `torch.load(weights_only=True)`: a tampered file cannot run code);
-- `trainer.json`: the step, the data position, the run's total steps and seed, and when it was
-  written;
+- `trainer.json`: the step, the data position, the run's total steps and seed, the optimizer's
+  class, and when it was written;
 - `rng_rank<r>.pt`: each rank's random-number generator states (tensors and numbers only);
 - where the run describes its model (the Trainer's `describe`): `config.json`, `vocab.txt` and
   `bertforge.json`, which make the directory a native checkpoint `--init_checkpoint` loads alone.
@@ -123,7 +123,7 @@ class TrainingCheckpoint:
     path: Path
     model: dict
     state: dict  # optimizer, schedule, scaler
-    meta: dict  # step, loader, total_steps, seed, written_at_ns
+    meta: dict  # step, loader, total_steps, seed, optimizer (its class), written_at_ns
     rng: dict
 
 
@@ -233,9 +233,10 @@ def _check_trainer_state(state: dict, path: Path) -> None:
     if missing:
         raise CheckpointError(f"{path}: holds no {', '.join(missing)} state (found: "
                               f"{', '.join(map(str, state)) or 'an empty dict'})")
-    optimizer = state["optimizer"]
-    if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
-        raise CheckpointError(f"{path}: the optimizer state lacks its 'state' and 'param_groups'")
+    optimizer, groups = state["optimizer"], state["optimizer"].get("param_groups")
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(groups, list) or not groups \
+            or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f"{path}: the optimizer state lacks its 'state' or its 'param_groups'")
 
 
 def check_loader_state(ckpt: Path, current: dict) -> None:
@@ -283,3 +284,40 @@ def latest_intact_checkpoint(output_dir: Path, rank: int) -> TrainingCheckpoint 
                               "starting again from step 0 would replace that model. Resume from a checkpoint "
                               "by hand (--resume PATH), or train anew in another --output_dir")
     return None
+
+
+# ---- resuming the optimizer ------------------------------------------------------------------
+
+# Optimizer settings a resumed run reports when they differ from the checkpoint's (it applies all
+# of its own settings; these are the ones a command line or a version of bertforge can change).
+REPORTED_SETTINGS = ("weight_decay", "betas", "eps", "bias_correction")
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: TrainingCheckpoint, flags: str) -> dict[str, list]:
+    """Load the checkpoint's moments and update counts into `optimizer` and keep its own
+    settings: a resumed run steps with the weight decay (LAMB's trust ratio follows it), betas,
+    eps and bias correction it was built with, never silently with the checkpoint's (torch's
+    load_state_dict would take the checkpoint's). Returns the settings that differ,
+    {name: [checkpoint's, this run's]}, each also logged. Another optimizer's state is refused
+    (`flags`: the options that chose this run's optimizer, for the message)."""
+    saved = ckpt.state["optimizer"]
+    kind, saved_kind = type(optimizer).__name__, ckpt.meta.get("optimizer")
+    # Checkpoints that do not record the optimizer: bertforge's own count steps per group,
+    # torch's per parameter.
+    if (saved_kind is not None and saved_kind != kind) or \
+            ("step" in optimizer.param_groups[0]) != ("step" in saved["param_groups"][0]):
+        raise CheckpointError(f"cannot resume from {ckpt.path}: it holds the state of another optimizer "
+                              f"({saved_kind or 'not recorded'}) than this run's {kind} ({flags}); resume "
+                              "with the optimizer it was written with")
+    wanted = [{k: v for k, v in group.items() if k not in ("params", "step")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    changed: dict[str, list] = {}
+    for group, settings in zip(optimizer.param_groups, wanted, strict=True):
+        for key, value in settings.items():
+            if key in REPORTED_SETTINGS and key not in changed and group.get(key) != value:
+                changed[key] = [group.get(key), value]
+            group[key] = value
+    for key, (before, now) in changed.items():
+        log.warning("resuming with %s %s where the checkpoint's run had %s: this run's setting applies",
+                    key, now, before)
+    return changed

@@ -44,7 +44,7 @@ from bertforge.runconfig import TrainArgs
 from bertforge.train import checkpoints
 from bertforge.train.batching import Prefetcher
 from bertforge.train.hostmem import HeapTrimmer
-from bertforge.train.optim import build_optimizer, build_schedule, lr_multiplier
+from bertforge.train.optim import apply_schedule, build_optimizer, build_schedule
 from bertforge.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ def build_train_state(model: nn.Module, cfg: TrainArgs, runtime: Runtime, total_
     if runtime.dist.enabled:
         wrapped = DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type != "cpu" else None)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, runtime.device)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, runtime.device,
+                                bias_correction=cfg.adam_bias_correction)
     schedule = build_schedule(optimizer, total_steps, cfg.warmup_proportion, cfg.schedule, cfg.schedule_power)
     params = [p for p in model.parameters() if p.requires_grad]
     return TrainState(wrapped, optimizer, schedule, runtime.grad_scaler(), params, runtime, cfg.max_grad_norm)
@@ -179,8 +180,8 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():
-        # The schedule follows the step count even when fp16 skipped the update; torch's
-        # warning about stepping it before the optimizer does not apply.
+        # The schedule reads the optimizer's own count of applied updates, so after an update fp16
+        # skipped it keeps the rate; torch's warning about stepping it first does not apply.
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         state.schedule.step()
     return StepOutput(sums, denominators, grad_norm)
@@ -263,7 +264,9 @@ class Trainer:
             model.compile_layers()
         self.state = build_train_state(model, cfg, runtime, total_steps)
         self.step = 0
-        self.lr = self.state.schedule.get_last_lr()[0]  # the rate of the latest update, for the log
+        # The rate of the latest update, for the log: a device tensor where the optimizer counts
+        # its updates on the device (fused AdamW), read only when logged (`lr`).
+        self._lr: float | Tensor = self.state.schedule.get_last_lr()[0]
         self.last_record: dict | None = None  # the latest training record
         self.record: dict | None = None  # the latest record of any kind (see log)
         # Writes what makes a checkpoint directory loadable by --init_checkpoint alone (config,
@@ -285,6 +288,11 @@ class Trainer:
         # each rank draws its own dropout masks, deterministically from (seed, rank). A resumed
         # run restores the generators' states instead.
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, runtime.dist.rank]).generate_state(1)[0]))
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the latest update (a host read where it lives on the device)."""
+        return float(self._lr)
 
     # ---- callbacks -------------------------------------------------------------------------
 
@@ -323,7 +331,8 @@ class Trainer:
         self._saved_step = self.step
         state = {"optimizer": self.state.optimizer.state_dict(), "schedule": self.state.schedule.state_dict(),
                  "scaler": self.state.scaler.state_dict()}
-        meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed}
+        meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed,
+                "optimizer": type(self.state.optimizer).__name__}
         return checkpoints.save_training_checkpoint(
             self.output_dir, self.step, self.model.state_dict(), state, meta, checkpoints.rng_state(),
             self.rt.dist.rank, self.rt.barrier, self.cfg.keep_checkpoints, self.describe)
@@ -336,7 +345,9 @@ class Trainer:
         self.loader.load_state_dict(meta["loader"])
         self._loader_state = self.loader.state_dict()
         self.model.load_state_dict(ckpt.model)
-        self.state.optimizer.load_state_dict(ckpt.state["optimizer"])
+        changed = checkpoints.restore_optimizer(
+            self.state.optimizer, ckpt, f"--optimizer {self.cfg.optimizer} --adam_bias_correction "
+                                        f"{str(self.cfg.adam_bias_correction).lower()}")
         self.state.schedule.load_state_dict(ckpt.state["schedule"])
         self.state.scaler.load_state_dict(ckpt.state["scaler"])
         self._scale = self.state.scaler.get_scale()
@@ -347,7 +358,8 @@ class Trainer:
         self._rederive_schedule(int(meta["total_steps"]))
         checkpoints.set_rng_state(ckpt.rng)
         self.log({"event": "resume", "step": self.step, "checkpoint": str(ckpt.path),
-                            "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"])})
+                  "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"]),
+                  **({"changed": changed} if changed else {})})
         log.info("resumed from %s at step %d", ckpt.path, self.step)
 
     def _rederive_schedule(self, previous_total: int) -> None:
@@ -355,15 +367,11 @@ class Trainer:
         peak rate), not the one the checkpoint's run would have used."""
         schedule = self.state.schedule
         schedule.base_lrs = [self.cfg.learning_rate] * len(schedule.base_lrs)
-        m = lr_multiplier(self.step, self.total_steps, self.cfg.warmup_proportion, self.cfg.schedule,
-                          self.cfg.schedule_power)
-        for group in self.state.optimizer.param_groups:
-            group["lr"] = self.cfg.learning_rate * m
-        schedule._last_lr = [g["lr"] for g in self.state.optimizer.param_groups]
+        apply_schedule(schedule)
         if previous_total != self.total_steps:
             log.warning("resuming a run of %d steps as a run of %d: the learning-rate schedule is "
                         "re-derived for %d steps (next rate %.3g)", previous_total, self.total_steps,
-                        self.total_steps, self.cfg.learning_rate * m)
+                        self.total_steps, float(self.state.optimizer.param_groups[0]["lr"]))
 
     def _resume_point(self) -> checkpoints.TrainingCheckpoint | None:
         resume = self.cfg.resume
@@ -478,7 +486,7 @@ class Trainer:
         out = None
         while self.step < self.total_steps and self.stop_reason is None:
             micro, self._loader_state = next(iterator)
-            self.lr = self.state.schedule.get_last_lr()[0]
+            self._lr = self.state.schedule.get_last_lr()[0]
             out = train_step(self.state, self.loss, micro)
             if self._heap is not None:
                 self._heap.after_step()
