@@ -163,3 +163,18 @@ def test_lock_removed_resume_logged_plainly_and_data_read_before_the_model(
                  str(tmp_path / "missing.json"), "--max_seq_length", "64", "--doc_stride", "32",
                  "--max_query_length", "16", "--device", "cpu", "--output_dir", str(tmp_path / "p")]) == 2
     assert f"SQuAD file not found: {tmp_path / 'missing.json'}" in capsys.readouterr().err
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default(earlier, tiny, vocab_file,
+                                                                          squad_dev_file, capsys):
+    """run_config.json of an older bertforge lacks newer fields (train.adam_bias_correction): the
+    run trained as their defaults do, so resuming it with the defaults continues it, and with
+    another value is refused as a changed setting."""
+    stored = earlier / "run_config.json"
+    config = json.loads(stored.read_text())
+    del config["train"]["adam_bias_correction"]
+    stored.write_text(json.dumps(config))
+    argv = squad_argv(earlier, tiny, vocab_file, squad_dev_file, "--resume", "--max_steps", "6")
+    assert main(argv + ["--adam_bias_correction", "false"]) == 2
+    assert "train.adam_bias_correction: None -> False" in capsys.readouterr().err
+    assert main(argv) == 0

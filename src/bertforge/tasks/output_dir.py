@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 
 from bertforge.errors import ConfigError
@@ -53,6 +53,21 @@ PRODUCTS = (MODEL, "train_summary.json")
 
 def config_dict(cfg) -> dict:
     return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+
+
+def config_defaults(cls: type) -> dict:
+    """The flattened default of every field of a (nested) run-config dataclass: what a run
+    recorded before a field existed behaved as (see check_resumable)."""
+    flat = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            value = f.default
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        flat.update(_flatten(asdict(value), f"{f.name}.") if is_dataclass(value) else {f.name: value})
+    return flat
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -138,9 +153,10 @@ class OutputDir:
 
     # ---- claiming (rank 0) -----------------------------------------------------------------
 
-    def claim(self, config: dict) -> None:
+    def claim(self, config: dict, defaults: dict | None = None) -> None:
         """Create the directory, take the lock, move an overwritten run aside, write
-        run_config.json; on resume, check the stored config against this one."""
+        run_config.json; on resume, check the stored config against this one (`defaults`: see
+        check_resumable)."""
         try:
             self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
@@ -154,7 +170,7 @@ class OutputDir:
             raise os_error(e, self.path, "write into") from None
         stored = self.path / RUN_CONFIG
         if self.training and self.resume and stored.is_file():
-            check_resumable(read_json(stored, "run config", ConfigError), config, stored)
+            check_resumable(read_json(stored, "run config", ConfigError), config, stored, defaults)
             self._stored_config = stored.read_bytes()
         self._checkpoints_before = set(self._checkpoints())
         if self.training or not stored.exists():
@@ -274,10 +290,21 @@ RESUME_MAY_CHANGE = ("output_dir", "train.max_steps", "train.num_train_epochs", 
                      "data.max_eval_samples", "data.n_best_size", "data.max_answer_length")
 
 
-def check_resumable(stored: dict, current: dict, source: Path) -> None:
+def check_resumable(stored: dict, current: dict, source: Path, defaults: dict | None = None) -> None:
+    """Refuse to resume a run whose stored config differs from this one in a setting that
+    changes the training. A setting the stored config lacks (the run was written before the
+    field existed) counts as unchanged where this run keeps the field's default (`defaults`,
+    from config_defaults)."""
     a, b = _flatten(stored), _flatten(current)
+    defaults = defaults or {}
+
+    def differs(k: str) -> bool:
+        if k not in a and k in defaults and b.get(k) == defaults[k]:
+            return False
+        return a.get(k) != b.get(k)
+
     # --resume itself is not a changed setting
-    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "train.resume")
+    changed = sorted(k for k in a.keys() | b.keys() if differs(k) and k != "train.resume")
     blocking = [k for k in changed if not k.startswith(RESUME_MAY_CHANGE)]
     if blocking:
         shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in blocking[:6])

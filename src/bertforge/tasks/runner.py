@@ -34,7 +34,7 @@ from bertforge.loading import LoadedModel, load_model, plan_model
 from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
 from bertforge.tasks.common import log_batch_plan
 from bertforge.tasks.evaluation import BestWeights
-from bertforge.tasks.output_dir import RUN_CONFIG, OutputDir, check_resumable, config_dict
+from bertforge.tasks.output_dir import RUN_CONFIG, OutputDir, check_resumable, config_defaults, config_dict
 from bertforge.train.batching import StepPlan
 from bertforge.train.checkpoints import check_loader_state, list_checkpoints, tensor_bytes
 from bertforge.train.loop import LossFn, StepLoader, Trainer
@@ -116,7 +116,7 @@ def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> di
     with Runtime(cfg.runtime, dist_info) as runtime:
         try:
             if runtime.is_main:
-                out.claim(config_dict(cfg))
+                out.claim(config_dict(cfg), config_defaults(type(cfg)))
             runtime.barrier()
             results = _run(job, runtime, out, progress)
             if runtime.is_main:
@@ -161,7 +161,7 @@ def _check_resume_source(path: Path, job: Job) -> None:
     run_dir = path.parent.parent
     if path.parent.name == "checkpoints" and (run_dir / RUN_CONFIG).is_file():
         check_resumable(read_json(run_dir / RUN_CONFIG, "run config", ConfigError), config_dict(job.cfg),
-                        run_dir / RUN_CONFIG)
+                        run_dir / RUN_CONFIG, config_defaults(type(job.cfg)))
     if (path / NATIVE_META).is_file():
         meta = read_json(path / NATIVE_META, NATIVE_META, CheckpointError)
         head = meta.get("head") if isinstance(meta, dict) else None
