@@ -20,7 +20,7 @@ sequence), exactly as `bertforge predict` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, overload
@@ -187,8 +187,8 @@ class Predictor:
         """`answer`'s questions as SQuAD examples (ids "0", "1", ...), each checked: a string,
         not empty, and as many contexts as questions (or one for all)."""
         single = isinstance(question, str)
-        questions = [question] if single else list(question)
-        contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+        questions = [question] if single else _sequence(question, "question")
+        contexts = [context] * len(questions) if isinstance(context, str) else _sequence(context, "context")
         if len(contexts) != len(questions):
             raise DataError(f"{len(questions)} questions but {len(contexts)} contexts: give one context "
                             "for all, or one per question")
@@ -282,14 +282,14 @@ class Predictor:
     def _encode_inputs(self, texts, max_seq_length: int | None
                        ) -> tuple[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         single = isinstance(texts, (str, tuple))
-        items = [texts] if single else list(texts)
+        items = [texts] if single else _sequence(texts, "texts")
         texts_a: list[str] = []
         texts_b: list[str | None] = []
         for i, item in enumerate(items):
             a, b = (item if isinstance(item, tuple) and len(item) == 2 else (item, None))
-            _text(a, "text", i, single)
+            _text(a, "text", i, single, nonempty=True)
             if b is not None:
-                _text(b, "text pair's second text", i, single)
+                _text(b, "text pair's second text", i, single, nonempty=True)
             texts_a.append(a)
             texts_b.append(b)
         length = self.max_seq_length if max_seq_length is None else max_seq_length
@@ -328,9 +328,19 @@ def _where(what: str, i: int, single: bool) -> str:
     return what if single else f"{what} {i}"
 
 
-def _text(value: object, what: str, i: int, single: bool) -> None:
+def _text(value: object, what: str, i: int, single: bool, nonempty: bool = False) -> None:
     if not isinstance(value, str):
         raise DataError(f"{_where(what, i, single)} must be a string, got {type(value).__name__}")
+    if nonempty and not value.strip():  # as the server answers it (422): nothing to classify or embed
+        raise DataError(f"{_where(what, i, single)} is empty")
+
+
+def _sequence(value: object, what: str) -> list:
+    """The inputs of a list (or any iterable but a mapping; one string is the caller's); anything
+    else, None included, is a DataError rather than a TypeError from list()."""
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)):
+        return list(value)
+    raise DataError(f"{what} must be a string or a list of strings, got {type(value).__name__}")
 
 
 __all__ = ["Answer", "Classification", "Pooling", "Predictor", "load"]

@@ -156,7 +156,7 @@ def export(args: ExportArgs) -> Path:
         if vocab is not None:
             shutil.copyfile(vocab, tmp / "vocab.txt")
 
-    atomic_dir_write(out, write, last=name)
+    atomic_dir_write(out, write, last=name, needed=size)
     outputs = OUTPUTS[head]
     written = {name, "export.json"} | ({f"{name}.data"} if external else set()) | (
         {"vocab.txt"} if vocab is not None else set())

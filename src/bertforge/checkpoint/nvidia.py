@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bertforge.checkpoint.common import (
-    Checkpoint, adopt_padded_vocab, config_beside, infer_do_lower_case, read_torch_file, state_dict_of,
+    Checkpoint, CheckpointInfo, adopt_padded_vocab, config_beside, infer_do_lower_case, read_torch_file, state_dict_of,
     vocab_beside,
 )
 from bertforge.checkpoint.hf import _REDUNDANT, _TIED_DECODER, hf_to_native
@@ -105,6 +105,13 @@ def _weights_file(path: Path) -> Path:
         raise CheckpointError(f"{path}: expected exactly one DLE *.pt file here, found {found}; "
                               "pass the file itself")
     return files[0]
+
+
+def peek_nvidia_checkpoint(path: Path, config: str | Path | BertConfig | None = None) -> CheckpointInfo:
+    """A DLE checkpoint's config (given, or its bert_config.json), vocab.txt and the casing its
+    name says."""
+    return CheckpointInfo("nvidia", config_beside(path, config, "NVIDIA DLE"), vocab_beside(path),
+                          infer_do_lower_case(path))
 
 
 def load_nvidia_checkpoint(path: str | Path, config: str | Path | BertConfig | None = None) -> Checkpoint:

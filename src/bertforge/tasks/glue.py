@@ -128,6 +128,14 @@ class GlueJob(Job):
         if cfg.do_eval or (self.training and cfg.evaluation.eval_every):
             require_metrics()
 
+    def validate(self) -> None:
+        cfg = self.cfg
+        kinds = ((["train"] if self.training else [])
+                 + (["dev"] if cfg.do_eval or (self.training and cfg.evaluation.eval_every) else [])
+                 + (["test"] if cfg.do_predict else []))
+        for split in (s for kind in kinds for s in self.task.splits_of(kind)):
+            data.read_split(self.task, cfg.data.data_dir, split.name)  # every label checked before training
+
     def model_options(self) -> dict:
         return {"num_labels": self.task.num_labels, "require_head": not self.training}
 

@@ -92,6 +92,13 @@ class SquadJob(Job):
         if self.training and cfg.evaluation.eval_every and not cfg.data.predict_file:
             raise ConfigError("--eval_every scores --predict_file: give one (with answers)")
 
+    def validate(self) -> None:
+        d = self.cfg.data
+        if self.training:
+            read_examples(d.train_file, d.train_articles, True, "train_articles", d.version_2_with_negative)
+        if self.cfg.predicting or (self.training and self.cfg.evaluation.eval_every):
+            read_examples(d.predict_file, d.predict_articles, False, "predict_articles")
+
     def model_options(self) -> dict:
         return {"require_head": not self.training}
 
