@@ -10,8 +10,10 @@ axes:
 `--precision int8` writes the ONNX file quantised by onnxruntime's dynamic quantiser (MatMul
 weights int8, activations quantised per call; `bertforge.engine.ort.quantize_onnx_int8`), for
 CPUs: it is the file the onnxruntime engine (`bertforge predict/serve --engine onnxruntime`) runs
-on length buckets. The fp32 graph is verified first, then the int8 file against it within
-INT8_VERIFY_TOL.
+on length buckets. The fp32 graph is verified first; the int8 file's difference from it is
+logged (and recorded in export.json), with a warning above INT8_WARN_DIFF: how far int8 moves
+a model's outputs depends on the model (outlier activations), so only scores on held-out data
+(`bertforge predict`) tell whether it is good enough.
 
 The model is exported on its padded path (`unpad=False`): unpadding gathers a number of real
 tokens only the data knows, which `torch.export` cannot trace (a data-dependent guard). Outputs
@@ -26,6 +28,7 @@ PyTorch model (`--verify`, on by default).
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -55,9 +58,10 @@ EXPORT_FILES = ("model.onnx", "model.onnx.data", "model.pt2", "export.json", "vo
 # Largest difference from the PyTorch model that verification accepts, relative to the outputs'
 # magnitude where that exceeds 1 (fp32 throughout).
 VERIFY_ATOL = 1e-4
-# The same bound for an int8 file against the fp32 graph it was quantised from: quantisation moves
-# logits by a few percent of their range; a wrong graph moves them by about their whole range.
-INT8_VERIFY_TOL = 0.25
+# Above this difference (relative, as VERIFY_ATOL) between an int8 file and PyTorch in fp32, the
+# export warns. Measured: tiny random models 1-3%; MiniLM-L6, whose activations have outliers
+# 5x their 99.9th percentile, 40% on random token ids.
+INT8_WARN_DIFF = 0.1
 # What export.json records of an int8 file's quantisation (see bertforge.engine.ort).
 INT8_RECIPE = {"tool": "onnxruntime.quantization.quantize_dynamic", "operators": ["MatMul"],
                "weights": "int8, symmetric, per tensor", "activations": "uint8, asymmetric, per call"}
@@ -224,15 +228,18 @@ def export(args: ExportArgs) -> Path:
               "outputs": {k: list(axes) for k, axes in outputs.items()}, "padded": True, "opset": opset,
               "config": config.to_dict(), "torch": torch.__version__}
     if args.precision == "int8":
-        record["quantization"] = INT8_RECIPE
+        record["quantization"] = dict(INT8_RECIPE)
     if vocab is None:
         log.warning("%s has no vocab.txt beside it: the export has none either", args.checkpoint)
     atomic_write_json(out / "export.json", record)
     if args.verify and args.precision == "int8":
         log.info("verified: the fp32 graph matches PyTorch within %.2g (max abs diff)", diff)
-        diff = verify(out / name, args.format, serving, config, atol=INT8_VERIFY_TOL)
-        log.info("verified: the int8 file is within %.2g of PyTorch's fp32 outputs (max diff, relative "
-                 "to their range)", diff)
+        diff = verify(out / name, args.format, serving, config, atol=math.inf)
+        record["quantization"]["max_diff_from_fp32"] = diff
+        atomic_write_json(out / "export.json", record)
+        (log.warning if diff > INT8_WARN_DIFF else log.info)(
+            "the int8 file's outputs differ from PyTorch's fp32 ones by up to %.2g of their range on random "
+            "tokens; check its scores on held-out data (bertforge predict) before serving it", diff)
     elif args.verify:
         diff = verify(out / name, args.format, serving, config)
         log.info("verified: the export matches PyTorch within %.2g (max abs diff)", diff)
