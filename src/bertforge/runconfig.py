@@ -120,7 +120,7 @@ class TrainArgs:
     report_to: str = "jsonl"
     """Where metrics go, comma-separated: jsonl (output_dir/metrics.jsonl, always written),
     tensorboard (event files in output_dir/tensorboard), wandb (Weights & Biases; WANDB_MODE=offline
-    keeps the run local). Needs pip install 'bertforge[tracking]' for tensorboard and wandb."""
+    keeps the run local). Each needs its extra: pip install 'bertforge[tensorboard]' / 'bertforge[wandb]'."""
 
     def __post_init__(self) -> None:
         check_types(self, "train")

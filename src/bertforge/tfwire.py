@@ -19,8 +19,12 @@ _CRC_MASK_DELTA = 0xA282EAD8
 _CRC_CHUNK = 1 << 24  # google-crc32c takes bytes only: checksum large buffers in 16 MiB copies
 
 
+# What readers log when crc32c_extend is None: they read on, unverified.
+CRC32C_MISSING = "google-crc32c's C implementation is not installed (pip install 'bertforge[crc32c]')"
+
+
 def _find_crc32c_extend() -> Callable[[int, bytes], int] | None:
-    try:
+    try:  # the `crc32c` extra: without it TF files are read without verifying checksums
         import google_crc32c
     except ImportError:
         return None
@@ -106,4 +110,4 @@ def packed_varints(data: bytes, where: str, error: type[BertforgeError]) -> np.n
     return np.add.reduceat((b & 0x7F).astype(np.uint64) << shift, starts)
 
 
-__all__ = ["crc32c_extend", "masked_crc32c", "packed_varints", "proto_fields", "varint"]
+__all__ = ["CRC32C_MISSING", "crc32c_extend", "masked_crc32c", "packed_varints", "proto_fields", "varint"]

@@ -1,15 +1,25 @@
 """The Kubernetes manifests under deploy/k8s: valid YAML of the Kubeflow kinds, 2 nodes x 8 GPUs,
-and the command each pod runs is a bertforge subcommand whose flags the CLI accepts."""
+the command each pod runs is a bertforge subcommand whose flags the CLI accepts, and each pod fits
+the image it names (docker/Dockerfile.<tag>): its working directory, the files and programs its
+command uses, its user."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from compat_helpers import parse
+from dockerfiles import FLAVOURS, dockerfile, image_has, user_uid
 
 REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = ["pytorchjob-pretrain.yaml", "mpijob-pretrain.yaml"]
+# Programs an image's base provides: torch's torchrun in every image (the CPU one pip-installs
+# torch); NVIDIA's NGC PyTorch image also ships Open MPI, whose mpirun is on its PATH.
+BASE_PROGRAMS = {"python:": {"torchrun", "python"}, "nvcr.io/nvidia/pytorch:": {"torchrun", "python", "mpirun"},
+                 "vault.habana.ai/gaudi-docker/": {"torchrun", "python"}}
+APT_PROGRAMS = {"/usr/sbin/sshd": "openssh-server"}
 
 
 def manifest(name: str) -> dict:
@@ -62,9 +72,63 @@ def test_mpijob(monkeypatch):
     check_command(bertforge_argv(launcher), monkeypatch)
 
 
-@pytest.mark.parametrize("name", ["pytorchjob-pretrain.yaml", "mpijob-pretrain.yaml"])
+@pytest.mark.parametrize("name", MANIFESTS)
 def test_commands_match_the_slurm_script(name):
     """One recipe for every launcher: the same bertforge flags as scripts/slurm_pretrain.sbatch."""
     slurm = (REPO / "scripts" / "slurm_pretrain.sbatch").read_text()
     assert "--config configs/pretrain/bert_large_phase1.yaml" in slurm
     assert "configs/pretrain/bert_large_phase1.yaml" in (REPO / "deploy" / "k8s" / name).read_text()
+
+
+def pods(job: dict) -> list[dict]:
+    """The pod specs of every replica type."""
+    replicas = job["spec"].get("pytorchReplicaSpecs") or job["spec"]["mpiReplicaSpecs"]
+    return [spec["template"]["spec"] for spec in replicas.values()]
+
+
+def image_flavour(container: dict) -> str:
+    tag = container["image"].rsplit(":", 1)[1]
+    assert tag in FLAVOURS, f"{container['image']}: tag names none of docker/Dockerfile.{{{','.join(FLAVOURS)}}}"
+    return tag
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_pods_fit_their_image(name):
+    for pod in pods(manifest(name)):
+        (container,) = pod["containers"]
+        flavour = image_flavour(container)
+        image = dockerfile(flavour)
+        # the pod works where the image put the recipes, and every file its command names is there
+        workdir = container["workingDir"]
+        assert workdir == image.effective("cli", "WORKDIR")
+        argv = [*container["command"], *container.get("args", [])]
+        files = [a for a in argv if re.search(r"\.(ya?ml|json)$", a)]
+        for path in files:
+            absolute = path if path.startswith("/") else f"{workdir}/{path}"
+            assert image_has(image, "cli", flavour, absolute), f"{name}: {absolute} is not in the image"
+        # the program it starts is in the image
+        program = argv[0]
+        base = image.root_base("cli")
+        provided = next(p for prefix, p in BASE_PROGRAMS.items() if base.startswith(prefix))
+        if program in APT_PROGRAMS:
+            assert APT_PROGRAMS[program] in " ".join(image.runs("cli")), f"{name}: {program} not installed"
+        else:
+            assert program in provided, f"{name}: {program} is not in {base}"
+        # it runs as the image's user, never as root
+        _, uid, _ = user_uid(image, "cli")
+        assert pod["securityContext"]["runAsUser"] == uid and pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_mpijob_ssh_fits_the_image():
+    """mpi-operator mounts the job's SSH keys at sshAuthMountPath; the workers' sshd reads them
+    there through the config file the image wrote."""
+    job = manifest("mpijob-pretrain.yaml")
+    (worker,) = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    image = dockerfile(image_flavour(worker))
+    _, _, home = user_uid(image, "cli")
+    assert job["spec"]["sshAuthMountPath"] == f"{home}/.ssh"
+    assert job["spec"].get("mpiImplementation", "OpenMPI") == "OpenMPI"  # NGC's MPI
+    argv = [*worker["command"], *worker["args"]]
+    assert argv[:2] == ["/usr/sbin/sshd", "-De"]  # in the foreground: the pod lives while it does
+    config = argv[argv.index("-f") + 1]
+    assert re.search(rf"> {re.escape(config)}\b", " ".join(image.runs("cli")))

@@ -69,7 +69,7 @@ def test_report_to_names_are_checked():
 def test_missing_tracker_names_the_extra(tmp_path, monkeypatch, cls, module):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed: import fails
     with pytest.raises(ConfigError, match=rf"--report_to {module} needs the Python package '{module}'.*"
-                                          r"bertforge\[tracking\]"):
+                                          rf"bertforge\[{module}\]"):  # each backend its own extra
         cls(tmp_path, {})
 
 

@@ -3,7 +3,8 @@
 A checkpoint `<prefix>` is `<prefix>.index`, a LevelDB-style sorted table from variable name to
 BundleEntryProto (dtype, shape, shard, offset, size, crc32c), and `<prefix>.data-*-of-*`, the
 raw little-endian bytes. Checksums are verified when google-crc32c's C implementation is
-installed. The table layout, what is supported and what is refused: docs/checkpoints.md.
+installed (the `crc32c` extra). The table layout, what is supported and what is refused:
+docs/checkpoints.md.
 """
 
 from __future__ import annotations
@@ -299,8 +300,7 @@ class TFCheckpointReader:
         self.num_shards = header.num_shards
         self.verifies_checksums = tfwire.crc32c_extend is not None
         if not self.verifies_checksums:
-            log.info("google-crc32c is not installed: reading %s without verifying checksums",
-                     self.prefix)
+            log.info("%s: reading %s without verifying checksums", tfwire.CRC32C_MISSING, self.prefix)
         # Keys starting with a 0 byte are the slices of partitioned variables (TensorFlow's
         # OrderedCode encoding of name + extent); the full variable has its own entry.
         self.variables: dict[str, TFVariable] = {}

@@ -9,7 +9,7 @@ Event records (resume, fp16 overflow skips, preemption) stay in metrics.jsonl on
 TensorBoard goes through `torch.utils.tensorboard` (event files in output_dir/tensorboard; a
 resumed run purges the steps after its checkpoint, so curves do not fold back), Weights & Biases
 through `wandb.init` (its own environment variables apply: WANDB_MODE=offline keeps the run on
-disk, WANDB_PROJECT names the project). Both are in the `[tracking]` extra.
+disk, WANDB_PROJECT names the project). Each is an extra of its own: `[tensorboard]`, `[wandb]`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TensorBoardTracker:
     """Scalars into output_dir/tensorboard, flushed per record so a crash loses nothing."""
 
     def __init__(self, output_dir: Path, run_config: dict):
-        require("tensorboard", "tracking", "--report_to tensorboard")
+        require("tensorboard", "tensorboard", "--report_to tensorboard")
         self.log_dir = Path(output_dir) / TENSORBOARD_DIR
         self.writer = None  # made at the first record, which tells whether the run resumed
 
@@ -76,7 +76,7 @@ class WandbTracker:
     output_dir/wandb."""
 
     def __init__(self, output_dir: Path, run_config: dict):
-        wandb = require("wandb", "tracking", "--report_to wandb")
+        wandb = require("wandb", "wandb", "--report_to wandb")
         output_dir = Path(output_dir)
         try:
             self.run = wandb.init(name=output_dir.name, dir=str(output_dir), config=run_config,

@@ -10,12 +10,12 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+import sentencex
 from hypothesis import given
 from hypothesis import strategies as st
 from ptdata_helpers import make_config, wiki_lines
 
 from bertforge.data.pretraining import PretrainingDataset, prepare_pretraining_data
-from bertforge.data.pretraining import instances as instances_module
 from bertforge.data.pretraining import prepare as prepare_module
 from bertforge.data.pretraining.chunks import iter_chunks
 from bertforge.data.pretraining.corpus import MAX_LINE_CHARS, cut_at_whitespace, iter_documents
@@ -190,13 +190,13 @@ def test_pieces_handed_to_the_splitter_and_tokenizer_are_bounded(tmp_path, vocab
                                                                  long_line, monkeypatch):
     assert len(long_line) > 15 * MAX_LINE_CHARS
     seen = {"segment": 0, "tokenize": 0, "chunk": 0}
-    segment, ids = instances_module.sentencex.segment, WordPieceTokenizer.ids
+    segment, ids = sentencex.segment, WordPieceTokenizer.ids
     create = prepare_module.create_chunk_instances
 
     def record(kind, size):
         seen[kind] = max(seen[kind], size)
 
-    monkeypatch.setattr(instances_module.sentencex, "segment",
+    monkeypatch.setattr(sentencex, "segment",
                         lambda lang, text: record("segment", len(text)) or segment(lang, text))
     monkeypatch.setattr(WordPieceTokenizer, "ids",
                         lambda self, text: record("tokenize", len(text)) or ids(self, text))

@@ -13,12 +13,13 @@ import importlib.metadata
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
-import sentencex
 
 from bertforge.data.pretraining.chunks import Chunk
+from bertforge.optional import require
 from bertforge.tokenization import WordPieceTokenizer
 
 # Google tries this many times to draw a random document other than the current one.
@@ -61,8 +62,15 @@ class ChunkResult:
     nbytes: int
 
 
+def _sentencex() -> ModuleType:
+    # The `prepare` extra: reading prepared data needs no sentence splitter.
+    return require("sentencex", "prepare", "bertforge prepare pretraining (sentence splitting)")
+
+
 def sentence_splitter(language: str) -> dict[str, Any]:
-    """The manifest's record of the sentence splitter."""
+    """The manifest's record of the sentence splitter (a ConfigError naming the extra to install
+    when it is missing)."""
+    _sentencex()
     return {"name": "sentencex", "language": language,
             "version": importlib.metadata.version("sentencex")}
 
@@ -75,7 +83,8 @@ def _tokenizer(vocab_file: str, do_lower_case: bool) -> WordPieceTokenizer:
 
 def split_sentences(lines: Iterable[str], language: str) -> list[str]:
     """Sentences of a document's lines, stripped, empty ones dropped."""
-    return [s for line in lines for s in map(str.strip, sentencex.segment(language, line)) if s]
+    segment = _sentencex().segment
+    return [s for line in lines for s in map(str.strip, segment(language, line)) if s]
 
 
 def tokenize_documents(docs: Sequence[Sequence[str]], tokenizer: WordPieceTokenizer,

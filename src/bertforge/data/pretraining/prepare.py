@@ -81,6 +81,7 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
     `if __name__ == "__main__":` guard.
     """
     start = time.perf_counter()
+    splitter = sentence_splitter(cfg.language)  # fails before any work when sentencex is missing
     files = resolve_input_files(cfg.input_file)
     vocab_file = Path(cfg.vocab_file)
     vocab = vocab_info(vocab_file)
@@ -106,7 +107,7 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
             rate = docs / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(docs=docs, docs_s=f"{rate:.0f}", refresh=False)
     stats = {s: w.close() for s, w in writers.items()}
-    write_manifest(out, cfg, vocab, token_dtype, files, sentence_splitter(cfg.language), stats)
+    write_manifest(out, cfg, vocab, token_dtype, files, splitter, stats)
     seconds = time.perf_counter() - start
     rss, rss_worker = _peak_rss_mb()
     total = SplitStats.combined(stats.values())

@@ -22,6 +22,7 @@ from bertforge.data.pretraining.shards import MANIFEST
 from bertforge.data.pretraining.static_masks import StaticMaskDataset
 from bertforge.data.pretraining.tfrecord import HEADER_BYTES, TFRecordShard, looks_like_tfrecord, verifies_checksums
 from bertforge.errors import DataError
+from bertforge.tfwire import CRC32C_MISSING
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def open_pretraining_data(spec: str | list[str], *, flag: str, seed: int, shuffl
                                  source=f"{flag} {_shown(spec)}")
         log.info("%s: %s", flag, data.describe())
         if kind == "TFRecord" and not verifies_checksums():
-            log.info("google-crc32c's C implementation is not installed: TFRecord checksums are not verified")
+            log.info("%s: TFRecord checksums are not verified", CRC32C_MISSING)
         return data
     found = "; ".join(f"{len(paths)} {kind} ({_names(paths)})" for kind, paths in sorted(kinds.items()))
     if len(kinds) > 1 and set(kinds) & set(_READERS):
