@@ -64,7 +64,7 @@ VERIFY_ATOL = 1e-4
 INT8_WARN_DIFF = 0.1
 # What export.json records of an int8 file's quantisation (see bertforge.engine.ort).
 INT8_RECIPE = {"tool": "onnxruntime.quantization.quantize_dynamic", "operators": ["MatMul"],
-               "weights": "int8, symmetric, per tensor", "activations": "uint8, asymmetric, per call"}
+               "weights": "int8, symmetric, per output channel", "activations": "uint8, asymmetric, per call"}
 # protobuf files stop at 2 GiB: larger ONNX models keep their weights in model.onnx.data.
 ONNX_INLINE_LIMIT = 1_800_000_000
 
