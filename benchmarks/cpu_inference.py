@@ -323,12 +323,13 @@ def train_demo(args) -> int:
     for precision in ("fp32", "bf16"):
         out = Path(args.cache_dir) / f"demo_{precision}"
         t0 = time.perf_counter()
+        steps = ["--train.max_steps", str(args.train_steps)] if args.train_steps else []
         bertforge("finetune", "squad", "--config", str(DEMO), "--model.init_checkpoint", minilm(), "--output_dir",
                   str(out), "--overwrite_output_dir", "true", "--runtime.device", "cpu", "--runtime.precision",
-                  precision)
+                  precision, *steps)
         wall = time.perf_counter() - t0
-        steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        train = [s["seq_per_s"] for s in steps if "step" in s and "seq_per_s" in s and s["step"] > 1]
+        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        train = [s["seq_per_s"] for s in logged if "step" in s and "seq_per_s" in s and s["step"] > 1]
         scores = json.loads((out / "eval_results.json").read_text())
         rows.append((precision, statistics.median(train), wall, scores["exact_match"], scores["f1"]))
     print(f"\n{json.dumps(machine())}\n")
@@ -353,6 +354,7 @@ def main() -> int:
     parser.add_argument("--latency_windows", type=int, default=300, help="windows timed at batch 1")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", help="append every measurement here as JSON lines")
+    parser.add_argument("--train_steps", type=int, help="train_demo: stop after N steps (to check the script)")
     args = parser.parse_args()
     return train_demo(args) if args.mode == "train_demo" else infer(args)
 
