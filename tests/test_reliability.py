@@ -77,6 +77,9 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny, vocab_file, sq
     marker = tmp_path / "pwned"
     with open(ckpt / victim, "wb") as f:
         pickle.dump({"state": _Marker(str(marker))}, f)
+    # A run stopped after that checkpoint: no finished model that starting over would replace
+    # (tests/test_nothing_lost.py: with one, --resume is refused).
+    (out / "model.safetensors").unlink()
     code = main(squad_argv(out, tiny, vocab_file, squad_dev_file, "--save_every", "2", "--max_steps", "4",
                            "--resume"))
     assert not marker.exists(), "a pickle in the checkpoint ran code"

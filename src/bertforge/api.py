@@ -11,35 +11,35 @@ into huggingface_hub's cache, which honours HF_HUB_OFFLINE). The model keeps the
 checkpoint has: `answer` needs a question-answering head, `classify` a classification head;
 `encode` works with any.
 
-Nothing here is a second implementation: answers come from SQuAD's doc-stride windows and n-best
-decoding (`bertforge.data.squad`), text pairs are encoded as GLUE's (`data.glue.encode_texts`),
-and every forward runs through `bertforge.infer.predict` (length-grouped batches trimmed to
-their longest sequence), exactly as `bertforge predict` does.
+Nothing here is a second implementation: answers come from the answer pipeline `predict squad`
+runs (`bertforge.qa`: SQuAD's doc-stride windows, span logits, n-best decoding, with the same
+`SquadSettings`), text pairs are encoded as GLUE's (`data.glue.encode_texts`), and every forward
+runs through `bertforge.infer.predict` (length-grouped batches trimmed to their longest
+sequence), exactly as `bertforge predict` does.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bertforge.data import squad
-from bertforge.data.glue import encode_texts, get_task
+from bertforge.data.glue import encode_texts, get_task, named_labels
+from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError, DataError
 from bertforge.infer import predict
-from bertforge.runconfig import ModelArgs, Precision, RuntimeArgs
-from bertforge.tasks.common import load_model, model_inputs
-from bertforge.tasks.runner import check_seq_length
-from bertforge.tasks.squad import model_arrays, span_logits
+from bertforge.loading import check_seq_length, load_model, model_inputs
+from bertforge.qa import AnswerPipeline
+from bertforge.runconfig import ModelArgs, Pooling, Precision, RuntimeArgs
 from bertforge.train.runtime import Runtime
+from bertforge.validation import check_argument
 
-Pooling = Literal["mean", "cls", "pooled"]
 TextOrPair = str | tuple[str, str]
 
 
@@ -103,8 +103,7 @@ class Predictor:
         runtime = runtime or RuntimeArgs()
         if not model.init_checkpoint:
             raise ConfigError("which checkpoint? give its path or Hugging Face Hub id")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        check_argument("batch_size", batch_size, int, minimum=1)
         self.batch_size = batch_size
         self.runtime = Runtime(runtime)
         self.loaded = load_model(model, head, unpad=runtime.unpad)
@@ -139,42 +138,60 @@ class Predictor:
     # ---- question answering ----------------------------------------------------------------
 
     @overload
-    def answer(self, question: str, context: str, **settings) -> Answer: ...
+    def answer(self, question: str, context: str, *, settings: SquadSettings | None = None,
+               allow_no_answer: bool | None = None, **overrides: Any) -> Answer: ...
     @overload
-    def answer(self, question: Sequence[str], context: str | Sequence[str], **settings) -> list[Answer]: ...
+    def answer(self, question: Sequence[str], context: str | Sequence[str], *,
+               settings: SquadSettings | None = None, allow_no_answer: bool | None = None,
+               **overrides: Any) -> list[Answer]: ...
 
-    def answer(self, question, context, *, max_seq_length: int = 384, doc_stride: int = 128,
-               max_query_length: int = 64, n_best_size: int = 20, max_answer_length: int = 30,
-               allow_no_answer: bool | None = None, null_score_diff_threshold: float = 0.0):
+    def answer(self, question, context, *, settings=None, allow_no_answer=None, **overrides):
         """The answer to `question` in `context` (a span of the context), or a list of answers
         for a list of questions, about one context or a list of as many contexts.
 
-        Contexts longer than a window are read in windows of max_seq_length tokens
+        Decoded as `bertforge predict squad` decodes, with its settings (`SquadSettings`: the
+        same names, the same defaults), given as a `settings` object and/or keyword arguments:
+        contexts longer than a window are read in windows of max_seq_length tokens
         ([CLS] question [SEP] context part [SEP]) that start doc_stride tokens apart; questions
         longer than max_query_length tokens are cut; the best of the n_best_size start and end
         candidates of each window, at most max_answer_length tokens long, wins (Google's
-        run_squad.py settings and decoding).
+        run_squad.py settings and decoding); max_tokens_per_batch caps the tokens of a batch.
 
         allow_no_answer: SQuAD v2.0 decoding, where the answer is "" when the null answer's
         score ([CLS]) beats the best span's by more than null_score_diff_threshold. Default: as
         the checkpoint was fine-tuned (`finetune squad --version_2_with_negative` records it).
         """
+        settings = SquadSettings.from_arguments(**overrides) if settings is None else replace(settings, **overrides)
+        pipeline = self.answer_pipeline(settings, allow_no_answer)
+        examples = self.answer_examples(question, context)
+        if not examples:
+            return []
+        found = pipeline(examples)
+        answers = [Answer(text=best["text"], score=best["probability"], start=best["start"], end=best["end"])
+                   for best in map(found.chosen, (e.qas_id for e in examples))]
+        return answers[0] if isinstance(question, str) else answers
+
+    def answer_pipeline(self, settings: SquadSettings, allow_no_answer: bool | None = None) -> AnswerPipeline:
+        """The pipeline `answer` runs (windows, logits, decoding), for callers that run its stages
+        themselves: the server interleaves the windows of several requests in its forward passes.
+        allow_no_answer: as `answer` takes it."""
         self._need("qa", "answer", "bertforge finetune squad")
+        if allow_no_answer is None:
+            allow_no_answer = bool(self.loaded.meta.get("version_2_with_negative", False))
+        check_seq_length(settings.max_seq_length, self.loaded.config)
+        return AnswerPipeline(self.model, self.loaded.tokenizer, settings, self.runtime, self.batch_size,
+                              allow_no_answer)
+
+    def answer_examples(self, question: str | Sequence[str], context: str | Sequence[str]
+                        ) -> list[squad.SquadExample]:
+        """`answer`'s questions as SQuAD examples (ids "0", "1", ...), each checked: a string,
+        not empty, and as many contexts as questions (or one for all)."""
         single = isinstance(question, str)
-        questions = [question] if single else list(question)
-        contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+        questions = [question] if single else _sequence(question, "question")
+        contexts = [context] * len(questions) if isinstance(context, str) else _sequence(context, "context")
         if len(contexts) != len(questions):
             raise DataError(f"{len(questions)} questions but {len(contexts)} contexts: give one context "
                             "for all, or one per question")
-        for name, value in (("max_seq_length", max_seq_length), ("doc_stride", doc_stride),
-                            ("max_query_length", max_query_length), ("n_best_size", n_best_size),
-                            ("max_answer_length", max_answer_length)):
-            _positive(name, value)
-        if not math.isfinite(null_score_diff_threshold):
-            raise DataError(f"null_score_diff_threshold must be a finite number, got {null_score_diff_threshold}")
-        if allow_no_answer is None:
-            allow_no_answer = bool(self.loaded.meta.get("version_2_with_negative", False))
-        check_seq_length(max_seq_length, self.loaded.config)
         examples = []
         for i, (q, c) in enumerate(zip(questions, contexts)):
             _text(q, "question", i, single)
@@ -185,27 +202,7 @@ class Predictor:
             if not doc_tokens:
                 raise DataError(f"{_where('context', i, single)} is empty: there is nothing to answer from")
             examples.append(squad.SquadExample(str(i), q, c, doc_tokens, char_to_word, answers=[]))
-        if not examples:
-            return []
-        features = squad.convert_examples_to_features(
-            examples, self.loaded.tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride,
-            max_query_length=max_query_length, progress=False)
-        if len(features):
-            start, end = self._predict(model_arrays(features, False), span_logits, per_token=True)
-        else:  # no context had a single WordPiece token: every answer is ""
-            start = end = np.zeros((0, max_seq_length), dtype=np.float32)
-        if allow_no_answer:
-            predictions, nbest, _ = squad.postprocess_v2(examples, features, start, end, n_best_size,
-                                                         max_answer_length, null_score_diff_threshold,
-                                                         progress=False)
-        else:
-            predictions, nbest = squad.postprocess(examples, features, start, end, n_best_size,
-                                                   max_answer_length, progress=False)
-        # The prediction's own n-best entry (v2.0 may pick "" or the best non-null text).
-        chosen = [next(b for b in nbest[e.qas_id] if b["text"] == predictions[e.qas_id]) for e in examples]
-        answers = [Answer(text=best["text"], score=best["probability"], start=best["start"], end=best["end"])
-                   for best in chosen]
-        return answers[0] if single else answers
+        return examples
 
     # ---- classification --------------------------------------------------------------------
 
@@ -285,18 +282,18 @@ class Predictor:
     def _encode_inputs(self, texts, max_seq_length: int | None
                        ) -> tuple[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         single = isinstance(texts, (str, tuple))
-        items = [texts] if single else list(texts)
+        items = [texts] if single else _sequence(texts, "texts")
         texts_a: list[str] = []
         texts_b: list[str | None] = []
         for i, item in enumerate(items):
             a, b = (item if isinstance(item, tuple) and len(item) == 2 else (item, None))
-            _text(a, "text", i, single)
+            _text(a, "text", i, single, nonempty=True)
             if b is not None:
-                _text(b, "text pair's second text", i, single)
+                _text(b, "text pair's second text", i, single, nonempty=True)
             texts_a.append(a)
             texts_b.append(b)
         length = self.max_seq_length if max_seq_length is None else max_seq_length
-        _positive("max_seq_length", length)
+        check_argument("max_seq_length", length, int, minimum=1)
         check_seq_length(length, self.loaded.config, pair=any(b is not None for b in texts_b))
         if length < 3:
             raise ConfigError(f"max_seq_length {length} leaves no room for a text between [CLS] and [SEP]")
@@ -314,13 +311,14 @@ def _classifier_logits(model: nn.Module, batch: dict) -> Tensor:
 
 
 def _labels(recorded: list[str] | None, task: str | None, model: nn.Module) -> list[str]:
-    """Class names: those the checkpoint records, else those of the GLUE task it was trained
-    for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
+    """Class names: those the checkpoint records (a GLUE checkpoint's file labels, "0" and "1",
+    as the task names them: not_equivalent, equivalent), else those of the GLUE task it was
+    trained for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
     count = getattr(model, "num_labels", 0)
     if recorded and len(recorded) == count:
-        return [str(x) for x in recorded]
+        return named_labels(task, [str(x) for x in recorded])
     if task and task.startswith("glue/"):
-        names = get_task(task.removeprefix("glue/")).labels
+        names = get_task(task.removeprefix("glue/")).label_names
         if names and len(names) == count:
             return list(names)
     return [f"LABEL_{i}" for i in range(count)]
@@ -330,14 +328,19 @@ def _where(what: str, i: int, single: bool) -> str:
     return what if single else f"{what} {i}"
 
 
-def _text(value: object, what: str, i: int, single: bool) -> None:
+def _text(value: object, what: str, i: int, single: bool, nonempty: bool = False) -> None:
     if not isinstance(value, str):
         raise DataError(f"{_where(what, i, single)} must be a string, got {type(value).__name__}")
+    if nonempty and not value.strip():  # as the server answers it (422): nothing to classify or embed
+        raise DataError(f"{_where(what, i, single)} is empty")
 
 
-def _positive(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+def _sequence(value: object, what: str) -> list:
+    """The inputs of a list (or any iterable but a mapping; one string is the caller's); anything
+    else, None included, is a DataError rather than a TypeError from list()."""
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)):
+        return list(value)
+    raise DataError(f"{what} must be a string or a list of strings, got {type(value).__name__}")
 
 
 __all__ = ["Answer", "Classification", "Pooling", "Predictor", "load"]

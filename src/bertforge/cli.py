@@ -148,7 +148,7 @@ def _export():
 
 def _serve():
     from bertforge.serve import ServeArgs, serve
-    return ServeArgs, lambda cfg, _ns: serve(cfg)
+    return ServeArgs, lambda cfg, _ns: serve(cfg, os.environ)
 
 
 COMMANDS = [

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from bertforge.errors import ConfigError
 from bertforge.fileio import read_json
+from bertforge.validation import describe, matches
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
 
@@ -73,7 +75,7 @@ class BertConfig:
 
     def validate(self, source: str = "config") -> None:
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type, source)
+            _check_type(f.name, getattr(self, f.name), source)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             if getattr(self, name) <= 0:
@@ -108,8 +110,8 @@ class BertConfig:
             if key in known:
                 if key == "classifier_dropout" and value is None:
                     continue
-                _check_type(key, value, known[key].type, source)
-                kwargs[key] = float(value) if known[key].type in ("float", "float | None") else value
+                _check_type(key, value, source)
+                kwargs[key] = float(value) if _HINTS[key] in (float, float | None) else value
             elif key in _HF_SWITCHES:
                 if value != _HF_SWITCHES[key]:
                     raise ConfigError(
@@ -154,17 +156,13 @@ class BertConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def _check_type(key: str, value: Any, annotation: str, source: str) -> None:
-    ok = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "float | None": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
-        "str": lambda v: isinstance(v, str),
-    }[annotation]
-    if not ok(value):
-        want = {"int": "an integer", "float": "a number", "float | None": "a number or null",
-                "str": "a string"}[annotation]
-        raise ConfigError(f"{source}: key '{key}' must be {want}, got {value!r}")
+def _check_type(key: str, value: Any, source: str) -> None:
+    annotation = _HINTS[key]
+    if not matches(value, annotation):
+        raise ConfigError(f"{source}: key '{key}' must be {describe(annotation)}, got {value!r}")
+
+
+_HINTS = typing.get_type_hints(BertConfig)
 
 
 def _preset(layers: int, hidden: int, heads: int) -> BertConfig:

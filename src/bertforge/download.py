@@ -7,7 +7,9 @@ directory, each file checked against its published SHA-256.
   corpus plus GLUE's list of dev pairs, turned into GLUE's train/dev/test.tsv here.
 
 A download goes to `<file>.part` first and continues from where it stopped (an HTTP Range
-request) when run again; the file gets its final name only once its checksum matches. A file
+request) when run again: a download cut off before the published size keeps its `.part`. A
+server that sends more than the published size is cut off there (the file is not the one
+expected). The file gets its final name only once its checksum matches. A file
 already in the cache with the right checksum is not fetched again. `--mirror URL` takes the files
 from another server holding them under their own names (a proxy, a local copy).
 
@@ -21,6 +23,7 @@ published values as they are, and a download that does not match them is refused
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -150,6 +153,10 @@ def fetch(remote: RemoteFile, directory: Path, mirror: str | None = None, progre
     url = source_url(remote, mirror)
     part = dest.with_name(dest.name + ".part")
     _download(url, part, dest, remote.size, progress)
+    have = part.stat().st_size
+    if have < remote.size:  # kept: the next run continues it
+        raise DataError(f"download of {url} stopped at byte {have} of {remote.size}; run the command again "
+                        "to continue it")
     got = sha256_of(part)
     if got != remote.sha256:
         part.unlink()
@@ -192,12 +199,18 @@ def _download(url: str, part: Path, dest: Path, size: int, progress: bool) -> No
                    disable=not progress)
         try:
             with part.open("ab" if resumed else "wb") as f:
-                while block := response.read(CHUNK):
+                while block := response.read(min(CHUNK, size - have + 1)):
+                    if have + len(block) > size:
+                        f.close()
+                        part.unlink()
+                        raise DataError(f"{url} sends more than the published {size} bytes: not the file "
+                                        "expected; nothing was kept. Check the URL or the mirror")
                     f.write(block)
+                    have += len(block)
                     bar.update(len(block))
-        except (socket.timeout, OSError) as e:
-            raise DataError(f"download of {url} broke off ({e}); run the command again to continue "
-                            f"from byte {part.stat().st_size}") from None
+        except (socket.timeout, OSError, http.client.HTTPException) as e:
+            raise DataError(f"download of {url} broke off ({e or type(e).__name__}); run the command again to "
+                            f"continue from byte {part.stat().st_size}") from None
         finally:
             bar.close()
 

@@ -25,3 +25,8 @@ class DataError(BertforgeError):
 
 class DeviceError(BertforgeError):
     """A requested device or distributed setup is not available."""
+
+
+class WriteError(BertforgeError):
+    """An output could not be written (disk full, quota, permissions, a read-only file system).
+    The message names the path and, where known, the space the write needed and what was free."""

@@ -218,7 +218,7 @@ def export(args: ExportArgs) -> Path:
         if vocab is not None:
             shutil.copyfile(vocab, tmp / "vocab.txt")
 
-    atomic_dir_write(out, write, last=name)
+    atomic_dir_write(out, write, last=name, needed=size)
     outputs = OUTPUTS[head]
     # an int8 file is a quarter of the size: its weights stay inline
     written = {name, "export.json"} | ({f"{name}.data"} if external and args.precision == "fp32" else set()) | (

@@ -1,5 +1,6 @@
 """Typed configuration shared by every command: which model (`ModelArgs`), how to train
-(`TrainArgs`), where and in which precision to run (`RuntimeArgs`). Task configs nest these.
+(`TrainArgs`), where and in which precision to run (`RuntimeArgs`), and the base of every task's
+run config (`RunConfig`, `TrainRun` for runs that can train), which nests them.
 
 Each config checks itself in `__post_init__` (types through `bertforge.validation`, then value
 ranges), so a bad value fails where the config is made, naming its flag. Field names are the
@@ -16,13 +17,15 @@ global batch and derives the accumulation steps from the number of devices.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from bertforge.errors import ConfigError
-from bertforge.validation import check_types
+from bertforge.validation import check_at_least, check_types
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+# How `encode` turns a text's hidden states into one vector (the Python API and the server).
+Pooling = Literal["mean", "cls", "pooled"]
 OptimizerName = Literal["adamw", "lamb"]
 ScheduleName = Literal["linear", "poly"]
 # Where a training run's metrics go besides metrics.jsonl, which is always written.
@@ -86,13 +89,19 @@ class TrainArgs:
     max_steps: int | None = None
     """Optimizer steps to run; overrides num_train_epochs."""
     optimizer: OptimizerName = "adamw"
-    """adamw (fine-tuning: torch's AdamW with bias correction, as Hugging Face and NVIDIA) or lamb
-    (pretraining: NVIDIA's FusedLAMB rule)."""
+    """adamw (fine-tuning: torch's AdamW, as Hugging Face's examples use it) or lamb (pretraining:
+    NVIDIA's FusedLAMB rule). Both with Adam's bias correction unless adam_bias_correction is false."""
+    adam_bias_correction: bool = True
+    """Divide Adam's moments by (1 - beta^t), as torch's AdamW and NVIDIA's FusedLAMB do. false:
+    no bias correction, as Google's AdamWeightDecayOptimizer (its fine-tuning and pretraining) and
+    NVIDIA's fine-tuning (BertAdam; FusedAdam with bias_correction=False) run Adam."""
     schedule: ScheduleName = "linear"
     """linear: warmup, then linear decay to 0 over the steps after warmup (Hugging Face's
-    get_linear_schedule_with_warmup, which NVIDIA's fine-tuning scripts use). poly: NVIDIA's
-    PolyWarmUpScheduler for pretraining: warmup, then lr * (1 - step/total)^schedule_power with the
-    decay measured over all steps (Google's optimization.py is poly with power 1.0)."""
+    get_linear_schedule_with_warmup). poly: NVIDIA's PolyWarmUpScheduler for pretraining: warmup,
+    then lr * (1 - k/total)^schedule_power at update k, the decay measured over all steps. Google's
+    optimization.py decays as poly with power 1.0 does, one update behind: its update k uses
+    (k-1)/total (and its warmup counts floor(warmup_proportion x total) whole steps).
+    Both follow the updates applied: an update fp16 skipped does not advance the schedule."""
     schedule_power: float = 0.5
     """Exponent of the poly schedule (NVIDIA pretraining: 0.5; Google: 1.0)."""
     warmup_proportion: float = 0.1
@@ -126,9 +135,8 @@ class TrainArgs:
         check_types(self, "train")
         if self.skip_checkpoint:
             self.save_every = None
-        for name in ("train_batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints",
-                     "max_fp16_skips"):
-            _require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        check_at_least(self, 1, ("train_batch_size", "gradient_accumulation_steps", "global_batch_size",
+                                 "max_steps", "log_every", "save_every", "keep_checkpoints", "max_fp16_skips"))
         _require(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate",
                  "a positive number", self.learning_rate)
         _require(0.0 <= self.warmup_proportion <= 1.0, "warmup_proportion", "in [0, 1]",
@@ -139,13 +147,8 @@ class TrainArgs:
                  "a positive number", self.schedule_power)
         _require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
                  "positive (or null: no clipping)", self.max_grad_norm)
-        _require(self.max_steps is None or self.max_steps >= 1, "max_steps", "at least 1", self.max_steps)
         _require(self.max_steps is not None or self.num_train_epochs > 0, "num_train_epochs",
                  "positive", self.num_train_epochs)
-        _require(self.save_every is None or self.save_every >= 1, "save_every", "at least 1",
-                 self.save_every)
-        _require(self.global_batch_size is None or self.global_batch_size >= 1, "global_batch_size",
-                 "at least 1", self.global_batch_size)
         tracker_names(self.report_to)
 
     @property
@@ -204,4 +207,41 @@ class RuntimeArgs:
 
     def __post_init__(self) -> None:
         check_types(self, "runtime")
-        _require(self.num_workers >= 0, "num_workers", "at least 0", self.num_workers)
+        check_at_least(self, 0, ("num_workers",))
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """What every run of a task has: where its results go, the model, and where it runs. A task's
+    run config extends it with its data and its do_* switches (the CLI makes every field a flag:
+    `--data.max_seq_length`, also `--max_seq_length`, with the field's docstring as help)."""
+
+    output_dir: str = "runs/run"
+    """Where the results go."""
+    overwrite_output_dir: bool = False
+    """Replace earlier results in output_dir."""
+    model: ModelArgs = field(default_factory=ModelArgs)
+    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+
+    def __post_init__(self) -> None:
+        check_types(self, type(self).__name__)
+
+    @property
+    def training(self) -> bool:
+        """Whether this run trains (`train` then holds how)."""
+        return False
+
+
+@dataclass(kw_only=True)
+class TrainRun(RunConfig):
+    """A run that trains when asked (--do_train), then evaluates or predicts."""
+
+    overwrite_output_dir: bool = False
+    """Replace the run already in output_dir (only files bertforge wrote)."""
+    do_train: bool = False
+    """Train."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+    @property
+    def training(self) -> bool:
+        return self.do_train

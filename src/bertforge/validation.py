@@ -1,6 +1,8 @@
-"""One type check for every typed config: the value of each dataclass field must match its
-annotation (int, float, bool, str, Literal[...], X | None, list[X]). Configs call it from
-`__post_init__`, so a wrong type fails where the config is made, naming the field."""
+"""One way to check every typed config: the value of each dataclass field must match its
+annotation (int, float, bool, str, Literal[...], X | None, list[X]), and counts and sizes have a
+lower bound. Configs call `check_types` and `check_at_least` from `__post_init__`, so a bad
+value fails where the config is made, naming the field as its flag (--name); the Python API
+checks its keyword arguments with `check_argument`, naming them as arguments."""
 
 from __future__ import annotations
 
@@ -59,3 +61,24 @@ def check_types(obj: Any, source: str, flag_prefix: str = "--") -> None:
         if not matches(value, hints[f.name]):
             raise ConfigError(f"{source}: {flag_prefix}{f.name} must be {describe(hints[f.name])}, "
                               f"got {value!r}")
+
+
+def check_at_least(obj: Any, minimum: int, names: tuple[str, ...], flag_prefix: str = "--") -> None:
+    """Raise ConfigError naming the first of the fields `names` of `obj` that is set (not None)
+    and below `minimum`: counts and sizes, checked once their types are (`check_types`)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{flag_prefix}{name} must be at least {minimum}, got {value!r}")
+
+
+def check_argument(name: str, value: Any, annotation: Any, minimum: int | None = None) -> None:
+    """A Python caller's keyword argument (the API's settings): its type and, for a count, its
+    lower bound, in one message that names the argument and what it must be."""
+    if matches(value, annotation) and (minimum is None or value is None or value >= minimum):
+        return
+    want = describe(annotation)
+    if minimum is not None:
+        want = ("a positive integer" if minimum == 1 else f"an integer >= {minimum}") + \
+            (" or null" if matches(None, annotation) else "")
+    raise ConfigError(f"{name} must be {want}, got {value!r}")

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from bertforge.checkpoint import (
     detect_format, load_checkpoint, load_into, save_checkpoint_as, save_native,
 )
+from bertforge.checkpoint.native import write_native
 from bertforge.errors import CheckpointError
 from bertforge.model import BertForQuestionAnswering, BertForSequenceClassification, build_model
 from conftest import HF_CLASSES, hf_checkpoint, random_batch, tiny_config
@@ -67,6 +68,23 @@ def test_classification_labels_survive_conversion(tmp_path):
     back = save_checkpoint_as(load_checkpoint(save_checkpoint_as(ckpt, tmp_path / "n")), tmp_path / "h", to="hf")
     cfg = json.loads((back / "config.json").read_text())
     assert cfg["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
+
+
+def test_a_glue_checkpoint_with_glue_file_labels_converts_with_class_names(tmp_path):
+    """A GLUE MRPC checkpoint that records GLUE's file labels "0"/"1" (as bertforge wrote them
+    before classes had names) gets MRPC's class names in the Hugging Face id2label."""
+    src, _ = hf_checkpoint(tmp_path, "classification", num_labels=2)
+    ckpt = load_checkpoint(src)
+    write_native(tmp_path / "mrpc", ckpt.state, ckpt.config, head="classification", labels=["0", "1"],
+                 extra={"task": "glue/mrpc"})
+    out = save_checkpoint_as(load_checkpoint(tmp_path / "mrpc"), tmp_path / "h", to="hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
+    assert cfg["label2id"] == {"not_equivalent": 0, "equivalent": 1}
+    # Labels of a checkpoint that is not GLUE's stay as they are.
+    write_native(tmp_path / "other", ckpt.state, ckpt.config, head="classification", labels=["0", "1"])
+    out = save_checkpoint_as(load_checkpoint(tmp_path / "other"), tmp_path / "h2", to="hf")
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
 
 
 def test_native_save_load_round_trip(tmp_path):

@@ -22,6 +22,7 @@ from bertforge.data.glue import (
     GlueExample,
     encode_examples,
     get_task,
+    named_labels,
     read_file,
     read_split,
     write_submission,
@@ -71,6 +72,44 @@ def test_registry_matches_glue_release() -> None:
     assert [s.file for s in mnli.splits_of("dev")] == ["dev_matched.tsv", "dev_mismatched.tsv"]
     assert [s.file for s in mnli.splits_of("test")] == ["test_matched.tsv",
                                                          "test_mismatched.tsv"]
+
+
+# Each class's name, as Hugging Face's `glue` data sets name them (their ClassLabel names), in
+# GLUE's class order.
+CLASS_NAMES = {
+    "cola": ("unacceptable", "acceptable"), "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"), "qqp": ("not_duplicate", "duplicate"),
+    "mnli": ("contradiction", "entailment", "neutral"), "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"), "wnli": ("not_entailment", "entailment"), "stsb": None,
+}
+
+
+def test_classes_have_names_and_files_keep_glue_labels() -> None:
+    assert {name: t.label_names for name, t in TASKS.items()} == CLASS_NAMES
+    assert get_task("mrpc").labels == ("0", "1")  # what the files and submissions write
+
+
+@pytest.mark.parametrize("task, spelling, class_id", [
+    ("mnli", "ENTAILMENT", 1), ("mnli", "Neutral", 2), ("mnli", "contradiction", 0),
+    ("sst2", "NEGATIVE", 0), ("sst2", "positive", 1), ("sst2", "1", 1),
+    ("mrpc", "not_equivalent", 0), ("mrpc", "Not-Equivalent", 0), ("mrpc", "equivalent", 1), ("mrpc", "0", 0),
+    ("qnli", "NOT ENTAILMENT", 1), ("wnli", "not_entailment", 0), ("cola", "acceptable", 1),
+    ("mnli", "LABEL_0", None), ("mrpc", "paraphrase", None), ("stsb", "0", None),
+])
+def test_class_id_reads_names_and_file_labels_in_any_case(task: str, spelling: str, class_id: int | None) -> None:
+    assert get_task(task).class_id(spelling) == class_id
+
+
+def test_named_labels_names_a_glue_checkpoints_file_labels() -> None:
+    assert named_labels("glue/mrpc", ["0", "1"]) == ["not_equivalent", "equivalent"]
+    assert named_labels("glue/sst2", ["1", "0"]) == ["positive", "negative"]
+    assert named_labels("glue/mnli", ["ENTAILMENT", "neutral", "contradiction"]) == [
+        "entailment", "neutral", "contradiction"]
+    # Kept: labels of no GLUE task, or not all the task's, or repeated.
+    assert named_labels(None, ["0", "1"]) == ["0", "1"]
+    assert named_labels("squad", ["0", "1"]) == ["0", "1"]
+    assert named_labels("glue/mrpc", ["0", "yes"]) == ["0", "yes"]
+    assert named_labels("glue/mrpc", ["1", "1"]) == ["1", "1"]
 
 
 def test_unknown_split_lists_valid_splits(glue_dir: Path) -> None:
@@ -515,3 +554,19 @@ def test_submission_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="2 indices for 3 predictions"):
         write_submission(tmp_path, "rte", np.array([0, 1, 0]), indices=[0, 1])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_package_exports_each_modules_public_names():
+    """bertforge.data.glue is a package (tasks, reading, features, submissions); every public
+    name of its modules is importable from the package, as it was from the one module."""
+    import importlib
+
+    import bertforge.data.glue as glue
+
+    for module in ("tasks", "reading", "features", "submissions"):
+        m = importlib.import_module(f"bertforge.data.glue.{module}")
+        public = {n for n, v in vars(m).items() if not n.startswith("_") and getattr(v, "__module__", None) == m.__name__}
+        assert public <= set(glue.__all__), (module, public - set(glue.__all__))
+        for name in public:
+            assert getattr(glue, name) is getattr(m, name)
+    assert glue.TASKS["mrpc"] is glue.get_task("MRPC")

@@ -1,6 +1,6 @@
 """The model's fast paths compute the function of the plain path: each unpadded attention kernel
 against softmax attention written out, FlashAttention's varlen path (its CPU reference kernel,
-see attention_reference.py) eager and compiled, the kernel choice per device and precision,
+see bertforge.bench.cpu_flash) eager and compiled, the kernel choice per device and precision,
 the forward that never waits for the device when the host knows the lengths, grouped CPU
 inference, and compiled layers."""
 
@@ -12,7 +12,7 @@ import transformers
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attention_reference import CpuFlash, reference_varlen_attention
+from bertforge.bench.cpu_flash import CpuFlash, reference_varlen_attention
 from bertforge.config import BertConfig
 from bertforge.checkpoint import native_to_hf
 from bertforge.errors import DataError
@@ -46,7 +46,7 @@ def _assert_same_grads(model, reference, rtol=1e-5, atol=1e-6):
 
 @pytest.fixture
 def cpu_flash(monkeypatch):
-    """The CPU counts as a device with FlashAttention, and the op runs attention_reference's
+    """The CPU counts as a device with FlashAttention, and the op runs bertforge.bench.cpu_flash's
     kernels (the CUDA one cannot run here)."""
     flash = CpuFlash()
     lib = torch.library.Library("aten", "IMPL")

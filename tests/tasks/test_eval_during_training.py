@@ -115,7 +115,7 @@ def test_glue_eval_every_and_save_best(tmp_path, vocab_file):
     best = max(evals, key=lambda r: r["accuracy"])
     meta = json.loads((out / "bertforge.json").read_text())
     assert (meta["best_step"], meta["best_metric"], meta["task"]) == (best["step"], "accuracy", "glue/mrpc")
-    assert meta["labels"] == ["0", "1"]
+    assert meta["labels"] == ["not_equivalent", "equivalent"]
 
 
 def test_save_best_needs_eval_every_and_eval_needs_answers(tmp_path, capsys, vocab_file, squad_dev_file):

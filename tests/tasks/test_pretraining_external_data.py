@@ -78,10 +78,10 @@ def test_each_format_trains_and_the_loss_falls(data, tmp_path):
     are wider, by zero-weight entries)."""
     losses = {}
     for kind in ("nvidia", "tfrecord", "packed"):
-        assert main(pretrain_argv(data, kind, tmp_path / kind, 40)) == 0
+        assert main(pretrain_argv(data, kind, tmp_path / kind, 50)) == 0
         losses[kind] = [r["mlm_loss"] for r in train_records(tmp_path / kind)]
     nvidia = losses["nvidia"]
-    assert len(nvidia) == 40 and all(math.isfinite(x) for x in nvidia)
+    assert len(nvidia) == 50 and all(math.isfinite(x) for x in nvidia)
     print(f"MLM loss {nvidia[0]:.3f} -> {np.mean(nvidia[-5:]):.3f}")
     assert np.mean(nvidia[-5:]) < nvidia[0] - 0.5  # from ~ln(30522) = 10.3 down
     assert losses["tfrecord"] == nvidia

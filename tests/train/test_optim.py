@@ -1,5 +1,6 @@
 """Optimizers and learning-rate schedules against independent implementations: LAMB as written
-in You et al. (2019) with NVIDIA's trust-ratio rule, the schedules' closed forms, and which
+in You et al. (2019) with NVIDIA's trust-ratio rule, Google's AdamWeightDecayOptimizer (no bias
+correction), the schedules' closed forms (NVIDIA's, Hugging Face's, Google's), and which
 parameters are decayed."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from bertforge.runconfig import RuntimeArgs, TrainArgs
 from bertforge.tasks.glue import ClassificationLoss
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
-from bertforge.train.optim import Lamb, build_optimizer, build_schedule, lr_multiplier, param_groups
+from bertforge.train.loop import build_train_state
+from bertforge.train.optim import (AdamWeightDecay, Lamb, build_optimizer, build_schedule, lr_multiplier,
+                                   param_groups)
 from bertforge.train.runtime import Runtime
 from conftest import random_batch, tiny_config
 
@@ -26,7 +29,7 @@ from conftest import random_batch, tiny_config
 
 
 def lamb_reference(weights: list[np.ndarray], grads: list[list[np.ndarray]], lrs: list[float],
-                   decays: list[float], betas=(0.9, 0.999), eps=1e-6) -> list[np.ndarray]:
+                   decays: list[float], betas=(0.9, 0.999), eps=1e-6, bias_correction=True) -> list[np.ndarray]:
     """LAMB (You et al. 2019, Algorithm 2, with Adam's bias correction), one tensor at a time,
     with NVIDIA's choice of which tensors get the trust ratio. grads[t][i] is tensor i's gradient
     at step t + 1, decays[i] its weight decay. As NVIDIA's FusedLAMB (apex multi_tensor_lamb,
@@ -43,7 +46,8 @@ def lamb_reference(weights: list[np.ndarray], grads: list[list[np.ndarray]], lrs
             g = step_grads[i]
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
-            r = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + decay * w
+            c1, c2 = (1 - b1 ** t, 1 - b2 ** t) if bias_correction else (1.0, 1.0)
+            r = (m / c1) / (np.sqrt(v / c2) + eps) + decay * w
             w_norm, r_norm = np.linalg.norm(w), np.linalg.norm(r)
             trust = w_norm / r_norm if decay != 0 and w_norm > 0 and r_norm > 0 else 1.0
             w = w - lr * trust * r
@@ -90,8 +94,8 @@ def _run(optimizer, params: list[nn.Parameter], lrs=LRS) -> list[list[np.ndarray
     return grads
 
 
-def _assert_matches_reference(params, initial, grads, decays):
-    expected = lamb_reference(initial, grads, LRS, decays)
+def _assert_matches_reference(params, initial, grads, decays, bias_correction=True):
+    expected = lamb_reference(initial, grads, LRS, decays, bias_correction=bias_correction)
     for p, want in zip(params, expected):
         np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12, atol=1e-15)
 
@@ -117,6 +121,17 @@ def test_lamb_without_weight_decay_is_adam_with_bias_correction():
     initial = [p.detach().numpy().copy() for p in params]
     grads = _run(build_optimizer(model, "lamb", 1e-2, 0.0, torch.device("cpu")), params)
     _assert_matches_reference(params, initial, grads, [0.0] * len(params))
+
+
+def test_lamb_without_bias_correction():
+    """FusedLAMB's bias_correction=False (--adam_bias_correction false): the moments as they are."""
+    model = _toy()
+    params = list(model.parameters())
+    initial = [p.detach().numpy().copy() for p in params]
+    optimizer = build_optimizer(model, "lamb", 1e-2, 0.01, torch.device("cpu"), bias_correction=False)
+    grads = _run(optimizer, params)
+    _assert_matches_reference(params, initial, grads, [0.01 if p.ndim > 1 else 0.0 for p in params],
+                              bias_correction=False)
 
 
 def test_lamb_trust_ratio_follows_weight_decay_not_shape():
@@ -201,6 +216,58 @@ def test_lamb_step_launches_the_same_kernels_however_many_tensors(weight_decay):
         assert launches.off_fast_route == [] and launches.syncs == []
         counts.append(launches.launches)
     assert counts[0] == counts[1] <= 30, counts
+
+
+# ---- Adam without bias correction (Google's AdamWeightDecayOptimizer) ------------------------
+
+
+def google_adam_weight_decay(weights: list[np.ndarray], grads: list[list[np.ndarray]], lrs: list[float],
+                             decays: list[float], beta_1=0.9, beta_2=0.999, epsilon=1e-6) -> list[np.ndarray]:
+    """Google BERT's optimization.py AdamWeightDecayOptimizer.apply_gradients, one tensor at a
+    time: no bias correction, and the decay added to the update before the learning rate."""
+    out = []
+    for i, param in enumerate(weights):
+        param = param.astype(np.float64).copy()
+        m, v = np.zeros_like(param), np.zeros_like(param)
+        for step_grads, learning_rate in zip(grads, lrs):
+            grad = step_grads[i]
+            next_m = beta_1 * m + (1.0 - beta_1) * grad
+            next_v = beta_2 * v + (1.0 - beta_2) * np.square(grad)
+            update = next_m / (np.sqrt(next_v) + epsilon)
+            update += decays[i] * param
+            param = param - learning_rate * update
+            m, v = next_m, next_v
+        out.append(param)
+    return out
+
+
+def test_adamw_without_bias_correction_is_googles_adam_weight_decay():
+    model = _toy()
+    params = list(model.parameters())
+    initial = [p.detach().numpy().copy() for p in params]
+    optimizer = build_optimizer(model, "adamw", 1e-2, 0.01, torch.device("cpu"), bias_correction=False)
+    assert isinstance(optimizer, AdamWeightDecay) and not isinstance(optimizer, Lamb)
+    grads = _run(optimizer, params)
+    expected = google_adam_weight_decay(initial, grads, LRS, [0.01 if p.ndim > 1 else 0.0 for p in params])
+    for p, want in zip(params, expected):
+        np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12, atol=1e-15)
+    # ... and not torch's AdamW, whose bias correction makes the first steps ~3x (1/sqrt(1 - b2)) larger
+    torch_model = _toy()
+    torch_opt = torch.optim.AdamW(param_groups(torch_model, 0.01), lr=1e-2, eps=1e-6)
+    _run(torch_opt, list(torch_model.parameters()))
+    assert not np.allclose(model.dense.weight.detach().numpy(), torch_model.dense.weight.detach().numpy(), rtol=1e-3)
+
+
+def test_train_args_choose_the_optimizer():
+    model = build_model(tiny_config(), "qa")
+    runtime = Runtime(RuntimeArgs(device="cpu"))
+    kinds = {(name, bc): type(build_train_state(model, TrainArgs(optimizer=name, adam_bias_correction=bc),
+                                                runtime, 10).optimizer)
+             for name in ("adamw", "lamb") for bc in (True, False)}
+    assert kinds == {("adamw", True): torch.optim.AdamW, ("adamw", False): AdamWeightDecay,
+                     ("lamb", True): Lamb, ("lamb", False): Lamb}
+    lamb = build_train_state(model, TrainArgs(optimizer="lamb", adam_bias_correction=False), runtime, 10).optimizer
+    assert all(g["bias_correction"] is False for g in lamb.param_groups)
 
 
 # ---- which parameters decay ------------------------------------------------------------------
@@ -306,6 +373,31 @@ def test_poly_schedule_is_nvidias(total, warmup, degree, base):
         optimizer.step()
         schedule.step()
     assert nvidia_poly_lr(base, warmup, total, degree, total) == 0.0
+
+
+def google_lr(base: float, total: int, warmup_steps: int, update: int) -> float:
+    """Google BERT's optimization.py: polynomial_decay (power 1, to 0) of the global step, with
+    linear warmup over the first warmup_steps; update k (1-based) runs at global step k - 1."""
+    global_step = update - 1
+    decayed = base * (1.0 - min(global_step, total) / total)
+    if global_step < warmup_steps:
+        return base * global_step / warmup_steps
+    return decayed
+
+
+@pytest.mark.parametrize("total, warmup_proportion", [(50, 0.2), (40, 0.0)])
+def test_poly_power_one_is_googles_schedule_one_update_behind(total, warmup_proportion):
+    """Where warmup_proportion x total is whole (Google's warmup is its floor): Google's update k
+    has the rate poly with power 1.0 gives update k - 1; its first update has rate 0 with warmup,
+    the peak rate without."""
+    warmup_steps = math.floor(warmup_proportion * total)
+    assert google_lr(1.0, total, warmup_steps, 1) == (0.0 if warmup_steps else 1.0)
+    for update in range(2, total + 1):
+        poly = lr_multiplier(update - 2, total, warmup_proportion, "poly", power=1.0)  # update k - 1
+        assert google_lr(1.0, total, warmup_steps, update) == pytest.approx(poly, abs=1e-15), update
+    # not the same update: poly's update k is a step of decay further
+    assert lr_multiplier(total // 2, total, warmup_proportion, "poly", 1.0) != pytest.approx(
+        google_lr(1.0, total, warmup_steps, total // 2 + 1))
 
 
 def test_trainer_logs_the_learning_rate_each_step_used(tmp_path):

@@ -1,6 +1,6 @@
 """Mixed precision in the training loop, on the CPU: fp16 autocast with dynamic loss scaling
-(an overflow skips the update, halves the scale, is logged, and leaves the weights as they
-were) and bf16 autocast."""
+(an overflow skips the update, halves the scale, is logged, leaves the weights as they were and
+the learning-rate schedule where it was) and bf16 autocast."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from bertforge.bench.syncs import HostSyncRecorder
 from bertforge.model import build_model
 from bertforge.runconfig import RuntimeArgs, TrainArgs
 from bertforge.tasks.squad import SpanLoss
+from bertforge.train import loop
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
+from bertforge.train.optim import build_schedule, param_groups
 from bertforge.train.runtime import Runtime
 from conftest import random_batch, tiny_config
 
@@ -50,11 +53,12 @@ class PoisonedSpanLoss(SpanLoss):
 
 
 def make_trainer(out: Path, precision: str, poisoned: tuple[int, ...] = (), steps: int = STEPS,
-                 save_every: int | None = None, resume: bool = False, snapshots: list | None = None) -> Trainer:
+                 save_every: int | None = None, resume: bool = False, snapshots: list | None = None,
+                 **train: object) -> Trainer:
     torch.manual_seed(0)
     model = build_model(tiny_config(), "qa", unpad=True)
-    args = TrainArgs(train_batch_size=8, learning_rate=1e-3, warmup_proportion=0.0, max_steps=steps,
-                     log_every=1, save_every=save_every, resume=resume)
+    args = TrainArgs(**{"train_batch_size": 8, "learning_rate": 1e-3, "warmup_proportion": 0.0, "max_steps": steps,
+                        "log_every": 1, "save_every": save_every, "resume": resume, **train})
     runtime = Runtime(RuntimeArgs(device="cpu", precision=precision))
     loader = ArrayStepLoader(span_arrays(), StepPlan(8, 1, 1), rank=0, seed=0)
 
@@ -111,6 +115,54 @@ def test_fp16_loss_scale_is_restored_on_resume(tmp_path):
     assert resumed.step == STEPS
     assert resumed.state.scaler.get_scale() == 32768.0
     assert same(resumed.model.state_dict(), first.model.state_dict())
+
+
+def linear_multiplier(updates: int, total: int, warmup: int) -> float:
+    """Hugging Face's get_linear_schedule_with_warmup after `updates` applied updates."""
+    return updates / warmup if updates < warmup else max(0.0, (total - updates) / (total - warmup))
+
+
+def fused_adamw(model, name, lr, weight_decay, device, bias_correction=True):
+    """torch's fused AdamW (what CUDA runs; it counts and skips its updates on the device), here
+    on the CPU, which has it too."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, eps=1e-6, fused=True)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb", "fused-adamw"])
+def test_fp16_skipped_updates_do_not_advance_the_schedule(tmp_path, monkeypatch, optimizer):
+    """Steps 2 and 3 overflow: update k's rate is the schedule's at the updates applied before
+    it (k - 1 minus the skips), as NVIDIA's and transformers' loops have it, not at k - 1."""
+    if optimizer == "fused-adamw":
+        monkeypatch.setattr(loop, "build_optimizer", fused_adamw)
+    steps, peak, warmup = 8, 1e-3, 4
+    trainer = make_trainer(tmp_path, "fp16", poisoned=(2, 3), steps=steps, warmup_proportion=warmup / steps,
+                           optimizer="adamw" if optimizer == "fused-adamw" else optimizer)
+    trainer.fit()
+    records = metrics(tmp_path)
+    assert [r["step"] for r in records if r.get("event") == "fp16_overflow_skip"] == [2, 3]
+    applied = {1: 0, 2: 1, 3: 1, 4: 1, 5: 2, 6: 3, 7: 4, 8: 5}  # before step k
+    logged = {r["step"]: r["lr"] for r in records if "seq_per_s" in r}
+    assert logged == pytest.approx({k: peak * linear_multiplier(n, steps, warmup) for k, n in applied.items()},
+                                   rel=1e-6, abs=1e-12)
+    if optimizer == "fused-adamw":  # the rate came from the device count, as a tensor
+        assert isinstance(trainer.state.optimizer.param_groups[0]["lr"], Tensor)
+
+
+def test_schedule_reads_a_device_update_count_without_a_host_read():
+    """Where the optimizer counts its updates on the device (fused AdamW on CUDA), the schedule
+    looks the rate up on the device: nothing is read back, here with the count on the meta
+    device, where any read fails."""
+    p = nn.Parameter(torch.randn(4, 3))
+    optimizer = torch.optim.AdamW([p], lr=1e-3, fused=True)
+    schedule = build_schedule(optimizer, 10, 0.5, "linear")
+    p.grad = torch.randn(4, 3)
+    optimizer.step()
+    optimizer.state[p]["step"] = torch.full((), 3.0, device="meta")
+    with HostSyncRecorder() as recorder:
+        schedule.step()
+    assert recorder.syncs == []
+    lr = optimizer.param_groups[0]["lr"]
+    assert isinstance(lr, Tensor) and lr.device.type == "meta" and lr.shape == ()
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])

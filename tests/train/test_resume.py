@@ -4,19 +4,31 @@ as a crashed node) after its step-N/2 checkpoint, the same command is run again 
 
 Dropout is on, so the weights depend on every random draw: restoring the generators' states
 is part of what is checked (a control run that skips it ends elsewhere).
+
+A resumed run steps with its own optimizer settings (weight decay, betas, eps), not the
+checkpoint's, and says which differ; another optimizer's state is refused.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bertforge.cli import main as cli_main
+from bertforge.errors import CheckpointError
+from bertforge.model import build_model
+from bertforge.runconfig import RuntimeArgs, TrainArgs
+from bertforge.tasks.glue import ClassificationLoss
 from bertforge.train import checkpoints
-from conftest import shared
+from bertforge.train.batching import ArrayStepLoader, StepPlan
+from bertforge.train.loop import Trainer
+from bertforge.train.runtime import Runtime
+from conftest import random_batch, shared, tiny_config
 from dist_worker import Job, launch, prepare_wiki_pretraining, read_metrics, read_weights, run_cli, write_tiny_config
 
 
@@ -128,3 +140,86 @@ def test_resume_with_another_global_batch_is_refused(squad_crash, capsys):
     assert "cannot resume: this command differs from the run" in err
     assert "train.train_batch_size: 8 -> 4" in err
     assert "Traceback" not in err
+
+
+# ---- optimizer settings on resume (in process) ------------------------------------------------
+
+STEPS = 4
+
+
+def small_run(out: Path, **train) -> Trainer:
+    """A tiny classifier trained for STEPS steps with a checkpoint every 2 (dropout on)."""
+    torch.manual_seed(0)
+    config = tiny_config(hidden_dropout_prob=0.1)
+    arrays = {k: v.numpy() for k, v in random_batch(config, 32, 16).items()}
+    arrays["labels"] = np.arange(32) % 2
+    args = TrainArgs(**{"train_batch_size": 4, "learning_rate": 1e-2, "warmup_proportion": 0.0, "max_steps": STEPS,
+                        "log_every": 1, "save_every": 2, **train})
+    return Trainer(build_model(config, "classification"), ClassificationLoss(regression=False),
+                   ArrayStepLoader(arrays, StepPlan(4, 1, 1), rank=0, seed=0), args,
+                   Runtime(RuntimeArgs(device="cpu")), out, STEPS, progress=False)
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def resume_record(out: Path) -> dict:
+    return next(r for r in read_metrics(out) if r.get("event") == "resume")
+
+
+@pytest.fixture
+def lamb_run(tmp_path) -> tuple[Path, dict]:
+    """LAMB with weight decay 0.01 run straight: its step-2 checkpoint and final weights."""
+    straight = small_run(tmp_path / "straight", optimizer="lamb", weight_decay=0.01)
+    straight.fit()
+    return checkpoints.checkpoint_root(tmp_path / "straight") / "step_00000002", weights(straight)
+
+
+def test_resume_steps_with_this_runs_weight_decay(tmp_path, lamb_run):
+    """Weight decay 0 on resume switches LAMB's trust ratio off from step 3 on: the result is a
+    run that changed the setting in memory after step 2, not the checkpoint's 0.01."""
+    step2, straight = lamb_run
+    resumed = small_run(tmp_path / "resumed", optimizer="lamb", weight_decay=0.0, resume=str(step2))
+    resumed.fit()
+    assert [g["weight_decay"] for g in resumed.state.optimizer.param_groups] == [0.0, 0.0]
+    assert resume_record(tmp_path / "resumed")["changed"] == {"weight_decay": [0.01, 0.0]}
+
+    switched = small_run(tmp_path / "switched", optimizer="lamb", weight_decay=0.01)
+    switched.add_callback("on_step_end", lambda t: [g.update(weight_decay=0.0) for g in
+                                                     t.state.optimizer.param_groups] if t.step == 2 else None)
+    switched.fit()
+    ours, want = weights(resumed), weights(switched)
+    assert all(torch.equal(ours[k], want[k]) for k in want)
+    assert not all(torch.equal(ours[k], straight[k]) for k in want)  # the switch changed the result
+
+
+def test_resume_keeps_this_runs_betas_and_eps(tmp_path, lamb_run):
+    """A checkpoint whose optimizer ran with other betas and eps (another version, another tool):
+    the resumed run steps with its own and ends where the straight run did."""
+    step2, straight = lamb_run
+    other = tmp_path / "other" / "step_00000002"
+    shutil.copytree(step2, other)
+    state = torch.load(other / checkpoints.STATE_FILE, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group.update(betas=(0.8, 0.99), eps=1e-8)
+    torch.save(state, other / checkpoints.STATE_FILE)
+
+    resumed = small_run(tmp_path / "resumed", optimizer="lamb", weight_decay=0.01, resume=str(other))
+    resumed.fit()
+    assert resume_record(tmp_path / "resumed")["changed"] == {"betas": [[0.8, 0.99], [0.9, 0.999]],
+                                                              "eps": [1e-8, 1e-6]}
+    ours = weights(resumed)
+    assert all(torch.equal(ours[k], straight[k]) for k in straight)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_resume_refuses_another_optimizers_state(tmp_path, lamb_run, recorded):
+    step2, _ = lamb_run
+    if not recorded:  # a checkpoint from before the optimizer was recorded: told by its layout
+        meta = json.loads((step2 / checkpoints.META_FILE).read_text())
+        del meta["optimizer"]
+        (step2 / checkpoints.META_FILE).write_text(json.dumps(meta))
+    adamw = small_run(tmp_path / "adamw", optimizer="adamw", resume=str(step2))
+    with pytest.raises(CheckpointError, match="another optimizer .* than this run's AdamW"):
+        adamw.fit()

@@ -16,9 +16,9 @@ import pytest
 from bertforge.errors import ConfigError
 from bertforge.fileio import json_safe
 from bertforge.runconfig import TrainArgs
-from bertforge.train.loop import TrainingDiverged
-from bertforge.train.tracking import TensorBoardTracker, WandbTracker, attach_trackers, scalars
-from test_precision import POISONED_STEP, make_trainer, metrics
+from bertforge.train.loop import TrainingDiverged, evaluate_every
+from bertforge.train.tracking import RunRecords, TensorBoardTracker, WandbTracker, attach_trackers, scalars
+from test_precision import POISONED_STEP, STEPS, make_trainer, metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,6 +54,39 @@ def test_scalars_are_named_by_split_and_events_are_left_out():
     assert scalars({"step": 7, "split": "eval", "f1": 80.0, "exact_match": 70.0}) == (
         7, {"eval/f1": 80.0, "eval/exact_match": 70.0})
     assert scalars({"event": "resume", "step": 4, "checkpoint": "x"}) is None
+    assert scalars({"event": "eval", "step": 4, "accuracy": 0.75}) == (4, {"final/accuracy": 0.75})
+
+
+def test_the_final_evaluation_is_one_record_and_trackers_close_after_it(tmp_path):
+    """A finished training leaves the trackers open for the run's final evaluation, which goes to
+    metrics.jsonl and TensorBoard at the last step, or at the step of the weights it scored."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = make_trainer(tmp_path, "fp32")
+    evaluate_every(trainer, 3, lambda step: {"accuracy": step / 10})
+    records = RunRecords(tmp_path, is_main=True)
+    records.attach(trainer, ["jsonl", "tensorboard"], {})
+    (tracker,) = records.trackers
+    closed = []
+    close = tracker.close
+    tracker.close = lambda: (closed.append(True), close())
+    trainer.fit()
+    assert closed == []
+    record = records.final_eval({"accuracy": 0.75, "f1": 0.5})
+    assert closed == [True]
+    assert record == {"event": "eval", "step": STEPS, "accuracy": 0.75, "f1": 0.5}
+    assert [r for r in metrics(tmp_path) if r.get("event") == "eval"] == [record]
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("final/accuracy")] == [(STEPS, 0.75)]
+    assert [(e.step, e.value) for e in acc.Scalars("final/f1")] == [(STEPS, 0.5)]
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [3, STEPS]  # training's own evaluations
+    # --save_best: the step whose weights were scored; no scores, no record.
+    assert RunRecords(tmp_path / "other", is_main=True).final_eval({"f1": 0.5}, weights_step=3) == {
+        "event": "eval", "step": 3, "f1": 0.5}
+    assert RunRecords(tmp_path / "none", is_main=True).final_eval(None) is None
+    assert not (tmp_path / "none" / "metrics.jsonl").exists()
 
 
 def test_report_to_names_are_checked():
@@ -63,6 +96,26 @@ def test_report_to_names_are_checked():
     with pytest.raises(ConfigError, match="--report_to must be a comma-separated list of jsonl, "
                                           "tensorboard, wandb"):
         TrainArgs(report_to="tensorbord")
+
+
+def test_wandb_gets_the_final_scores_as_its_run_summary():
+    """History rows for records at their step; the final evaluation in the run summary (its step
+    may be an earlier one, --save_best's, and W&B drops history rows that go back)."""
+    class Run:
+        def __init__(self):
+            self.rows, self.summary = [], {}
+
+        def log(self, values, step):
+            self.rows.append((step, values))
+
+    tracker = WandbTracker.__new__(WandbTracker)  # no wandb.init: the run is the stand-in above
+    tracker.run = Run()
+    tracker.log({"step": 4, "loss": 2.0})
+    tracker.log({"step": 4, "split": "eval", "accuracy": 0.5})
+    tracker.log({"event": "eval", "step": 2, "accuracy": 0.75})
+    tracker.log({"event": "resume", "step": 2, "checkpoint": "x"})
+    assert tracker.run.rows == [(4, {"train/loss": 2.0}), (4, {"eval/accuracy": 0.5})]
+    assert tracker.run.summary == {"final/accuracy": 0.75}
 
 
 @pytest.mark.parametrize("cls,module", [(TensorBoardTracker, "tensorboard"), (WandbTracker, "wandb")])

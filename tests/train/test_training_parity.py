@@ -1,11 +1,14 @@
 """Training parity with Hugging Face transformers: from the same initial weights, fed the same
-batches, with the same optimizer, bertforge's training step (`build_train_state` + `train_step`
-with the task's loss) and transformers' `BertForPreTraining` / `BertForQuestionAnswering` (their
-own losses, a plain PyTorch loop) give the same loss at every one of 20 steps (fp32, dropout off).
+batches, bertforge's training step (`build_train_state` + `train_step` with the task's loss) and
+transformers' `BertForPreTraining` / `BertForQuestionAnswering` (their own losses, a plain
+PyTorch loop) give the same loss at every one of 20 steps (fp32, dropout off).
 
-Only the optimizer's parameter groups, the schedule and the clipping of the transformers side
-are written out here, the way transformers' own examples do them: decay by parameter name
-(not bias, not LayerNorm.weight), `get_linear_schedule_with_warmup`, `clip_grad_norm_`.
+The transformers side's optimizer is not bertforge's. Fine-tuning: torch's AdamW with the
+parameter groups, schedule and clipping of transformers' own examples (decay by parameter name:
+not bias, not LayerNorm.weight; `get_linear_schedule_with_warmup`; `clip_grad_norm_`).
+Pretraining: apex's FusedLAMB and NVIDIA's PolyWarmUpScheduler, written out below from their
+sources (one tensor at a time, as the separate query, key and value weights of transformers'
+model come), driven as NVIDIA's run_pretraining.py drives them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from bertforge.tasks.squad import SpanLoss, model_arrays
 from bertforge.tokenization import WordPieceTokenizer
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import build_train_state, train_step
-from bertforge.train.optim import Lamb
 from bertforge.train.runtime import Runtime
 from conftest import hf_config, shared
 
@@ -66,8 +68,9 @@ def hf_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECAY) 
             {"params": [p for n, p in named if any(k in n for k in NO_DECAY)], "weight_decay": 0.0}]
 
 
-def run_both(ours, theirs, loss_fn, loader, train: TrainArgs, hf_optimizer, hf_schedule, hf_inputs):
-    """Per step: (bertforge loss, transformers loss) on the same batch."""
+def run_both(ours, theirs, loss_fn, loader, train: TrainArgs, hf_update, hf_inputs):
+    """Per step: (bertforge loss, transformers loss) on the same batch. `hf_update()` takes the
+    transformers side's optimizer step after its backward pass."""
     state = build_train_state(ours, train, Runtime(RuntimeArgs(device="cpu", precision="fp32")), STEPS)
     pairs = []
     for micro in islice(iter(loader), STEPS):
@@ -75,10 +78,7 @@ def run_both(ours, theirs, loss_fn, loader, train: TrainArgs, hf_optimizer, hf_s
         ours_loss = float(train_step(state, loss_fn, micro).loss)
         out = theirs(**hf_inputs(micro[0]))
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(theirs.parameters(), train.max_grad_norm)
-        hf_optimizer.step()
-        hf_schedule.step()
-        hf_optimizer.zero_grad(set_to_none=True)
+        hf_update()
         pairs.append((ours_loss, out.loss.item()))
     return pairs
 
@@ -120,11 +120,73 @@ def hf_pretraining_inputs(batch: dict) -> dict:
             "next_sentence_label": batch["next_sentence_labels"]}
 
 
-def poly_warmup(step: int, total: int, warmup: float, power: float) -> float:
-    """NVIDIA's PolyWarmUpScheduler (DeepLearningExamples BERT `schedulers.py`), which is
-    stepped before each update: update k (1-based) has progress k / total."""
-    progress = (step + 1) / total
-    return progress / warmup if progress < warmup else (1.0 - progress) ** power
+class ApexFusedLamb:
+    """apex's FusedLAMB (apex/optimizers/fused_lamb.py, csrc/multi_tensor_lamb.cu) with the
+    settings NVIDIA's BERT pretraining uses (its defaults: bias_correction, adam_w_mode,
+    grad_averaging, max_grad_norm 1.0, use_nvlamb False), one tensor at a time.
+
+    step(): the global gradient norm over every gradient; gradients divided by norm /
+    max_grad_norm where the norm exceeds max_grad_norm; per group the step count (group["step"],
+    absent before the first step) goes up by one; per tensor:
+        m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2
+        update = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + wd p
+        ratio = lr ||p|| / ||update|| where wd != 0 and neither norm is 0, else lr
+        p = p - ratio update   (||p|| taken before the update)
+    """
+
+    def __init__(self, groups: list[dict], lr: float, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0):
+        self.param_groups = [{**g, "lr": lr} for g in groups]
+        self.betas, self.eps, self.max_grad_norm = betas, eps, max_grad_norm
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        global_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        clip = global_norm / self.max_grad_norm if global_norm > self.max_grad_norm else 1.0
+        b1, b2 = self.betas
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+            t, lr, wd = group["step"], group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state.setdefault(p, {"m": torch.zeros_like(p), "v": torch.zeros_like(p)})
+                g = p.grad / clip
+                state["m"] = b1 * state["m"] + (1 - b1) * g
+                state["v"] = b2 * state["v"] + (1 - b2) * g * g
+                update = (state["m"] / (1 - b1 ** t)) / ((state["v"] / (1 - b2 ** t)).sqrt() + self.eps) + wd * p
+                ratio = lr
+                if wd != 0:
+                    p_norm, u_norm = p.norm(), update.norm()
+                    if p_norm != 0 and u_norm != 0:
+                        ratio = lr * (p_norm / u_norm)
+                p -= ratio * update
+
+    def zero_grad(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+
+class NvidiaPolyWarmUpScheduler:
+    """NVIDIA's PolyWarmUpScheduler (DeepLearningExamples BERT schedulers.py): its step(), which
+    run_pretraining.py calls before each optimizer step, reads the optimizer's step count
+    (param_groups[0]["step"] + 1, or 1 before the first step) as last_epoch, and sets every
+    group's lr to base * progress / warmup while progress = last_epoch / total_steps is below
+    warmup, base * (1 - progress)^degree after."""
+
+    def __init__(self, optimizer: ApexFusedLamb, warmup: float, total_steps: int, degree: float):
+        self.optimizer, self.warmup, self.total_steps, self.degree = optimizer, warmup, total_steps, degree
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    def step(self) -> None:
+        group = self.optimizer.param_groups[0]
+        last_epoch = group["step"] + 1 if "step" in group else 1
+        progress = last_epoch / self.total_steps
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * (progress / self.warmup if progress < self.warmup
+                                     else (1.0 - progress) ** self.degree)
 
 
 @pytest.mark.parametrize("weight_decay", [
@@ -146,13 +208,17 @@ def test_pretraining_losses_match_transformers(pretraining_data, weight_decay):
     train = TrainArgs(optimizer="lamb", schedule="poly", schedule_power=0.5, learning_rate=5e-3,
                       warmup_proportion=0.1, weight_decay=weight_decay, max_grad_norm=1.0, max_steps=STEPS,
                       train_batch_size=PRETRAIN_BATCH)
-    # LAMB's own correctness is tested against the paper's formula (test_optim.py); here it
-    # only has to be the same optimizer on both sides.
-    optimizer = Lamb(hf_param_groups(theirs, weight_decay), lr=train.learning_rate, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: poly_warmup(step, STEPS, train.warmup_proportion, train.schedule_power))
+    optimizer = ApexFusedLamb(hf_param_groups(theirs, weight_decay), lr=train.learning_rate,
+                              max_grad_norm=train.max_grad_norm)
+    schedule = NvidiaPolyWarmUpScheduler(optimizer, train.warmup_proportion, STEPS, train.schedule_power)
+
+    def nvidia_update() -> None:  # run_pretraining.py's take_optimizer_step: schedule, then LAMB
+        schedule.step()
+        optimizer.step()
+        optimizer.zero_grad()
+
     loader = PretrainStepLoader(dataset, StepPlan(PRETRAIN_BATCH, 1, 1), rank=0)
-    pairs = run_both(ours, theirs, PretrainLoss(), loader, train, optimizer, schedule, hf_pretraining_inputs)
+    pairs = run_both(ours, theirs, PretrainLoss(), loader, train, nvidia_update, hf_pretraining_inputs)
     assert_same_losses(pairs)
 
 
@@ -192,9 +258,15 @@ def test_squad_finetuning_losses_match_transformers(squad_dev_file):
         optimizer, num_warmup_steps=math.floor(train.warmup_proportion * STEPS), num_training_steps=STEPS)
     loader = ArrayStepLoader(arrays, StepPlan(SQUAD_BATCH, 1, 1), rank=0, seed=0)
 
+    def hf_update() -> None:
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), train.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def hf_inputs(batch: dict) -> dict:
         return {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "start_positions",
                                       "end_positions")}
 
-    pairs = run_both(ours, theirs, SpanLoss(), loader, train, optimizer, schedule, hf_inputs)
+    pairs = run_both(ours, theirs, SpanLoss(), loader, train, hf_update, hf_inputs)
     assert_same_losses(pairs)

@@ -1,7 +1,12 @@
 """`bertforge benchmark`: speed and memory of training and inference, side by side with Hugging
 Face transformers. `config` (what to measure), `inputs` (batches), `meter` (FLOPs, timers,
 memory), `contenders` (the models and their step), `run` (the measurement and its report).
-A new benchmark case is a new workload in `inputs` or a flag in `config`."""
+A new benchmark case is a new workload in `inputs` or a flag in `config`.
+
+The GPU suite (benchmarks/run_gpu_suite.py) is built on it: `suite` (its cases, targets and
+estimated seconds), `suite_report` (its Markdown report), `sanity` (its first case: do the fast
+paths compute the right function, compile once, never make the host wait; `syncs` names host
+reads), and `cpu_flash` (a CPU stand-in for FlashAttention's varlen op, for its CPU smoke run)."""
 
 from bertforge.bench.config import BenchmarkArgs
 from bertforge.bench.meter import FLOPS_COUNTED, batch_flops, matmul_peak

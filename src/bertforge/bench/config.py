@@ -9,8 +9,6 @@ from typing import Literal
 from bertforge.errors import ConfigError
 from bertforge.runconfig import ModelArgs, RuntimeArgs
 
-SHARED_DATA = "../shared/data"  # beside the repository root, as the shared data sets are laid out
-
 
 @dataclass(kw_only=True)
 class BenchmarkArgs:
@@ -22,7 +20,10 @@ class BenchmarkArgs:
     with transformers is more telling with real ones)."""
     runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
     mode: Literal["train", "infer"] = "train"
-    """train: the training step the Trainer runs (forward, backward, clipping, AdamW); infer: a forward."""
+    """train: the training step the Trainer runs (forward, backward, clipping, optimizer); infer: a forward."""
+    optimizer: Literal["adamw", "lamb"] = "adamw"
+    """The training step's optimizer, for both models: AdamW (fine-tuning's; fused on CUDA) or LAMB
+    (pretraining's). Its own time per step is measured too (optimizer_ms)."""
     task: Literal["qa", "pretraining"] = "qa"
     """qa: span extraction (SQuAD) loss; pretraining: masked LM (on the masked positions only) + NSP."""
     data: Literal["synthetic", "squad"] = "synthetic"
@@ -34,8 +35,9 @@ class BenchmarkArgs:
     """Sequences per step."""
     masked_positions: int | None = None
     """pretraining: masked positions per sequence; default 20 per 128 tokens (20 at 128, 80 at 512)."""
-    squad_file: str = f"{SHARED_DATA}/squad/v1.1/dev-v1.1.json"
-    """SQuAD v1.1 JSON for --data squad (relative paths are relative to the working directory)."""
+    squad_file: str | None = None
+    """SQuAD v1.1 JSON for --data squad, e.g. the official dev-v1.1.json (relative paths are
+    relative to the working directory)."""
     steps: int = 20
     """Timed steps per model."""
     warmup: int = 5
@@ -64,6 +66,8 @@ class BenchmarkArgs:
             raise ConfigError(f"--warmup must be at least 0, got {self.warmup}")
         if self.data == "squad" and self.task != "qa":
             raise ConfigError("--data squad goes with --task qa (SQuAD features have no masked positions)")
+        if self.data == "squad" and self.squad_file is None:
+            raise ConfigError("--data squad needs --squad_file (a SQuAD v1.1 JSON file such as dev-v1.1.json)")
         if self.masked_positions is not None and not 1 <= self.masked_positions < self.seq_length:
             raise ConfigError(f"--masked_positions must be in [1, seq_length), got {self.masked_positions}")
         if self.cuda_graphs and self.mode != "infer":

@@ -1,9 +1,9 @@
 """The models under test and how one step runs each.
 
 A training step is `bertforge.train.loop.train_step`, the Trainer's own, for both models: forward
-and loss under autocast, backward (fp16 loss scaling), clipping at 1.0, an AdamW step (fused on
-CUDA), the schedule. transformers' model enters it through a loss adapter that returns its mean
-loss. An inference step is a forward under `torch.inference_mode`."""
+and loss under autocast, backward (fp16 loss scaling), clipping at 1.0, an AdamW (fused on CUDA)
+or LAMB step, the schedule. transformers' model enters it through a loss adapter that returns its
+mean loss. An inference step is a forward under `torch.inference_mode`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import dataclasses
+import statistics
+
 import torch
 from torch import Tensor, nn
 
 from bertforge.bench.config import BenchmarkArgs
 from bertforge.bench.inputs import Batch
-from bertforge.bench.meter import StepTimer
+from bertforge.bench.meter import MemoryMeter, StepTimer
 from bertforge.config import BertConfig
 from bertforge.errors import ConfigError
 from bertforge.model import build_model
@@ -25,8 +28,8 @@ from bertforge.tasks.common import model_inputs
 from bertforge.train.loop import LossFn, StepOutput, TrainState, build_train_state, to_device, train_step
 from bertforge.train.runtime import Runtime
 
-# The optimizer every benchmarked training step uses (fine-tuning's); the schedule is far from
-# its end, so the learning rate never reaches 0.
+# The optimizer settings of every benchmarked training step (fine-tuning's; the optimizer itself
+# is BenchmarkArgs.optimizer); the schedule is far from its end, so the learning rate never reaches 0.
 BENCH_TRAIN = TrainArgs(learning_rate=1e-5, weight_decay=0.01, max_grad_norm=1.0, warmup_proportion=0.0,
                         max_steps=1_000_000)
 
@@ -45,6 +48,7 @@ class Contender:
     timer: StepTimer | None = None
     losses: list[Tensor] = field(default_factory=list)
     peak_memory_gb: float | None = None
+    optimizer: dict = field(default_factory=dict)  # the optimizer step alone (see optimizer_step_cost)
     first_step_seconds: float | None = None
     compile_stats: dict = field(default_factory=dict)  # torch.compile counters during warm-up
 
@@ -156,9 +160,35 @@ def prepare(c: Contender, cfg: BenchmarkArgs, runtime: Runtime) -> None:
     c.timer = StepTimer(runtime.device)
     if cfg.mode == "train":
         c.model.train()
-        c.state = build_train_state(c.model, BENCH_TRAIN, runtime, BENCH_TRAIN.max_steps)
+        train = dataclasses.replace(BENCH_TRAIN, optimizer=cfg.optimizer)
+        c.state = build_train_state(c.model, train, runtime, train.max_steps)
     else:
         c.model.eval()
+
+
+def optimizer_step_cost(c: Contender, batch: Batch, runtime: Runtime, reps: int = 5) -> dict:
+    """What the optimizer alone costs a training step: gradient clipping and the optimizer step,
+    timed over `reps` repetitions on the gradients of one batch (median ms), and the memory it
+    adds at its peak (GB; LAMB's per-tensor trust ratios need temporaries). Changes the weights:
+    run it after the timed steps."""
+    state = c.state
+    with runtime.autocast():
+        terms = c.loss_fn.loss_sums(state.model, to_device(batch.data, runtime.device))
+    sum(t.float() for t in terms.values()).backward()
+    timer = StepTimer(runtime.device)
+    meter = MemoryMeter(runtime.device)
+    for i in range(reps + 1):  # the first one untimed: the optimizer state exists already, kernels may not
+        if i == 1:
+            runtime.synchronize()
+            meter.start()
+        with timer.step(record=i > 0):
+            torch.nn.utils.clip_grad_norm_(state.params, BENCH_TRAIN.max_grad_norm, foreach=None)
+            state.optimizer.step()
+    runtime.synchronize()
+    extra = meter.extra_since_start()
+    state.optimizer.zero_grad(set_to_none=True)
+    return {"name": type(state.optimizer).__name__, "ms_p50": statistics.median(timer.seconds()) * 1e3,
+            "extra_memory_gb": extra}
 
 
 def step(c: Contender, batch: Batch, cfg: BenchmarkArgs, runtime: Runtime) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bertforge.bench.config import SHARED_DATA, BenchmarkArgs
+from bertforge.bench.config import BenchmarkArgs
 from bertforge.config import BertConfig
 from bertforge.errors import ConfigError, DataError
 
@@ -56,8 +56,8 @@ def squad_batches(cfg: BenchmarkArgs, config: BertConfig, vocab_file: Path, do_l
 
     path = Path(cfg.squad_file)
     if not path.is_file():
-        raise DataError(f"SQuAD file not found: {path.resolve()}; pass --squad_file (the shared copy "
-                        f"is {SHARED_DATA}/squad/v1.1/dev-v1.1.json beside the repository)")
+        raise DataError(f"SQuAD file not found: {path.resolve()}; pass --squad_file (a SQuAD v1.1 JSON "
+                        f"file such as dev-v1.1.json)")
     tokenizer = WordPieceTokenizer(vocab_file, do_lower_case=do_lower_case)
     if len(tokenizer) > config.vocab_size:
         raise ConfigError(f"vocab file {vocab_file} has {len(tokenizer)} tokens but the model's "
@@ -101,7 +101,9 @@ def hf_inputs(batch: dict[str, Tensor], cfg: BenchmarkArgs) -> dict[str, Tensor]
 
 def vocab_for(cfg: BenchmarkArgs, checkpoint_vocab: Path | None) -> Path:
     vocab = Path(cfg.model.vocab_file) if cfg.model.vocab_file else checkpoint_vocab
-    vocab = vocab or Path(SHARED_DATA) / "vocab" / "bert-base-uncased" / "vocab.txt"
+    if vocab is None:
+        raise ConfigError("--data squad needs a WordPiece vocabulary to make features: pass --vocab_file "
+                          "(or --init_checkpoint with its vocab.txt)")
     if not vocab.is_file():
         raise DataError(f"vocab file not found: {vocab.resolve()}; pass --vocab_file")
     return vocab

@@ -39,8 +39,9 @@ MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfl
 
 def matmul_peak(device: torch.device, precision: str, size: int | None = None, reps: int = 10) -> dict:
     """Median rate of a size^3 matrix product in the run's precision on random data (zeros can run
-    faster than real data). TF32 follows the matmul settings the Runtime made."""
-    size = size or (8192 if device.type == "cuda" else 1024)
+    faster than real data). TF32 follows the matmul settings the Runtime made. CPUs without fp16
+    matrix units run fp16 products in a slow fallback (seconds for one 1024^3), hence 256 there."""
+    size = size or (8192 if device.type == "cuda" else 256 if precision == "fp16" else 1024)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=MATMUL_DTYPES[precision], generator=g)
     b = torch.randn(size, size, device=device, dtype=MATMUL_DTYPES[precision], generator=g)
@@ -136,14 +137,18 @@ class MemoryMeter:
             self._api.reset_peak_memory_stats(self._index())
             self.before = self._api.memory_allocated(self._index())
 
-    def peak_since_start(self, model: nn.Module) -> float:
-        """GB."""
-        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    def extra_since_start(self) -> float:
+        """GB: the peak since start() above what was in use then (what a piece of work added)."""
         if self.device.type == "cpu":
             peak = rss_bytes("VmHWM") or 0
         else:
             peak = self._api.max_memory_allocated(self._index())
-        return (peak - self.before + weights) / 1e9
+        return (peak - self.before) / 1e9
+
+    def peak_since_start(self, model: nn.Module) -> float:
+        """GB."""
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        return self.extra_since_start() + weights / 1e9
 
 
 def device_name(device: torch.device) -> str:

@@ -11,7 +11,8 @@ What one run does, in order:
    peak memory is read here);
 4. times `steps` steps, alternating between the models step by step, so that a machine shared
    with other work slows both alike;
-5. optionally profiles a few more steps of each (`profile`): a Chrome trace file and a table of
+5. training: times the optimizer step alone (clipping + AdamW or LAMB) and the memory it adds;
+6. optionally profiles a few more steps of each (`profile`): a Chrome trace file and a table of
    the top kernels.
 
 A training step is the Trainer's `train_step` (see `bertforge.bench.contenders`). FLOPs are model
@@ -24,6 +25,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,11 +121,14 @@ def _summary(c: C.Contender, batches: list[Batch], cfg: BenchmarkArgs, config: B
     else:
         losses = [float(x) for x in c.losses]
         out["loss_first"], out["loss_last"] = (losses[0], losses[-1]) if losses else (None, None)
+        out["optimizer"] = {**c.optimizer, "share_of_step": c.optimizer["ms_p50"] / out["step_ms_p50"]}
     return out
 
 
-def measure(cfg: BenchmarkArgs) -> dict:
-    """Run the benchmark; returns the results as a JSON-ready dict (see `run_benchmark`)."""
+def measure(cfg: BenchmarkArgs, profile_when: Callable[[dict], bool] | None = None) -> dict:
+    """Run the benchmark; returns the results as a JSON-ready dict (see `run_benchmark`).
+    `profile_when`: profile (as cfg.profile does) also when it returns True for the results,
+    e.g. for a missed target: the top kernels of both sides come in the same run."""
     runtime = Runtime(cfg.runtime)
     if cfg.cuda_graphs and runtime.device.type != "cuda":
         raise ConfigError(f"--cuda_graphs needs a CUDA device, not {runtime.device}")
@@ -152,6 +157,9 @@ def measure(cfg: BenchmarkArgs) -> dict:
         after = compile_counters()
         c.compile_stats = {k: after[k] - before.get(k, 0) for k in after}
     timed(contenders, batches, cfg, runtime)
+    if cfg.mode == "train":
+        for c in contenders:
+            c.optimizer = C.optimizer_step_cost(c, batches[0], runtime)
     # The ceiling is the better of two measurements, before and after the timed steps: on a
     # shared machine one of them may have been slowed by other work.
     peak = max(peak, matmul_peak(runtime.device, runtime.precision), key=lambda p: p["tflops"])
@@ -161,7 +169,7 @@ def measure(cfg: BenchmarkArgs) -> dict:
         result[c.name] = _summary(c, batches, cfg, config, peak["tflops"])
     if cfg.compare_hf:
         result["speedup_vs_hf"] = result["bertforge"]["seq_per_s"] / result["hf"]["seq_per_s"]
-    if cfg.profile:
+    if cfg.profile or (profile_when is not None and profile_when(result)):
         result["profile"] = {}
         for c in contenders:
             path = Path(cfg.trace_file) if cfg.trace_file else None
@@ -222,6 +230,14 @@ def format_table(result: dict) -> str:
         if not infer:
             row += f"{r['loss_first']:10.4f}" if r["loss_first"] is not None else f"{'-':>10}"
         lines.append(row)
+    if not infer:
+        lines.append("")
+        for name in ("bertforge", "hf"):
+            if name in result:
+                o = result[name]["optimizer"]
+                lines.append(f"optimizer step alone ({'bertforge' if name == 'bertforge' else 'transformers'}): "
+                             f"{o['name']} {o['ms_p50']:.2f} ms, {100 * o['share_of_step']:.1f}% of a step, "
+                             f"+{o['extra_memory_gb']:.2f} GB at its peak")
     if "speedup_vs_hf" in result:
         lines += ["", f"speedup vs transformers: {result['speedup_vs_hf']:.2f}x   "
                       f"(max |output difference| on batch 0, eval mode: {result['max_abs_diff_vs_hf']:.2e})"]

@@ -11,7 +11,9 @@ and what it measured; one check failing does not stop the others.
   both in the run's precision, each against fp32: the unpadded path may not be less accurate.
 - `sync_free_steps`: the whole training step (forward, backward, clipping, optimizer) for the
   SQuAD loss with AdamW and the pretraining loss with LAMB in bf16, and fp16 with loss scaling,
-  under `torch.cuda.set_sync_debug_mode("error")` and `HostSyncRecorder` (which names the op).
+  under `torch.cuda.set_sync_debug_mode("error")`, each configuration with its own result; one
+  that reads is run again from a fresh state under `HostSyncRecorder`, which names the op (fp16
+  with LAMB is expected to read once: GradScaler's found_inf).
 - `flash_kernel` (CUDA): the varlen kernel against SDPA on the padded grid in fp32; dropout
   applied and differentiable.
 - `cuda_graph` (CUDA): a forward replayed from a CUDA graph equals the eager forward.
@@ -19,19 +21,22 @@ and what it measured; one check failing does not stop the others.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import traceback
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
 
+import bertforge
 from bertforge.bench.meter import compile_counters
 from bertforge.bench.syncs import HostSyncRecorder
 from bertforge.config import BertConfig, resolve_config
-from bertforge.model import bert as bert_module
+from bertforge.model import attention
 from bertforge.model import build_model
 from bertforge.runconfig import RuntimeArgs, TrainArgs
 from bertforge.train.loop import TrainState, build_train_state, to_device, train_step
@@ -60,7 +65,7 @@ def run_sanity(args: SanityArgs, after_check: Callable[[dict], None] | None = No
     gets the report so far after each check (a run cut short keeps what it checked)."""
     device = torch.device(args.device)
     report: dict = {"torch": torch.__version__, "device": str(device),
-                    "flash_varlen_available": bert_module._flash_varlen_on(device),
+                    "flash_varlen_available": attention._flash_varlen_on(device),
                     "flash_op_schema": str(torch.ops.aten._flash_attention_forward.default._schema)}
     checks: dict[str, Callable[[SanityArgs], dict]] = {
         "compiled_training": compiled_training, "matches_padded": matches_padded,
@@ -70,7 +75,7 @@ def run_sanity(args: SanityArgs, after_check: Callable[[dict], None] | None = No
             report[name] = check(args)
         except Exception as e:  # noqa: BLE001 - one broken check must not hide the others
             report[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500],
-                            "where": _where(e)}
+                            "where": where(e)}
         if after_check is not None:
             after_check(report)
     report["ok"] = all(r.get("ok") is not False for r in report.values() if isinstance(r, dict))
@@ -130,9 +135,11 @@ def _train_state(args: SanityArgs, head: str, precision: str, optimizer: str, dr
     return state, runtime
 
 
-def _where(e: BaseException) -> str:
-    """The innermost bertforge frame of a traceback (where our code asked for it)."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if "bertforge" in f.filename]
+def where(e: BaseException) -> str:
+    """The innermost frame of bertforge's own code in an exception's traceback (where our code
+    asked for what failed): "path:line source"."""
+    package = Path(bertforge.__file__).resolve().parent
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve().is_relative_to(package)]
     return f"{frames[-1].filename}:{frames[-1].lineno} {frames[-1].line}" if frames else ""
 
 
@@ -160,7 +167,7 @@ def compiled_training(args: SanityArgs) -> dict:
 
 def _attention_kind(runtime: Runtime, precision: str, config: BertConfig) -> str:
     q = torch.empty(0, config.num_attention_heads, config.head_dim, dtype=runtime.autocast_dtype or torch.float32)
-    if bert_module._flash_varlen_on(runtime.device) and bert_module._flash_varlen_supports(q):
+    if attention._flash_varlen_on(runtime.device) and attention._flash_varlen_supports(q):
         return "flash varlen"
     return "padded grid (compiled)"
 
@@ -195,70 +202,120 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-SYNC_CHECKS = (("qa", "adamw", "bf16", True), ("pretraining", "lamb", "bf16", True),
-               ("qa", "adamw", "fp16", False), ("pretraining", "lamb", "fp16", False))
-"""(head, optimizer, precision, compiled): fp16 runs eager (the optimizer and the loss scaler are
-what differ; the layers are the bf16 ones). fp16 with LAMB is expected to read once: GradScaler
-reads found_inf to skip an optimizer that cannot skip on its own."""
+@dataclass(frozen=True)
+class SyncCheck:
+    """One configuration of the hot training step, and the host reads it is allowed."""
+
+    head: str
+    optimizer: str
+    precision: str
+    compiled: bool
+    """fp16 runs eager: the optimizer and the loss scaler are what differ; the layers are bf16's."""
+    expected_reads: tuple[str, ...] = ()
+    """Reads that are known and accepted, as HostSyncRecorder names them."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.head}_{self.optimizer}_{self.precision}"
+
+
+SYNC_CHECKS = (SyncCheck("qa", "adamw", "bf16", True), SyncCheck("pretraining", "lamb", "bf16", True),
+               SyncCheck("qa", "adamw", "fp16", False),
+               # GradScaler reads found_inf to skip an optimizer that cannot skip on its own.
+               SyncCheck("pretraining", "lamb", "fp16", False, ("aten._local_scalar_dense.default",)))
+
+
+def sync_check(make_state: Callable[[], tuple[TrainState, Runtime]], check: SyncCheck, batches: list[dict],
+               watch: Callable[[], ContextManager], warmup: int = 2) -> dict:
+    """`warmup` untimed steps (compilation, optimizer state), then two steps under `watch`, which
+    raises at the first host read. After a raise the step was left half done (fp16: the loss
+    scaler unscaled the gradients and never reached update(), so the next unscale_ would raise
+    on its own), so a fresh state runs one step under HostSyncRecorder to name the reads. The
+    configuration passes when it read nothing, or only its expected reads."""
+    state, runtime = make_state()
+    for b in batches[:warmup]:
+        train_step(state, _loss(check.head), [b])
+    runtime.synchronize()
+    try:
+        with watch():
+            for b in batches[2:4]:
+                train_step(state, _loss(check.head), [b])
+        return {"ok": True}
+    except (RuntimeError, NotImplementedError) as e:
+        result: dict = {"error": str(e)[:300], "where": where(e)}
+    state, runtime = make_state()
+    for b in batches[:warmup]:
+        train_step(state, _loss(check.head), [b])
+    recorder = HostSyncRecorder()
+    try:
+        with recorder:
+            train_step(state, _loss(check.head), [batches[4]])
+    except (RuntimeError, NotImplementedError) as e:  # where a read cannot return (the meta device)
+        result["recorder_stopped_at"] = where(e)
+    result["recorded"] = recorder.syncs
+    result["ok"] = bool(recorder.syncs) and all(op in check.expected_reads for op in recorder.syncs)
+    if check.expected_reads:
+        result["expected"] = list(check.expected_reads)
+    return result
+
+
+@contextlib.contextmanager
+def cuda_sync_errors():
+    """CUDA raises at any synchronising call while inside."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def sync_free_steps(args: SanityArgs) -> dict:
-    """CUDA: the steps under set_sync_debug_mode("error"), with nothing else watching (a Python
-    dispatch mode would change what the compiled layers run); when one raises, one more step
-    under HostSyncRecorder names the op. Elsewhere the steps run unwatched: the CPU has no
-    device to wait for (tests/train/test_step_syncs.py checks the step on the meta device)."""
+    """CUDA: each configuration of SYNC_CHECKS under set_sync_debug_mode("error"), with nothing
+    else watching (a Python dispatch mode would change what the compiled layers run); one
+    configuration's read does not spoil the others' results. Elsewhere the steps run unwatched:
+    the CPU has no device to wait for (tests/train/test_step_syncs.py checks the step on the
+    meta device)."""
     results = {}
-    for head, optimizer, precision, compiled in SYNC_CHECKS:
-        state, runtime = _train_state(args, head, precision, optimizer, 0.1, compiled)
-        config = state.model.config
-        pin = runtime.device.type == "cuda"
-        batches = [host_batch(config, head, args.batch, args.seq, args.seed + i) for i in range(5)]
-        batches = [{k: v.pin_memory() if pin and isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                   for b in batches]
-        for b in batches[:2]:  # compilation, optimizer state, autotuning: outside the check
-            train_step(state, _loss(head), [b])
-        runtime.synchronize()
-        key = f"{head}_{optimizer}_{precision}"
-        if runtime.device.type != "cuda":
-            for b in batches[2:4]:
-                train_step(state, _loss(head), [b])
-            results[key] = {"ok": None, "note": f"no device to wait for on {runtime.device}"}
+    cuda = torch.device(args.device).type == "cuda"
+    for check in SYNC_CHECKS:
+        def make_state(check: SyncCheck = check) -> tuple[TrainState, Runtime]:
+            return _train_state(args, check.head, check.precision, check.optimizer, 0.1, check.compiled)
+
+        config = _config(args, 0.1)
+        batches = [host_batch(config, check.head, args.batch, args.seq, args.seed + i) for i in range(5)]
+        if not cuda:
+            state, _ = make_state()
+            for b in batches[:4]:
+                train_step(state, _loss(check.head), [b])
+            results[check.name] = {"ok": None, "note": f"no device to wait for on {args.device}"}
             continue
+        batches = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
         try:
-            torch.cuda.set_sync_debug_mode("error")
-            for b in batches[2:4]:
-                train_step(state, _loss(head), [b])
-            torch.cuda.set_sync_debug_mode("default")
-            results[key] = {"ok": True}
-        except RuntimeError as e:
-            torch.cuda.set_sync_debug_mode("default")
-            recorder = HostSyncRecorder()
-            with recorder:
-                train_step(state, _loss(head), [batches[4]])
-            results[key] = {"ok": False, "error": str(e)[:300], "where": _where(e), "recorded": recorder.syncs}
-    expected_read = "pretraining_lamb_fp16"
-    ok = all(r["ok"] is not False for k, r in results.items() if k != expected_read)
-    return {"ok": ok if runtime.device.type == "cuda" else None, "steps": results,
-            "expected": f"{expected_read}: one read per optimizer step in GradScaler (LAMB cannot skip by itself)"}
+            results[check.name] = sync_check(make_state, check, batches, cuda_sync_errors)
+        except Exception as e:  # noqa: BLE001 - one configuration's failure must not hide the others'
+            results[check.name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:300], "where": where(e)}
+    expected = {c.name: list(c.expected_reads) for c in SYNC_CHECKS if c.expected_reads}
+    return {"ok": all(r["ok"] is not False for r in results.values()) if cuda else None, "steps": results,
+            "expected_reads": expected}
 
 
 def flash_kernel(args: SanityArgs) -> dict:
     device = torch.device(args.device)
-    if not bert_module._flash_varlen_on(device):
+    if not attention._flash_varlen_on(device):
         return {"ok": None, "skipped": f"no FlashAttention varlen kernel on {device}"}
     config = resolve_config(args.bert_model)
     g = torch.Generator(device=device).manual_seed(args.seed)
     lengths = [args.seq, args.seq // 2 + 3, 17, args.seq - 1]
     mask = (torch.arange(args.seq)[None] < torch.tensor(lengths)[:, None]).to(device)
-    layout = bert_module.Unpadded.from_mask(mask.long(), lengths)
+    layout = attention.Unpadded.from_mask(mask.long(), lengths)
     shape = (sum(lengths), 3, config.num_attention_heads, config.head_dim)
     result = {}
     for dtype in (torch.bfloat16, torch.float16):
         qkv = torch.randn(shape, device=device, generator=g, dtype=torch.float32)
-        exact = bert_module._padded_grid_attention(qkv, layout, 0.0)
-        got = bert_module._flash_varlen_attention(*qkv.to(dtype).unbind(1), layout, 0.0)
+        exact = attention._padded_grid_attention(qkv, layout, 0.0)
+        got = attention._flash_varlen_attention(*qkv.to(dtype).unbind(1), layout, 0.0)
         x = qkv.to(dtype).requires_grad_()
-        dropped = bert_module._flash_varlen_attention(*x.unbind(1), layout, 0.1)
+        dropped = attention._flash_varlen_attention(*x.unbind(1), layout, 0.1)
         dropped.float().square().sum().backward()
         result[str(dtype).removeprefix("torch.")] = {
             "rel_vs_fp32_grid": _rel(got, exact),
@@ -292,4 +349,4 @@ def cuda_graph(args: SanityArgs) -> dict:
             "replay_repeatable": bool(torch.equal(replayed, again))}
 
 
-__all__ = ["SanityArgs", "run_sanity", "host_batch"]
+__all__ = ["SanityArgs", "SyncCheck", "SYNC_CHECKS", "run_sanity", "sync_check", "host_batch", "where"]

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from bertforge.config import BertConfig, find_config_file, resolve_config
 from bertforge.errors import CheckpointError
-from bertforge.fileio import default_file_mode
+from bertforge.fileio import (WRITE_FAILURES, check_free_space, default_file_mode, describe_os_error,
+                              fsync_directory, write_error)
 from bertforge.model.heads import heads_in, num_labels_in
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class Checkpoint:
     do_lower_case: bool | None = None
     """Whether the model is uncased; None when nothing says."""
     meta: dict = field(default_factory=dict)
-    """The bertforge.json of a native checkpoint (empty for other formats)."""
+    """The bertforge.json of a native checkpoint; for other formats, what their files record of
+    it (`CARRIED_META`)."""
 
     @property
     def heads(self) -> set[str]:
@@ -72,10 +74,36 @@ class Checkpoint:
         return num_labels_in(self.state)
 
 
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about itself before its weights are read: enough to check the
+    flags and data of a run against it before any work (`load.peek_checkpoint`)."""
+
+    format: str
+    config: BertConfig
+    """The architecture (a DLE-padded vocabulary shows only in the weights, not here)."""
+    vocab_file: Path | None = None
+    do_lower_case: bool | None = None
+    labels: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+# What a fine-tuned checkpoint records besides its weights that changes how it is used (SQuAD
+# v2.0 models answer "" when the null answer wins): carried through every conversion.
+CARRIED_META = ("task", "version_2_with_negative")
+
+
 # ---- reading weight files ----------------------------------------------------------------
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
+    # safetensors reports every failure to open a file as "No such file or directory": open it
+    # here first, so that a file without read permission says so.
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file: {describe_os_error(e)}") from None
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -178,17 +206,43 @@ def adopt_padded_vocab(config: BertConfig, state: dict[str, Tensor], source: str
 TMP_PREFIX = ".tmp-"  # the temporary directory of a write in progress (or interrupted)
 
 
-def atomic_dir_write(out_dir: Path, write: Callable[[Path], None], last: str | None = None) -> None:
-    """Call `write(tmp)` on a temporary directory inside `out_dir`, then move each file it wrote
-    into `out_dir` with os.replace, `last` (the file that marks the checkpoint complete) last:
-    a crash never leaves a half-written weights file under its final name."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=TMP_PREFIX) as tmp:
-        tmp_path = Path(tmp)
-        write(tmp_path)
-        names = sorted(p.name for p in tmp_path.iterdir())
-        names.sort(key=lambda n: n == last)
-        for name in names:
-            if (tmp_path / name).is_file():  # some writers (safetensors) create files 0600
-                os.chmod(tmp_path / name, default_file_mode())
-            os.replace(tmp_path / name, out_dir / name)
+def atomic_dir_write(out_dir: Path, write: Callable[[Path], None], last: str | None = None,
+                     needed: int | None = None) -> None:
+    """Call `write(tmp)` on a temporary directory inside `out_dir`, fsync what it wrote, then
+    move each file into `out_dir` with os.replace, `last` (the file that marks the checkpoint
+    complete) last: a crash never leaves a half-written weights file under its final name.
+
+    `needed` is what the files take (bytes), when known: less free space than that fails before
+    anything is written. A failed write removes its temporary directory (and `out_dir`, when
+    this call created it and it is still empty) and raises `WriteError` naming `out_dir`."""
+    created = not out_dir.exists()
+    if needed is not None:
+        check_free_space(out_dir, needed, "the files")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=TMP_PREFIX) as tmp:
+            tmp_path = Path(tmp)
+            write(tmp_path)
+            names = sorted(p.name for p in tmp_path.iterdir())
+            names.sort(key=lambda n: n == last)
+            for name in names:
+                if (tmp_path / name).is_file():
+                    os.chmod(tmp_path / name, default_file_mode())  # some writers (safetensors) make 0600
+                    _fsync_file(tmp_path / name)
+            for name in names:
+                os.replace(tmp_path / name, out_dir / name)
+        fsync_directory(out_dir)
+    except WRITE_FAILURES as e:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise write_error(out_dir, e, needed) from None
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def state_bytes(state: dict[str, Tensor]) -> int:
+    """What a state dict's tensors take on disk (safetensors adds a small header)."""
+    return sum(t.numel() * t.element_size() for t in state.values())

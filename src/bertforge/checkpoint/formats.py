@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertforge.checkpoint.common import Checkpoint
-from bertforge.checkpoint.google import load_tf_checkpoint
-from bertforge.checkpoint.hf import WEIGHT_FILES, find_weights, load_hf, save_hf
-from bertforge.checkpoint.native import NATIVE_META, load_native, save_native_checkpoint
-from bertforge.checkpoint.nvidia import load_nvidia_checkpoint
+from bertforge.checkpoint.common import Checkpoint, CheckpointInfo
+from bertforge.checkpoint.google import load_tf_checkpoint, peek_tf_checkpoint
+from bertforge.checkpoint.hf import WEIGHT_FILES, find_weights, load_hf, peek_hf, save_hf
+from bertforge.checkpoint.native import NATIVE_META, load_native, peek_native, save_native_checkpoint
+from bertforge.checkpoint.nvidia import load_nvidia_checkpoint, peek_nvidia_checkpoint
 from bertforge.config import BertConfig
 
 ConfigSource = str | Path | BertConfig | None
@@ -34,6 +34,8 @@ class FormatSpec:
     checkpoint of this format."""
     load: Callable[[Path, ConfigSource], Checkpoint]
     """Reads it; the config (a BertConfig, preset or file) serves checkpoints without one beside."""
+    peek: Callable[[Path, ConfigSource], CheckpointInfo]
+    """Reads what it says about itself (config, vocabulary, casing) but not its weights."""
     in_directory: str
     """What marks a directory of this format, for the error when nothing does."""
     files: str
@@ -68,13 +70,13 @@ def _is_nvidia(path: Path) -> bool:
 
 FORMATS: dict[str, FormatSpec] = {spec.name: spec for spec in (
     # A native checkpoint carries its config: a config given for other formats is not used.
-    FormatSpec("native", _is_native, lambda path, _config: load_native(path),
+    FormatSpec("native", _is_native, lambda path, _config: load_native(path), peek_native,
                in_directory=NATIVE_META, files="", save=save_native_checkpoint),
-    FormatSpec("hf", _is_hf, load_hf, in_directory=", ".join(WEIGHT_FILES),
+    FormatSpec("hf", _is_hf, load_hf, peek_hf, in_directory=", ".join(WEIGHT_FILES),
                files="*.safetensors, *.bin (or their *.index.json)", save=save_hf),
-    FormatSpec("tf", _is_tf, load_tf_checkpoint, in_directory="a TensorFlow *.ckpt.index",
+    FormatSpec("tf", _is_tf, load_tf_checkpoint, peek_tf_checkpoint, in_directory="a TensorFlow *.ckpt.index",
                files="a TensorFlow *.ckpt prefix / *.ckpt.index"),
-    FormatSpec("nvidia", _is_nvidia, load_nvidia_checkpoint, in_directory="one DLE *.pt file",
+    FormatSpec("nvidia", _is_nvidia, load_nvidia_checkpoint, peek_nvidia_checkpoint, in_directory="one DLE *.pt file",
                files="a DLE *.pt / *.pth"),
 )}
 

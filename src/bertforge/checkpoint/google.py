@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from bertforge.checkpoint.common import Checkpoint, config_beside, infer_do_lower_case, vocab_beside
+from bertforge.checkpoint.common import Checkpoint, CheckpointInfo, config_beside, infer_do_lower_case, vocab_beside
 from bertforge.checkpoint.hf import hf_to_native
 from bertforge.checkpoint.tf_checkpoint import TFCheckpointReader
 from bertforge.config import BertConfig
@@ -88,6 +88,13 @@ def google_to_hf(name: str) -> str | None:
     return None
 
 
+def peek_tf_checkpoint(path: Path, config: str | Path | BertConfig | None = None) -> CheckpointInfo:
+    """A TF checkpoint's config (given, or its bert_config.json), vocab.txt and the casing its
+    release name says."""
+    return CheckpointInfo("tf", config_beside(path, config, "TensorFlow"), vocab_beside(path),
+                          infer_do_lower_case(path))
+
+
 def load_tf_checkpoint(path: str | Path, config: str | Path | BertConfig | None = None) -> Checkpoint:
     """A Google TF checkpoint (prefix, `.index`, or directory) as a bertforge Checkpoint."""
     path = Path(path)
@@ -120,5 +127,5 @@ def load_tf_checkpoint(path: str | Path, config: str | Path | BertConfig | None 
                       vocab_file=vocab_beside(path), do_lower_case=do_lower_case)
 
 
-__all__ = ["google_to_hf", "is_training_state", "load_tf_checkpoint",
+__all__ = ["google_to_hf", "is_training_state", "load_tf_checkpoint", "peek_tf_checkpoint",
            "OPTIMIZER_SLOTS", "BOOKKEEPING"]

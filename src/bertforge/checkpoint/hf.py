@@ -21,10 +21,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bertforge.checkpoint.common import (
-    Checkpoint, adopt_padded_vocab, atomic_dir_write, config_beside, read_safetensors, read_torch_file,
-    state_dict_of, vocab_beside,
+    Checkpoint, CheckpointInfo, adopt_padded_vocab, atomic_dir_write, config_beside, read_safetensors, read_torch_file,
+    state_bytes, state_dict_of, vocab_beside,
 )
 from bertforge.config import BertConfig
+from bertforge.data.glue.tasks import named_labels
 from bertforge.errors import CheckpointError
 from bertforge.fileio import read_json
 from bertforge.model.heads import HEADS
@@ -216,14 +217,35 @@ def hf_labels(raw: dict) -> list[str] | None:
         return None
 
 
-def load_hf(path: Path, config: str | Path | BertConfig | None = None) -> Checkpoint:
-    """A Hugging Face directory, or one weights file of it, as a bertforge Checkpoint."""
-    weights = find_weights(path) if path.is_dir() else path
+# Hugging Face's `finetuning_task` for a SQuAD model: transformers' own names for the two versions.
+_SQUAD_TASKS = {"squad": False, "squad_v2": True}
+
+
+def hf_finetuning_task(meta: dict) -> str | None:
+    """The `finetuning_task` config.json records for a checkpoint's bertforge meta: squad or
+    squad_v2 (whose models answer "" when the null answer wins)."""
+    if meta.get("task") == "squad":
+        return "squad_v2" if meta.get("version_2_with_negative") else "squad"
+    return None
+
+
+def meta_of_hf_config(raw: dict) -> dict:
+    """The bertforge meta a Hugging Face config.json records (`hf_finetuning_task` read back)."""
+    task = raw.get("finetuning_task")
+    if task in _SQUAD_TASKS:
+        return {"task": "squad", "version_2_with_negative": _SQUAD_TASKS[task]}
+    return {}
+
+
+def peek_hf(path: Path, config: str | Path | BertConfig | None = None) -> CheckpointInfo:
+    """A Hugging Face directory's (or weights file's) config (the given one, else its
+    config.json), labels, casing (tokenizer_config.json) and fine-tuning task."""
     directory = path if path.is_dir() else path.parent
-    labels, do_lower_case = None, None
+    labels, do_lower_case, meta = None, None, {}
     if config is None and (directory / "config.json").is_file():
         cfg, raw = read_hf_config(directory)
         labels = hf_labels(raw)
+        meta = meta_of_hf_config(raw)
     else:
         cfg = config_beside(path, config, "Hugging Face")
     tok_cfg = directory / "tokenizer_config.json"
@@ -232,10 +254,17 @@ def load_hf(path: Path, config: str | Path | BertConfig | None = None) -> Checkp
             do_lower_case = json.loads(tok_cfg.read_text(encoding="utf-8")).get("do_lower_case")
         except json.JSONDecodeError:
             log.warning("%s: not valid JSON; ignoring it", tok_cfg)
+    return CheckpointInfo("hf", cfg, vocab_beside(path), do_lower_case, labels, meta)
+
+
+def load_hf(path: Path, config: str | Path | BertConfig | None = None) -> Checkpoint:
+    """A Hugging Face directory, or one weights file of it, as a bertforge Checkpoint."""
+    weights = find_weights(path) if path.is_dir() else path
+    info = peek_hf(path, config)
     state = hf_to_native(read_weights(weights), source=str(weights))
-    cfg = adopt_padded_vocab(cfg, state, str(weights))
-    return Checkpoint(cfg, state, path, "hf", labels=labels, vocab_file=vocab_beside(path),
-                      do_lower_case=do_lower_case)
+    cfg = adopt_padded_vocab(info.config, state, str(weights))
+    return Checkpoint(cfg, state, path, "hf", labels=info.labels, vocab_file=info.vocab_file,
+                      do_lower_case=info.do_lower_case, meta=info.meta)
 
 
 def save_hf(ckpt: Checkpoint, out_dir: Path) -> Path:
@@ -249,10 +278,14 @@ def save_hf(ckpt: Checkpoint, out_dir: Path) -> Path:
         hf_state[key] = value
     cfg = ckpt.config.to_hf_dict(spec.hf_architecture)
     if ckpt.labels:
-        cfg["id2label"] = {str(i): label for i, label in enumerate(ckpt.labels)}
-        cfg["label2id"] = {label: i for i, label in enumerate(ckpt.labels)}
+        # A GLUE checkpoint that records GLUE's file labels ("0", "1") gets the classes' names.
+        labels = named_labels(ckpt.meta.get("task"), ckpt.labels)
+        cfg["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        cfg["label2id"] = {label: i for i, label in enumerate(labels)}
     elif ckpt.num_labels:
         cfg["num_labels"] = ckpt.num_labels
+    if task := hf_finetuning_task(ckpt.meta):
+        cfg["finetuning_task"] = task
 
     def write(tmp: Path) -> None:
         save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -264,5 +297,6 @@ def save_hf(ckpt: Checkpoint, out_dir: Path) -> Path:
         if ckpt.vocab_file is not None:
             shutil.copyfile(ckpt.vocab_file, tmp / "vocab.txt")
 
-    atomic_dir_write(out_dir, write, last="model.safetensors")  # detection looks for the weights
+    # model.safetensors last: detection looks for the weights
+    atomic_dir_write(out_dir, write, last="model.safetensors", needed=state_bytes(hf_state))
     return out_dir

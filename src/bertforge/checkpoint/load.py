@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bertforge.checkpoint import hub
-from bertforge.checkpoint.common import Checkpoint
+from bertforge.checkpoint.common import Checkpoint, CheckpointInfo
 from bertforge.checkpoint.formats import FORMATS
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
@@ -71,6 +71,17 @@ def load_checkpoint(path: str | Path, config: str | Path | BertConfig | None = N
     return FORMATS[fmt].load(path, config)
 
 
+def peek_checkpoint(path: str | Path, config: str | Path | BertConfig | None = None,
+                    format: str = "auto") -> CheckpointInfo:
+    """What `load_checkpoint` would find besides the weights (config, vocabulary, casing, labels,
+    meta), without reading the weights: the checks of a run's flags before any work."""
+    path = _local_path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: {', '.join(FORMATS)}")
+    return FORMATS[fmt].peek(path, config)
+
+
 def _local_path(source: str | Path) -> Path:
     """`source` as a local path, fetching it from the Hugging Face Hub when it is an id there.
     A Path object is always local."""
@@ -94,7 +105,7 @@ class LoadReport:
         return not self.initialized
 
 
-def load_into(model: nn.Module, ckpt: Checkpoint, require_head: bool = False) -> LoadReport:
+def load_into(model: nn.Module, ckpt: Checkpoint, require_head: bool = False, resuming: bool = False) -> LoadReport:
     """Copy `ckpt` into `model`, all or nothing.
 
     Errors (one message listing every offending tensor): a backbone tensor (embeddings, encoder)
@@ -102,7 +113,8 @@ def load_into(model: nn.Module, ckpt: Checkpoint, require_head: bool = False) ->
     Allowed and reported: head tensors the checkpoint lacks (fine-tuning from a pretrained
     encoder initialises the new head), and tensors of heads the model does not have (a
     pretraining checkpoint's MLM/NSP head when fine-tuning). `require_head=True` (prediction,
-    evaluation) makes a missing head an error too.
+    evaluation) makes a missing head an error too. `resuming`: a training checkpoint's weights
+    replace these next, the missing ones included (the log says so instead of "initialised fresh").
     """
     own = model.state_dict()
     state = ckpt.state
@@ -127,7 +139,10 @@ def load_into(model: nn.Module, ckpt: Checkpoint, require_head: bool = False) ->
             if key in own:
                 own[key].copy_(value)
     report = LoadReport(initialized=missing, dropped=unexpected)
-    if missing:
+    if missing and resuming:
+        log.info("not in %s: %s; they come from the checkpoint the run resumes from", ckpt.source,
+                 _short_list(missing))
+    elif missing:
         log.info("initialised fresh (not in %s): %s", ckpt.source, _short_list(missing))
     if unexpected:
         log.info("not used from %s: %s", ckpt.source, _short_list(unexpected))

@@ -19,7 +19,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from bertforge.checkpoint.common import Checkpoint, atomic_dir_write, read_safetensors, vocab_beside
+from bertforge.checkpoint.common import (
+    CARRIED_META, Checkpoint, CheckpointInfo, atomic_dir_write, read_safetensors, state_bytes, vocab_beside,
+)
 from bertforge.config import BertConfig
 from bertforge.errors import CheckpointError
 from bertforge.fileio import read_json
@@ -44,7 +46,7 @@ def write_native(out_dir: str | Path, state: dict[str, Tensor], config: BertConf
                           labels=labels, extra=extra)
 
     # bertforge.json last: a reader that finds it finds complete weights.
-    atomic_dir_write(out_dir, write, last=NATIVE_META)
+    atomic_dir_write(out_dir, write, last=NATIVE_META, needed=state_bytes(state))
     return out_dir
 
 
@@ -77,16 +79,24 @@ def save_native_checkpoint(ckpt: Checkpoint, out_dir: str | Path) -> Path:
     """Write a loaded checkpoint of any format as a native one, recording where it came from."""
     return write_native(out_dir, ckpt.state, ckpt.config, head=ckpt.head, vocab_file=ckpt.vocab_file,
                         do_lower_case=ckpt.do_lower_case, labels=ckpt.labels,
-                        extra={"converted_from": f"{ckpt.format}:{ckpt.source}"})
+                        extra={**{k: ckpt.meta[k] for k in CARRIED_META if k in ckpt.meta},
+                               "converted_from": f"{ckpt.format}:{ckpt.source}"})
 
 
-def load_native(path: Path) -> Checkpoint:
+def peek_native(path: Path, _config: object = None) -> CheckpointInfo:
+    """A native checkpoint's config, vocabulary, casing and bertforge.json (a given config is
+    not used: the checkpoint carries its own)."""
     meta = read_json(path / NATIVE_META, NATIVE_META, CheckpointError)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path / NATIVE_META}: expected a JSON object")
+    return CheckpointInfo("native", BertConfig.from_json(path / NATIVE_CONFIG), vocab_beside(path),
+                          meta.get("do_lower_case"), meta.get("labels"), meta)
+
+
+def load_native(path: Path) -> Checkpoint:
+    info = peek_native(path)
     weights = path / NATIVE_WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{path}: native checkpoint without {NATIVE_WEIGHTS}")
-    config = BertConfig.from_json(path / NATIVE_CONFIG)
-    return Checkpoint(config, read_safetensors(weights), path, "native", labels=meta.get("labels"),
-                      vocab_file=vocab_beside(path), do_lower_case=meta.get("do_lower_case"), meta=meta)
+    return Checkpoint(info.config, read_safetensors(weights), path, "native", labels=info.labels,
+                      vocab_file=info.vocab_file, do_lower_case=info.do_lower_case, meta=info.meta)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bertforge.checkpoint.common import (
-    Checkpoint, adopt_padded_vocab, config_beside, infer_do_lower_case, read_torch_file, state_dict_of,
+    Checkpoint, CheckpointInfo, adopt_padded_vocab, config_beside, infer_do_lower_case, read_torch_file, state_dict_of,
     vocab_beside,
 )
 from bertforge.checkpoint.hf import _REDUNDANT, _TIED_DECODER, hf_to_native
@@ -105,6 +105,13 @@ def _weights_file(path: Path) -> Path:
         raise CheckpointError(f"{path}: expected exactly one DLE *.pt file here, found {found}; "
                               "pass the file itself")
     return files[0]
+
+
+def peek_nvidia_checkpoint(path: Path, config: str | Path | BertConfig | None = None) -> CheckpointInfo:
+    """A DLE checkpoint's config (given, or its bert_config.json), vocab.txt and the casing its
+    name says."""
+    return CheckpointInfo("nvidia", config_beside(path, config, "NVIDIA DLE"), vocab_beside(path),
+                          infer_do_lower_case(path))
 
 
 def load_nvidia_checkpoint(path: str | Path, config: str | Path | BertConfig | None = None) -> Checkpoint:
@@ -195,3 +202,79 @@ def read_pretraining_checkpoint(path: str | Path, config: str | Path | BertConfi
 
 __all__ = ["load_nvidia_checkpoint", "read_dle_file", "find_pretraining_checkpoints", "read_pretraining_checkpoint",
            "PretrainingState"]
+
+
+# ---- continuing a run_pretraining.py run -----------------------------------------------------
+
+
+@dataclass
+class NvidiaResume:
+    """Where a pretraining run continues from run_pretraining.py's checkpoint: NVIDIA's
+    `--resume_from_checkpoint` in a directory that holds its ckpt_<step>.pt files."""
+
+    path: Path
+    step: int  # the step this run continues after
+    phase2_start: bool  # phase 2 starting from phase 1: moments carried, step counts reset
+
+
+def nvidia_resume_point(out: Path, *, resume: bool, has_own_checkpoints: bool, phase2: bool,
+                        phase1_end_step: int | None, resume_step: int | None, init_checkpoint: str | None,
+                        optimizer: str) -> NvidiaResume | None:
+    """The ckpt_<step>.pt of NVIDIA's run_pretraining.py to continue from, when the run resumes
+    (`resume`) in `out`, which holds them and no checkpoint of the run's own yet
+    (`has_own_checkpoints`). `resume_step` picks one (default: the latest); with `phase2`,
+    steps up to `phase1_end_step` are phase 1's, from which phase 2 starts afresh."""
+    found = find_pretraining_checkpoints(out)
+    if not resume or not found or has_own_checkpoints:
+        if phase2 and phase1_end_step is not None and resume and not found and not init_checkpoint:
+            raise CheckpointError(f"--phase2 --resume_from_checkpoint --phase1_end_step: {out} holds no "
+                                  "run_pretraining.py checkpoint (ckpt_<step>.pt) to start phase 2 from. bertforge "
+                                  "keeps each phase in its own directory: bertforge pretrain --phase2 "
+                                  "--init_checkpoint PHASE1_OUTPUT_DIR --output_dir PHASE2_DIR")
+        return None
+    if resume_step is not None and resume_step >= 0:
+        if resume_step not in found:
+            raise CheckpointError(f"--resume_step {resume_step}: no {out}/ckpt_{resume_step}.pt (there are "
+                                  f"{', '.join(p.name for _, p in sorted(found.items()))})")
+        step = resume_step
+    else:
+        step = max(found)
+    if optimizer != "lamb":
+        raise CheckpointError(f"{found[step]} holds LAMB moments; resume it with --optimizer lamb")
+    if not phase2:
+        return NvidiaResume(found[step], step, False)
+    if phase1_end_step is None:
+        raise CheckpointError(f"--phase2 in {out}, which holds run_pretraining.py checkpoints: give --phase1_end_step "
+                              "(the last step of phase 1) so that phase-1 and phase-2 checkpoints can be told apart")
+    if step <= phase1_end_step:
+        return NvidiaResume(found[step], 0, True)
+    return NvidiaResume(found[step], step - phase1_end_step, False)
+
+
+def import_nvidia_checkpoint(point: NvidiaResume, state: PretrainingState, model: torch.nn.Module,
+                             optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+                             scaler: torch.amp.GradScaler, device: torch.device) -> None:
+    """Put the LAMB moments and step counts of `state` (read from `point.path`) into the
+    optimizer, schedule and loss scaler of `model`, which already holds the file's weights
+    (`load_into(model, state.checkpoint)`). Phase 2 starting from phase 1 keeps the moments
+    and resets the step counts, as run_pretraining.py does."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    saved = optimizer.state_dict()
+    ordered = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    missing = sorted(set(ordered) - set(state.exp_avg))
+    if missing:
+        raise CheckpointError(f"{point.path}: no LAMB moments for {', '.join(missing[:4])}; it does not belong to "
+                              "this model")
+    saved["state"] = {i: {"exp_avg": state.exp_avg[n].to(device), "exp_avg_sq": state.exp_avg_sq[n].to(device)}
+                      for i, n in enumerate(ordered)}
+    lamb_steps = 0 if point.phase2_start else (state.optimizer_steps if state.optimizer_steps is not None
+                                                else point.step)
+    for group in saved["param_groups"]:
+        group["step"] = lamb_steps
+    optimizer.load_state_dict(saved)
+    if state.grad_scaler and scaler.is_enabled() and not point.phase2_start:
+        scaler.load_state_dict(state.grad_scaler)
+    schedule.last_epoch = point.step
+
+
+__all__ += ["NvidiaResume", "import_nvidia_checkpoint", "nvidia_resume_point"]

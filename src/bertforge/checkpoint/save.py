@@ -2,15 +2,19 @@
 in `formats.FORMATS`; the second half of `bertforge convert`), into a directory that holds
 nothing else.
 
-A conversion over an earlier one (`overwrite`, `--force`) first removes the earlier checkpoint's
-files, because one left behind changes how the directory is read; any other entry there makes
+A conversion over an earlier one (`overwrite`, `--force`) writes the new checkpoint beside the
+old one (in a hidden directory inside it) and only then removes the earlier checkpoint's files,
+because one left behind changes how the directory is read, and moves the new ones in: a write
+that fails (a full disk) leaves the earlier checkpoint as it was. Any other entry there makes
 it refuse, naming it, so a user's own files are never deleted.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from bertforge.checkpoint.common import TMP_PREFIX, Checkpoint
@@ -74,9 +78,25 @@ def save_checkpoint_as(ckpt: Checkpoint, out_dir: str | Path, to: str = "native"
     if to not in TARGETS:
         raise ConfigError(f"--to must be {' or '.join(map(repr, TARGETS))}, got {to!r}")
     out_dir = Path(out_dir)
-    for entry in prepare_destination(out_dir, overwrite, needed=(ckpt.source, ckpt.vocab_file)):
+    earlier = prepare_destination(out_dir, overwrite, needed=(ckpt.source, ckpt.vocab_file))
+    if not earlier:
+        return FORMATS[to].save(ckpt, out_dir)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=TMP_PREFIX))
+    try:
+        FORMATS[to].save(ckpt, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for entry in earlier:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    return FORMATS[to].save(ckpt, out_dir)
+    # The file that marks the format (what detection looks for) moves in last.
+    for name in sorted((p.name for p in staging.iterdir()), key=lambda n: n == _MARKERS[to]):
+        os.replace(staging / name, out_dir / name)
+    staging.rmdir()
+    return out_dir
+
+
+_MARKERS = {"native": NATIVE_META, "hf": "model.safetensors"}

@@ -20,19 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.config import BertConfig
-from bertforge.model import attention
 from bertforge.model.attention import Layout, Padded, Unpadded, attend, host_lengths
-
-# The kernels moved to `attention`; code that still reads them here (bertforge.bench.sanity)
-# gets attention's current ones, patched or not.
-_IN_ATTENTION = frozenset({"_flash_varlen_attention", "_flash_varlen_on", "_flash_varlen_supports",
-                           "_padded_grid_attention", "unpadded_attention"})
-
-
-def __getattr__(name: str):
-    if name in _IN_ATTENTION:
-        return getattr(attention, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- building blocks ---------------------------------------------------------------------

@@ -1,38 +1,47 @@
-"""The HTTP application: endpoints, request limits and errors, on FastAPI, run by uvicorn.
+"""The HTTP application on FastAPI, run by uvicorn: simple JSON routes, the Open Inference
+Protocol, metrics, health, and the server's life from loading to draining.
 
-    GET  /health     {"status": "ok", "model", "head", "endpoints", "batches", "requests"}
+    GET  /health     200 {"status": "ok", "model", "head", "endpoints", "infer", "batches", "requests"};
+                     503 {"status": "loading" | "draining", "model"}
     POST /answer     {"question", "context"}          -> {"answer", "score", "start", "end"}
     POST /classify   {"text_a", "text_b" (optional)}  -> {"label", "score", "probabilities"}
     POST /encode     {"text"}                         -> {"embedding": [H floats]}
+    GET  /metrics    Prometheus metrics (`metrics`)
+    /v2/...          the Open Inference Protocol (`v2`)
+    GET  /docs       the OpenAPI pages (/openapi.json, /redoc)
 
-Which of the three a server offers depends on the model's head (answer: qa, classify:
-classification, encode: any). Bad input is a 4xx with {"error": "<what is wrong>"}, never a 5xx:
-400 for a body that is not JSON, 404 for an endpoint this model does not offer, 413 for a body
-over max_body_bytes, 422 for missing, mistyped, empty or over-long fields; 503 when more than
-max_pending requests wait.
+A simple route takes one item (a JSON object, answered by one) or a list of up to
+max_items_per_request (answered by a list). Which routes a server offers depends on the model's
+head (answer: qa, classify: classification, encode: any). Bad input is a 4xx with
+{"error": "<what is wrong>"}: 400 for a body that is not JSON, 401/403 for a missing token or a
+foreign Host (`guard`), 404 for a route this model does not offer, 408 for a body that is too slow,
+413 for a body, list or request over its limit, 415 for a body that is not application/json, 422
+for missing, mistyped, empty or over-long fields; 503 while the model loads, when more than
+max_pending requests wait, and for requests still unanswered when a graceful shutdown's time is up.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bertforge.errors import BertforgeError, ConfigError
-from bertforge.serve.batcher import Batcher, Busy
-from bertforge.serve.config import ServeArgs
+from bertforge.serve import deps  # noqa: F401 -- first: names a missing package of the serve extra
 
-try:
-    import uvicorn
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, StrictStr, ValidationError
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-except ImportError as e:  # the serve extra is not installed
-    raise ConfigError(f"bertforge serve needs FastAPI and uvicorn ({e.name} is missing): "
-                      "pip install \"bertforge[serve]\"") from None
+import pydantic_core
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bertforge.errors import BertforgeError
+from bertforge.serve import v2
+from bertforge.serve.config import ServeArgs
+from bertforge.serve.batcher import Busy, ShuttingDown
+from bertforge.serve.guard import BINARY_HEADER, BodyReader, Guard
+from bertforge.serve.metrics import Instrument, Metrics
+from bertforge.serve.service import Lifecycle, TooMuchWork
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +60,7 @@ class EncodeRequest(BaseModel):
     text: StrictStr
 
 
-# Each endpoint's request, and the ServeArgs limit on the length of each of its texts.
+# Each simple route's item, and the ServeArgs limit on the length of each of its texts.
 REQUESTS: dict[str, tuple[type[BaseModel], dict[str, str]]] = {
     "answer": (AnswerRequest, {"question": "max_text_chars", "context": "max_context_chars"}),
     "classify": (ClassifyRequest, {"text_a": "max_text_chars", "text_b": "max_text_chars"}),
@@ -59,195 +68,233 @@ REQUESTS: dict[str, tuple[type[BaseModel], dict[str, str]]] = {
 }
 
 
-# ---- request body limit --------------------------------------------------------------------
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length before anything
-    is read, or as soon as a body without one (chunked) passes the limit."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _drain(receive)
-            return await _send_error(send, 413, self._message(int(length)))
-        received = 0
-
-        async def limited():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, self._message(received, "at least "))
-            return message
-
-        return await self.app(scope, limited, send)
-
-    def _message(self, size: int, prefix: str = "") -> str:
-        return (f"request body of {prefix}{size} bytes is over this server's limit of {self.max_bytes} "
-                f"bytes (--max_body_bytes)")
-
-
-async def _drain(receive) -> None:
-    """Read and drop a refused body, so the client gets its answer instead of a reset connection."""
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False) and message["type"] == "http.request"
-
-
-async def _send_error(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-# ---- the application -----------------------------------------------------------------------
-
-
-async def parse(request: Request, model: type[BaseModel]) -> BaseModel:
-    """The request body as `model`, whatever its Content-Type says (curl -d sends a form type);
-    400 for a body that is not JSON, 422 for missing or mistyped fields."""
+def parse_items(body: bytes, model: type[BaseModel], max_items: int) -> tuple[list[BaseModel], bool]:
+    """The body's items and whether it was a single object; HTTPException for a body that is not
+    JSON (400), a list over `max_items` (413), missing or mistyped fields (422)."""
     try:
-        return model.model_validate_json(await request.body())
-    except ValidationError as e:
-        raise HTTPException(*_field_errors(e)) from None
+        value = pydantic_core.from_json(body)
+    except ValueError as e:
+        raise HTTPException(400, f"request body is not valid JSON ({e})") from None
+    if isinstance(value, dict):
+        raw, single = [value], True
+    elif isinstance(value, list):
+        raw, single = value, False
+        if not raw:
+            raise HTTPException(422, "the list of items is empty")
+        if len(raw) > max_items:
+            raise HTTPException(413, f"the list has {len(raw)} items; this server takes at most {max_items} in one "
+                                     "request (--max_items_per_request)")
+    else:
+        raise HTTPException(422, "the body must be a JSON object (or a list of them)")
+    items = []
+    for i, item in enumerate(raw):
+        where = "" if single else f"item {i}: "
+        if not isinstance(item, dict):
+            raise HTTPException(422, f"{where}must be a JSON object, got {type(item).__name__}")
+        try:
+            items.append(model.model_validate(item))
+        except ValidationError as e:
+            raise HTTPException(422, where + _field_errors(e)) from None
+    return items, single
 
 
-def _field_errors(exc: ValidationError) -> tuple[int, str]:
+def _field_errors(exc: ValidationError) -> str:
     """One message for pydantic's list of errors."""
     problems = []
     for error in exc.errors():
-        if error["type"] == "json_invalid":
-            return 400, f"request body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])})"
         where = ".".join(str(p) for p in error["loc"])
-        if error["type"] == "missing":
-            problems.append(f"missing field {where!r}")
-        elif error["type"] == "model_type":
-            problems.append("the body must be a JSON object")
-        else:
-            problems.append(f"{where or 'body'}: {error['msg']}")
-    return 422, "; ".join(problems)
+        problems.append(f"missing field {where!r}" if error["type"] == "missing" else f"{where}: {error['msg']}")
+    return "; ".join(problems)
 
 
-def build_app(predictor, args: ServeArgs) -> FastAPI:
-    """The FastAPI application serving `predictor` (a `bertforge.api.Predictor`)."""
-    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-model")
+def check_lengths(args: ServeArgs, name: str, values: Mapping[str, str | None], where: str = "") -> None:
+    """422 for an empty text or one over its character limit."""
+    for field_name, flag in REQUESTS[name][1].items():
+        text = values.get(field_name)
+        if text is None:
+            continue
+        if not text.strip():
+            raise HTTPException(422, f"{where}{field_name} is empty")
+        limit = getattr(args, flag)
+        if len(text) > limit:
+            raise HTTPException(422, f"{where}{field_name} has {len(text)} characters; this server takes at most "
+                                     f"{limit} (--{flag})")
 
-    def answer(items: list[AnswerRequest]) -> list[dict]:
-        answers = predictor.answer([r.question for r in items], [r.context for r in items],
-                                   max_seq_length=args.max_seq_length, doc_stride=args.doc_stride)
-        return [{"answer": a.text, "score": a.score, "start": a.start, "end": a.end} for a in answers]
 
-    def classify(items: list[ClassifyRequest]) -> list[dict]:
-        texts = [r.text_a if r.text_b is None else (r.text_a, r.text_b) for r in items]
-        return [{"label": c.label, "score": c.score, "probabilities": c.probabilities}
-                for c in predictor.classify(texts, max_seq_length=args.max_seq_length)]
+def _openapi_body(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
-    def encode(items: list[EncodeRequest]) -> list[dict]:
-        vectors = predictor.encode([r.text for r in items], pooling=args.pooling, normalize=args.normalize,
-                                   max_seq_length=args.max_seq_length)
-        return [{"embedding": v.tolist()} for v in vectors]
 
-    functions = {"answer": answer, "classify": classify, "encode": encode}
-    offered = offered_tasks(predictor)
-    batchers = {name: Batcher(functions[name], model_thread, args.max_batch_size, args.batch_timeout_ms / 1000,
-                              args.max_pending) for name in offered}
+def build_app(args: ServeArgs, load: Callable[[ServeArgs], Any], token: str | None = None
+              ) -> tuple[FastAPI, Lifecycle]:
+    """The application serving the model that `load(args)` returns (a `bertforge.api.Predictor`,
+    loaded on a thread of its own once the application starts), and its Lifecycle."""
+    # Each refers to the other; the lambdas look their names up when called, once both exist.
+    lifecycle = Lifecycle(args, on_step=lambda units, jobs: metrics.step(units, jobs))
+    metrics = Metrics(queue=lambda: lifecycle.service.scheduler.waiting if lifecycle.service else 0,
+                      queued_units=lambda: lifecycle.service.scheduler.waiting_units if lifecycle.service else 0,
+                      ready=lambda: float(lifecycle.ready))
+    name = args.model_name
 
     @asynccontextmanager
     async def lifespan(_app):
-        for b in batchers.values():
-            b.start()
+        lifecycle.start_loading(load)
         yield
-        for b in batchers.values():
-            await b.stop()
-        model_thread.shutdown(wait=True)
-        log.info("shut down after %d requests in %d batches", sum(b.items for b in batchers.values()),
-                 sum(b.batches for b in batchers.values()))
+        await lifecycle.stop()
 
-    app = FastAPI(title="bertforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimit, max_bytes=args.max_body_bytes)
+    docs = args.docs
+    app = FastAPI(title="bertforge", summary=f"BERT model {name} over HTTP", lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
+    # Added innermost first: Instrument sees every answer, Guard runs before any body is read.
+    app.add_middleware(BodyReader, max_bytes=args.max_body_bytes, timeout_s=args.body_timeout_s)
+    app.add_middleware(Guard, hosts=args.host_names(), token=token)
+    app.add_middleware(Instrument, metrics=metrics, routes=lambda: app.routes)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no such endpoint; this server offers {', '.join(_endpoints(offered))}"
+            message = f"no such route; this server offers {', '.join(_routes(lifecycle, name))}"
         elif exc.status_code == 405:
-            message = f"{message}: use GET /health, POST for the others"
-        return JSONResponse({"error": message}, status_code=exc.status_code)
+            allowed = (exc.headers or {}).get("Allow", "another method")
+            message = f"{request.method} {request.url.path} is not allowed; it takes {allowed}"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
-    def check_length(what: str, text: str | None, limit: int, flag: str) -> None:
-        if text is None:
-            return
-        if not text.strip():
-            raise HTTPException(422, f"{what} is empty")
-        if len(text) > limit:
-            raise HTTPException(422, f"{what} has {len(text)} characters; this server takes at most {limit} "
-                                     f"(--{flag})")
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception):
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}: {exc}); the server log has the "
+                                      "traceback"}, status_code=500)
 
-    async def run(name: str, item: Any) -> dict:
+    def service_for(endpoint: str):
+        if lifecycle.service is None:
+            raise HTTPException(503, "the model is still loading; GET /v2/health/ready answers 200 once it is ready")
+        service = lifecycle.service
+        if endpoint not in service.works:
+            head = {"answer": "qa", "classify": "classification"}[endpoint]
+            raise HTTPException(404, f"/{endpoint} needs a model with a trained {head} head; this server's model "
+                                     f"has a {service.facts.head} head and offers "
+                                     f"{', '.join(_routes(lifecycle, name))}")
+        return service
+
+    async def run(endpoint: str, items: list[tuple]) -> list[dict]:
+        service = service_for(endpoint)
         try:
-            return await batchers[name].submit(item)
+            return await service.run(endpoint, items)
         except Busy as e:
             raise HTTPException(503, f"the server is busy ({e}); retry shortly") from None
+        except ShuttingDown as e:
+            raise HTTPException(503, f"{e}; retry shortly") from None
+        except TooMuchWork as e:
+            raise HTTPException(413, str(e)) from None
         except BertforgeError as e:
             raise HTTPException(422, str(e)) from None
 
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": predictor.source, "head": predictor.head,
-                "endpoints": _endpoints(offered), "batches": sum(b.batches for b in batchers.values()),
-                "requests": sum(b.items for b in batchers.values())}
+    # ---- health and metrics ------------------------------------------------------------
 
-    def endpoint(name: str, model: type[BaseModel], limits: dict[str, str]):
-        async def handle(request: Request) -> dict:
-            if name not in batchers:
-                raise HTTPException(404, f"/{name} needs a model with a trained "
-                                         f"{'qa' if name == 'answer' else 'classification'} head; this server's "
-                                         f"model has a {predictor.head} head and offers "
-                                         f"{', '.join(_endpoints(offered))}")
-            item = await parse(request, model)
-            for field_name, flag in limits.items():
-                check_length(field_name, getattr(item, field_name), getattr(args, flag), flag)
-            return await run(name, item)
+    @app.get("/health", summary="200 when ready; 503 while loading or draining")
+    async def health():
+        body: dict[str, Any] = {"status": "ok" if lifecycle.ready else lifecycle.phase, "model": name}
+        if lifecycle.service is not None:
+            s = lifecycle.service
+            body.update(head=s.facts.head, endpoints=["/health", *(f"/{e}" for e in s.facts.endpoints)],
+                        infer=f"/v2/models/{name}/infer", batches=s.scheduler.steps, requests=s.scheduler.jobs)
+        return JSONResponse(body, status_code=200 if lifecycle.ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus():
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    # ---- simple routes -----------------------------------------------------------------
+
+    def simple(endpoint: str, model: type[BaseModel]):
+        async def handle(request: Request):
+            items, single = parse_items(await request.body(), model, args.max_items_per_request)
+            for i, item in enumerate(items):
+                check_lengths(args, endpoint, item.model_dump(), "" if single else f"item {i}: ")
+            values = [tuple(item.model_dump().values()) for item in items]
+            results = await run(endpoint, values)
+            return results[0] if single else results
         return handle
 
-    for name, (model, limits) in REQUESTS.items():
-        app.add_api_route(f"/{name}", endpoint(name, model, limits), methods=["POST"])
-    return app
+    for endpoint, (model, _) in REQUESTS.items():
+        schema = model.model_json_schema()
+        app.add_api_route(f"/{endpoint}", simple(endpoint, model), methods=["POST"],
+                          summary=f"{endpoint}: one item, or a list of up to {args.max_items_per_request}",
+                          openapi_extra=_openapi_body({"oneOf": [schema, {"type": "array", "items": schema}]}))
+
+    # ---- the Open Inference Protocol ---------------------------------------------------
+
+    def known(model_name: str) -> None:
+        if model_name != name:
+            raise HTTPException(404, f"model {model_name!r} not found; this server serves {name!r}")
+
+    @app.get("/v2", summary="server metadata")
+    async def server_metadata():
+        from bertforge import __version__
+        return {"name": "bertforge", "version": __version__, "extensions": v2.EXTENSIONS}
+
+    @app.get("/v2/health/live", summary="200 while the process serves")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="200 when the model is loaded and the server is not draining")
+    async def ready():
+        if lifecycle.ready:
+            return {"ready": True}
+        return JSONResponse({"ready": False, "error": f"the server is {lifecycle.phase}"}, status_code=503)
+
+    @app.get("/v2/models/{model_name}", summary="model metadata")
+    async def model_metadata(model_name: str):
+        known(model_name)
+        facts = service_for("encode").facts
+        return v2.model_metadata(name, v2.task_of(facts.endpoints), facts.labels, facts.hidden_size)
+
+    @app.get("/v2/models/{model_name}/ready", summary="200 when the model is ready")
+    async def model_ready(model_name: str):
+        known(model_name)
+        return JSONResponse({"name": name, "ready": lifecycle.ready}, status_code=200 if lifecycle.ready else 503)
+
+    @app.post("/v2/models/{model_name}/infer", summary="inference on named tensors",
+              openapi_extra=_openapi_body(v2.InferenceRequest.model_json_schema()))
+    async def infer(model_name: str, request: Request):
+        known(model_name)
+        task = v2.task_of(service_for("encode").facts.endpoints)
+        length = request.headers.get(BINARY_HEADER.decode())
+        try:
+            parsed, binary = v2.parse_request(await request.body(), None if length is None else length.encode())
+        except v2.ProtocolError as e:
+            raise HTTPException(400, str(e)) from None
+        return await _infer(task, parsed, binary)
+
+    async def _infer(task: str, parsed: v2.InferenceRequest, binary: bytes) -> Response:
+        try:
+            texts = v2.input_texts(parsed, binary, task, name)
+        except v2.ProtocolError as e:
+            raise HTTPException(400, str(e)) from None
+        count = len(next(iter(texts.values())))
+        if count > args.max_items_per_request:
+            raise HTTPException(413, f"the inputs have {count} elements; this server takes at most "
+                                     f"{args.max_items_per_request} in one request (--max_items_per_request)")
+        items = []
+        for i in range(count):
+            values = {v2.INPUTS[task][tensor][0]: column[i] for tensor, column in texts.items()}
+            check_lengths(args, task, values, f"element {i}: ")
+            items.append(tuple(values.get(field) for field in REQUESTS[task][1]))
+        results = await run(task, items)
+        try:
+            body, json_length = v2.response(name, parsed, task, results)
+        except v2.ProtocolError as e:
+            raise HTTPException(400, str(e)) from None
+        if json_length is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_length)})
+
+    return app, lifecycle
 
 
-def offered_tasks(predictor) -> list[str]:
-    """What the model can do: encode always; answer with a trained QA head, classify with a
-    trained classification head."""
-    trained = {"qa": "answer", "classification": "classify"}.get(predictor.head)
-    return [name for name in ("answer", "classify", "encode")
-            if name == "encode" or (name == trained and predictor.loaded.head_loaded)]
-
-
-def _endpoints(offered) -> list[str]:
-    return ["/health", *(f"/{name}" for name in offered)]
-
-
-def serve(args: ServeArgs) -> None:
-    """Load the model, then serve until SIGINT or SIGTERM: the server stops accepting
-    connections, lets requests in flight finish (up to graceful_timeout_s), and exits."""
-    from bertforge.api import Predictor
-    from bertforge.runconfig import ModelArgs
-
-    predictor = Predictor(ModelArgs(init_checkpoint=args.checkpoint), args.runtime,
-                          batch_size=args.predict_batch_size)
-    app = build_app(predictor, args)
-    log.info("serving %s (%s head) on http://%s:%d: %s", args.checkpoint, predictor.head, args.host, args.port,
-             ", ".join(_endpoints(offered_tasks(predictor))))
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=args.access_log,
-                            timeout_graceful_shutdown=args.graceful_timeout_s, lifespan="on")
-    uvicorn.Server(config).run()
+def _routes(lifecycle: Lifecycle, name: str) -> list[str]:
+    offered = lifecycle.service.facts.endpoints if lifecycle.service else []
+    return ["/health", *(f"/{e}" for e in offered), f"/v2/models/{name}/infer", "/metrics"]

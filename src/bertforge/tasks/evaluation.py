@@ -10,18 +10,16 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from bertforge.checkpoint import load_checkpoint, load_into, save_native
 from bertforge.checkpoint.native import NATIVE_META
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.fileio import read_json
-from bertforge.tasks.common import LoadedModel
+from bertforge.loading import LoadedModel
 from bertforge.train.loop import Trainer, evaluate_every
 from bertforge.train.runtime import Runtime
-
-if TYPE_CHECKING:
-    from bertforge.tasks.runner import Job
+from bertforge.validation import check_at_least, check_types
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +36,8 @@ class EvalDuringTraining:
     metric) the run's final model; bertforge.json records their step."""
 
     def __post_init__(self) -> None:
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"--eval_every must be at least 1, got {self.eval_every}")
+        check_types(self, "evaluation")
+        check_at_least(self, 1, ("eval_every",))
         if self.save_best and self.eval_every is None:
             raise ConfigError("--save_best needs --eval_every: the best of which evaluations?")
 
@@ -95,17 +93,15 @@ class BestWeights:
         return {"best_step": self.step, "best_metric": self.metric, "best_value": self.value}
 
 
-def evaluate_during_training(job: Job, trainer: Trainer, loaded: LoadedModel, runtime: Runtime,
-                             evaluate: Callable[[], dict | None], metric: str) -> None:
+def evaluate_during_training(args: EvalDuringTraining, trainer: Trainer, loaded: LoadedModel, runtime: Runtime,
+                             out: Path, labels: list[str] | None, evaluate: Callable[[], dict | None],
+                             metric: str) -> BestWeights | None:
     """Hook `evaluate()` (called on every rank; returns the metrics on rank 0, on other ranks the
-    same or None) onto the trainer as job.cfg.evaluation says, keeping the best weights by `metric`
-    with --save_best."""
-    args: EvalDuringTraining = job.cfg.evaluation
+    same or None) onto the trainer as `args` say. With --save_best, returns the BestWeights that
+    keep the best weights by `metric` in `out` (the run saves them, recording `labels`)."""
     if args.eval_every is None:
-        return
-    best = None
-    if args.save_best:
-        best = job.best = BestWeights(loaded, Path(job.cfg.output_dir), metric, runtime, job.labels(loaded))
+        return None
+    best = BestWeights(loaded, out, metric, runtime, labels) if args.save_best else None
 
     def run(step: int) -> dict | None:
         result = evaluate()
@@ -116,6 +112,7 @@ def evaluate_during_training(job: Job, trainer: Trainer, loaded: LoadedModel, ru
     evaluate_every(trainer, args.eval_every, run)
     if best is not None:  # after the final evaluation, which evaluate_every hung on on_train_end first
         trainer.add_callback("on_train_end", best.restore)
+    return best
 
 
 __all__ = ["EvalDuringTraining", "BestWeights", "evaluate_during_training"]

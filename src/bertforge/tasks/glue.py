@@ -18,10 +18,12 @@ from bertforge.data import glue as data
 from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import InferenceStats, predict_timed
-from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
+from bertforge.loading import LoadedModel, check_seq_length, model_inputs
+from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
+from bertforge.tasks.common import report_inference, write_json
 from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
-from bertforge.tasks.runner import Job, check_seq_length, run
+from bertforge.tasks.runner import Job, run
+from bertforge.validation import check_at_least, check_types
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
@@ -45,23 +47,45 @@ class GlueData:
     """Also cap each prediction batch at this many tokens (rows x its longest example, rounded up
     to 8; examples are batched by length): short examples then share bigger batches, so every
     batch costs about the same. Predictions do not change."""
+    label_order: str | list[str] | None = None
+    """What a trained head's outputs are, in its output order, comma-separated: e.g.
+    entailment,neutral,contradiction for an MNLI model trained on Hugging Face's GLUE data set.
+    Needed where the checkpoint does not name them (LABEL_0, LABEL_1, LABEL_2, or no names at
+    all) and the task has more than two classes; it overrides the checkpoint's names. The task's
+    class names or GLUE's file labels, in any case."""
 
     def __post_init__(self) -> None:
-        data.get_task(self.task_name)  # an unknown task fails here, naming the valid ones
-        for name in ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        check_types(self, "glue")
+        task = data.get_task(self.task_name)  # an unknown task fails here, naming the valid ones
+        check_at_least(self, 1, ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"))
+        if isinstance(self.label_order, str):
+            self.label_order = [x.strip() for x in self.label_order.split(",")]
+        if self.label_order is not None:
+            check_label_order(self.label_order, task)
+
+
+def check_label_order(names: list[str], task: data.GlueTask) -> None:
+    """A ConfigError unless `names` name each of the task's classes once."""
+    if task.label_names is None:
+        raise ConfigError(f"--label_order: GLUE {task.name} is a regression task; its head has one output, "
+                          "not classes")
+    valid = ", ".join(task.label_names)
+    unknown = [x for x in names if task.class_id(x) is None]
+    if unknown:
+        raise ConfigError(f"--label_order: {', '.join(map(repr, unknown))} is not a GLUE {task.name} label; "
+                          f"its labels are {valid}")
+    ids = [task.class_id(x) for x in names]
+    if len(names) != len(task.label_names) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--label_order must name each of GLUE {task.name}'s {len(task.label_names)} labels "
+                          f"({valid}) once, in the head's output order; got {','.join(names)}")
 
 
 @dataclass(kw_only=True)
-class GlueEvalRun:
+class GlueEvalRun(RunConfig):
     """Evaluate (dev metrics) and/or predict (test-set submission files) with a fine-tuned checkpoint."""
 
     output_dir: str = "runs/glue_eval"
     """Where eval_results.json and the submission files go."""
-    overwrite_output_dir: bool = False
-    """Replace earlier results in output_dir."""
     do_eval: bool = False
     """Score the dev set(s) with the task's official metrics."""
     do_predict: bool = False
@@ -72,8 +96,6 @@ class GlueEvalRun:
     output_jsonl: str | None = None
     """Where the classes of --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 @dataclass(kw_only=True)
@@ -93,13 +115,11 @@ class GlueEvaluateRun(GlueEvalRun):
 
 
 @dataclass(kw_only=True)
-class GlueRun:
+class GlueRun(TrainRun):
     """Fine-tune and/or evaluate BERT on a GLUE task."""
 
     output_dir: str = "runs/glue"
     """The run directory: model, metrics.jsonl, checkpoints, eval results, submissions."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
     do_train: bool = False
     """Fine-tune on the train split."""
     do_eval: bool = False
@@ -107,11 +127,9 @@ class GlueRun:
     do_predict: bool = False
     """Write the test set's GLUE submission file(s) into output_dir."""
     data: GlueData = field(default_factory=GlueData)
-    model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=2e-5, train_batch_size=32))
     evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
     """Dev metrics while training (--eval_every, --save_best)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 class ClassificationLoss:
@@ -146,26 +164,48 @@ _UNNAMED = re.compile(r"^LABEL_\d+$")
 
 
 def align_labels(model: nn.Module, checkpoint_labels: list[str] | None, task: data.GlueTask,
-                 source: str) -> None:
-    """Put a trained classifier's outputs in the task's label order.
+                 source: str, label_order: list[str] | None = None) -> None:
+    """Put a trained classifier's outputs in the task's class order.
 
-    A head whose labels are named in another order (an MNLI model from Hugging Face lists
-    entailment, neutral, contradiction; GLUE's files contradiction, entailment, neutral) has its
-    rows permuted; names that are not the task's are an error; unnamed labels (LABEL_0, ...) are
-    taken to be in the task's order, with a warning."""
-    if task.labels is None or not checkpoint_labels:
+    What the outputs are comes from `label_order` (--label_order) where given, else from the
+    names the checkpoint records: the task's class names or GLUE's file labels, in any case
+    (an MNLI model from Hugging Face lists ENTAILMENT, NEUTRAL, CONTRADICTION; GLUE's files
+    contradiction, entailment, neutral). The classifier's rows are permuted to the task's
+    order; names that are not the task's are an error.
+
+    Unnamed outputs (LABEL_0, ..., or no names recorded) of a two-class head are taken to be in
+    GLUE's order, with a warning: binary GLUE models are trained in it, whether with Google's or
+    NVIDIA's scripts or on Hugging Face's GLUE data sets, which number every two-class task as
+    GLUE's files do. With more classes they are refused: Hugging Face's MNLI data set numbers
+    entailment, neutral, contradiction, GLUE's files contradiction, entailment, neutral, and a
+    guess would permute every prediction silently."""
+    if task.label_names is None:
         return
-    theirs, ours = [str(x) for x in checkpoint_labels], list(task.labels)
-    if theirs == ours:
+    ours = list(task.label_names)
+    theirs = [str(x) for x in checkpoint_labels or []]
+    unnamed = not theirs or all(_UNNAMED.match(x) for x in theirs)
+    if label_order is not None:
+        if not unnamed and [task.class_id(x) for x in theirs] != [task.class_id(x) for x in label_order]:
+            log.warning("%s names its labels %s; --label_order %s overrides them", source, ", ".join(theirs),
+                        ",".join(label_order))
+        theirs, source = list(label_order), f"--label_order ({source})"
+    elif unnamed and len(ours) == 2:
+        log.warning("%s does not name its labels (%s): assuming they are %s's labels in GLUE's order (%s); "
+                    "--label_order says otherwise", source, ", ".join(theirs) or "none recorded", task.name,
+                    ", ".join(ours))
         return
-    if all(_UNNAMED.match(x) for x in theirs) and len(theirs) == len(ours):
-        log.warning("%s names its labels %s: assuming they are %s's labels in GLUE's order (%s)",
-                    source, ", ".join(theirs), task.name, ", ".join(ours))
-        return
-    if sorted(theirs) != sorted(ours):
+    elif unnamed:  # MNLI, the one task with more than two classes
+        raise ConfigError(f"{source} does not name its {len(ours)} labels ({', '.join(theirs) or 'none recorded'}): "
+                          f"say which output is which with --label_order, e.g. --label_order {','.join(ours)} "
+                          "(GLUE's order, in which Google's and NVIDIA's scripts train) or "
+                          "entailment,neutral,contradiction (Hugging Face's GLUE data set's order)")
+    ids = [task.class_id(x) for x in theirs]
+    if sorted(i for i in ids if i is not None) != list(range(len(ours))):
         raise ConfigError(f"{source} was trained with labels {theirs}, but GLUE {task.name} has labels "
                           f"{ours}: it is not a {task.name} model")
-    order = [theirs.index(label) for label in ours]
+    if ids == list(range(len(ours))):
+        return
+    order = [ids.index(i) for i in range(len(ours))]  # order[k]: the output that is our class k
     with torch.no_grad():
         model.classifier.weight.copy_(model.classifier.weight[order].clone())
         model.classifier.bias.copy_(model.classifier.bias[order].clone())
@@ -174,8 +214,9 @@ def align_labels(model: nn.Module, checkpoint_labels: list[str] | None, task: da
 
 class GlueJob(Job):
     head = "classification"
+    cfg: GlueRun | GlueEvalRun
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: GlueRun | GlueEvalRun):
         super().__init__(cfg)
         self.task = data.get_task(cfg.data.task_name)
         self.result_files = ("eval_results.json",) + tuple(s.submission_file for s in self.task.splits_of("test"))
@@ -190,6 +231,14 @@ class GlueJob(Job):
         if cfg.do_eval or (self.training and cfg.evaluation.eval_every):
             require_metrics()
 
+    def validate(self) -> None:
+        cfg = self.cfg
+        kinds = ((["train"] if self.training else [])
+                 + (["dev"] if cfg.do_eval or (self.training and cfg.evaluation.eval_every) else [])
+                 + (["test"] if cfg.do_predict else []))
+        for split in (s for kind in kinds for s in self.task.splits_of(kind)):
+            data.read_split(self.task, cfg.data.data_dir, split.name)  # every label checked before training
+
     def model_options(self) -> dict:
         return {"num_labels": self.task.num_labels, "require_head": not self.training}
 
@@ -202,8 +251,12 @@ class GlueJob(Job):
         if loaded.head_loaded and recorded and recorded != f"glue/{self.task.name}":
             log.warning("%s was fine-tuned for %s, not glue/%s: its scores on %s mean little", source,
                         recorded, self.task.name, self.task.name)
+        label_order = self.cfg.data.label_order
         if loaded.head_loaded:
-            align_labels(loaded.model, loaded.labels, self.task, source)
+            align_labels(loaded.model, loaded.labels, self.task, source, label_order)
+        elif label_order is not None:
+            raise ConfigError(f"--label_order names the outputs of a trained {self.task.name} head, but {source} "
+                              "has none: the head trained here is in GLUE's order")
 
     def _features(self, loaded: LoadedModel, split: str) -> data.GlueFeatures:
         if split not in self._encoded:
@@ -222,7 +275,8 @@ class GlueJob(Job):
         return ClassificationLoss(self.task.is_regression)
 
     def labels(self, loaded: LoadedModel) -> list[str] | None:
-        return list(self.task.labels) if self.task.labels else None
+        """The class names the trained model records (its head is in the task's order)."""
+        return list(self.task.label_names) if self.task.label_names else None
 
     def checkpoint_meta(self, loaded, trainer) -> dict:
         return {"task": f"glue/{self.task.name}"}
@@ -230,8 +284,9 @@ class GlueJob(Job):
     def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
         # The main metric is the task's first: MNLI's matched accuracy, CoLA's MCC, STS-B's
         # Pearson, accuracy elsewhere (MRPC and QQP too, F1 being their second).
-        evaluate_during_training(self, trainer, loaded, runtime, lambda: self.evaluate(loaded, runtime)[0],
-                                 self.task.metrics[0])
+        self.best = evaluate_during_training(self.cfg.evaluation, trainer, loaded, runtime, Path(self.cfg.output_dir),
+                                             self.labels(loaded), lambda: self.evaluate(loaded, runtime)[0],
+                                             self.task.metrics[0])
 
     def _predict(self, loaded: LoadedModel, runtime: Runtime, features: data.GlueFeatures, desc: str):
         d = self.cfg.data
@@ -280,8 +335,14 @@ def finetune(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = Tr
 
 
 def evaluate_run(cfg: GlueEvalRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    """`evaluate glue` / `predict glue`: the task's files; --input_jsonl goes to
+    `bertforge.raw_text`, which classifies it through the Python API (a layer above the tasks:
+    imported here, when asked for, only so that this one entry point serves both)."""
     if cfg.input_jsonl:
-        from bertforge.tasks.raw_text import classify_run
+        if cfg.data.label_order is not None:
+            raise ConfigError("--label_order reorders a head for the task's files; --input_jsonl reports the "
+                              "checkpoint's outputs under its own label names: leave one out")
+        from bertforge.raw_text import classify_run
         classify_run(cfg)
         return {}
     return run(GlueJob(cfg), dist_info, progress)

@@ -17,16 +17,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertforge.checkpoint import load_into
+from bertforge.checkpoint.nvidia import (NvidiaResume, import_nvidia_checkpoint, nvidia_resume_point,
+                                         read_pretraining_checkpoint)
 from bertforge.data.pretraining import PretrainingDataset, StaticMaskDataset, open_pretraining_data
 from bertforge.errors import ConfigError
-from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import LoadedModel, model_inputs, write_json
+from bertforge.loading import LoadedModel, check_seq_length, model_inputs
+from bertforge.runconfig import TrainArgs, TrainRun
+from bertforge.tasks.common import write_json
 from bertforge.tasks.mlperf import RunStop, add_training_loop
-from bertforge.tasks.runner import Job, check_seq_length, run
+from bertforge.tasks.runner import Job, run
 from bertforge.train.batching import StepPlan, trim_padding
+from bertforge.train.checkpoints import list_checkpoints
 from bertforge.train.loop import Trainer, to_device
 from bertforge.train.runtime import DistInfo, Runtime
-from bertforge.validation import check_types
+from bertforge.validation import check_at_least, check_types
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +74,9 @@ class PretrainData:
 
     def __post_init__(self) -> None:
         check_types(self, "pretrain")
-        for name in ("eval_every", "samples_between_eval", "max_samples_termination", "eval_batch_size",
-                     "max_eval_samples", "shuffle_window"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if self.samples_start_eval < 0:
-            raise ConfigError(f"--samples_start_eval must be >= 0, got {self.samples_start_eval}")
+        check_at_least(self, 1, ("eval_every", "samples_between_eval", "max_samples_termination", "eval_batch_size",
+                                 "max_eval_samples", "shuffle_window"))
+        check_at_least(self, 0, ("samples_start_eval",))
         if self.eval_every and self.samples_between_eval:
             raise ConfigError("--eval_every and --samples_between_eval both set when to evaluate; give one")
         if self.samples_start_eval and not self.samples_between_eval:
@@ -96,13 +97,11 @@ def _pretrain_defaults() -> TrainArgs:
 
 
 @dataclass(kw_only=True)
-class PretrainRun:
+class PretrainRun(TrainRun):
     """Pretrain BERT with masked LM + NSP and LAMB."""
 
     output_dir: str = "runs/pretrain"
     """The run directory: model, metrics.jsonl, checkpoints, train_summary.json."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
     phase2: bool = False
     """Phase 2: start from --init_checkpoint's weights (phase 1's output_dir) with a fresh
     optimizer and schedule, on seq-512 data. NVIDIA's spelling, --phase2 --resume_from_checkpoint
@@ -131,9 +130,7 @@ class PretrainRun:
     leaves the embeddings lined up on word frequency: short runs then fine-tune worse than random
     weights (benchmarks/ACCURACY.md). Prepared data (`bertforge prepare pretraining`) only."""
     data: PretrainData = field(default_factory=PretrainData)
-    model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=_pretrain_defaults)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
 
 
 class PretrainLoss:
@@ -213,6 +210,7 @@ def evaluate_pretraining(model: nn.Module, dataset: PretrainingData, runtime: Ru
 
 class PretrainJob(Job):
     head = "pretraining"
+    cfg: PretrainRun
 
     def __init__(self, cfg: PretrainRun):
         super().__init__(cfg)
@@ -223,10 +221,6 @@ class PretrainJob(Job):
         self.trainer: Trainer | None = None
         self.run_stop: RunStop | None = None
 
-    @property
-    def training(self) -> bool:
-        return True
-
     def check(self) -> None:
         cfg, d = self.cfg, self.cfg.data
         if not cfg.do_train:
@@ -235,7 +229,11 @@ class PretrainJob(Job):
         if d.input_dir is None:
             raise ConfigError("--input_dir is required: a directory written by `bertforge prepare pretraining`, "
                               "or NVIDIA/Habana HDF5 or Google/MLPerf TFRecord files")
-        self.nvidia = nvidia_resume_point(cfg)
+        out = Path(cfg.output_dir)
+        self.nvidia = nvidia_resume_point(out, resume=bool(cfg.train.resume),
+                                          has_own_checkpoints=bool(list_checkpoints(out)), phase2=cfg.phase2,
+                                          phase1_end_step=cfg.phase1_end_step, resume_step=cfg.resume_step,
+                                          init_checkpoint=cfg.model.init_checkpoint, optimizer=cfg.train.optimizer)
         if cfg.phase2 and not cfg.model.init_checkpoint and self.nvidia is None:
             raise ConfigError("--phase2 starts from phase 1's weights: pass --init_checkpoint PHASE1_OUTPUT_DIR "
                               "(bertforge keeps each phase in its own --output_dir; add --resume to continue an "
@@ -306,7 +304,7 @@ class PretrainJob(Job):
 
     def add_callbacks(self, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
         if self.nvidia is not None:
-            import_nvidia_checkpoint(self.nvidia, self.cfg, trainer, loaded, runtime)
+            continue_nvidia_run(self.nvidia, trainer, loaded, runtime)
         d = self.cfg.data
         self.trainer = trainer
         evaluate = None
@@ -348,76 +346,14 @@ def unigram_log_probs(counts: np.ndarray, vocab_size: int) -> np.ndarray:
     return np.log(smoothed / smoothed.sum()).astype(np.float32)
 
 
-@dataclass
-class NvidiaResume:
-    """Where a run continues from NVIDIA run_pretraining.py's checkpoint (see PretrainRun.phase2)."""
-
-    path: Path
-    step: int  # the step this run continues after
-    phase2_start: bool  # phase 2 starting from phase 1: moments carried, step counts reset
-
-
-def nvidia_resume_point(cfg: PretrainRun) -> NvidiaResume | None:
-    """The ckpt_<step>.pt of NVIDIA's run_pretraining.py to continue from, when the run resumes
-    in a directory that holds them and no bertforge checkpoint of its own yet."""
-    from bertforge.checkpoint.nvidia import find_pretraining_checkpoints
-    from bertforge.train.checkpoints import list_checkpoints
-
-    out = Path(cfg.output_dir)
-    found = find_pretraining_checkpoints(out)
-    if not cfg.train.resume or not found or list_checkpoints(out):
-        if cfg.phase2 and cfg.phase1_end_step is not None and cfg.train.resume and not found and \
-                not cfg.model.init_checkpoint:
-            raise ConfigError(f"--phase2 --resume_from_checkpoint --phase1_end_step: {out} holds no "
-                              "run_pretraining.py checkpoint (ckpt_<step>.pt) to start phase 2 from. bertforge keeps "
-                              "each phase in its own directory: bertforge pretrain --phase2 --init_checkpoint "
-                              "PHASE1_OUTPUT_DIR --output_dir PHASE2_DIR")
-        return None
-    if cfg.resume_step is not None and cfg.resume_step >= 0:
-        if cfg.resume_step not in found:
-            raise ConfigError(f"--resume_step {cfg.resume_step}: no {out}/ckpt_{cfg.resume_step}.pt (there are "
-                              f"{', '.join(p.name for _, p in sorted(found.items()))})")
-        step = cfg.resume_step
-    else:
-        step = max(found)
-    if not cfg.phase2:
-        return NvidiaResume(found[step], step, False)
-    if cfg.phase1_end_step is None:
-        raise ConfigError(f"--phase2 in {out}, which holds run_pretraining.py checkpoints: give --phase1_end_step "
-                          "(the last step of phase 1) so that phase-1 and phase-2 checkpoints can be told apart")
-    if step <= cfg.phase1_end_step:
-        return NvidiaResume(found[step], 0, True)
-    return NvidiaResume(found[step], step - cfg.phase1_end_step, False)
-
-
-def import_nvidia_checkpoint(point: NvidiaResume, cfg: PretrainRun, trainer: Trainer, loaded: LoadedModel,
-                             runtime: Runtime) -> None:
+def continue_nvidia_run(point: NvidiaResume, trainer: Trainer, loaded: LoadedModel, runtime: Runtime) -> None:
     """Load an NVIDIA checkpoint's weights and LAMB moments into the trainer and write them as
     this run's first checkpoint, from which the trainer then resumes (as from any of its own)."""
-    from bertforge.checkpoint import load_into
-    from bertforge.checkpoint.nvidia import read_pretraining_checkpoint
-
-    if cfg.train.optimizer != "lamb":
-        raise ConfigError(f"{point.path} holds LAMB moments; resume it with --optimizer lamb")
     state = read_pretraining_checkpoint(point.path, loaded.config)
     load_into(loaded.model, state.checkpoint)
-    optimizer = trainer.state.optimizer
-    names = {id(p): n for n, p in loaded.model.named_parameters()}
-    saved = optimizer.state_dict()
-    ordered = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    missing = sorted(set(ordered) - set(state.exp_avg))
-    if missing:
-        raise ConfigError(f"{point.path}: no LAMB moments for {', '.join(missing[:4])}; it does not belong to this model")
-    saved["state"] = {i: {"exp_avg": state.exp_avg[n].to(runtime.device), "exp_avg_sq": state.exp_avg_sq[n].to(runtime.device)}
-                      for i, n in enumerate(ordered)}
-    lamb_steps = 0 if point.phase2_start else (state.optimizer_steps if state.optimizer_steps is not None else point.step)
-    for group in saved["param_groups"]:
-        group["step"] = lamb_steps
-    optimizer.load_state_dict(saved)
-    if state.grad_scaler and trainer.state.scaler.is_enabled() and not point.phase2_start:
-        trainer.state.scaler.load_state_dict(state.grad_scaler)
+    import_nvidia_checkpoint(point, state, loaded.model, trainer.state.optimizer, trainer.state.schedule,
+                             trainer.state.scaler, runtime.device)
     trainer.step = point.step
-    trainer.state.schedule.last_epoch = point.step
     saved_at = trainer.save()
     log.warning("%s: NVIDIA run_pretraining.py checkpoint at step %d: %s; written as %s. The data order "
                 "restarts from the beginning (run_pretraining.py's file position is not carried over)",

@@ -1,80 +1,59 @@
 """SQuAD v1.1 and v2.0 end to end (`bertforge finetune squad`, `predict squad`, `evaluate squad`):
-features, fine-tuning, prediction, n-best post-processing (with the null answer for v2.0) and the
-official metrics."""
+the run configs, fine-tuning, prediction of SQuAD files through the answer pipeline every entry
+point shares (`bertforge.qa`, with the null answer for v2.0) and the official metrics.
+
+`span_logits` and `model_arrays` (defined in `bertforge.qa` and `bertforge.data.squad`) can also be
+imported from here."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.data import squad as data
+from bertforge.data.squad import SquadSettings, model_arrays
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
 from bertforge.fileio import ensure_parent_dir
-from bertforge.infer import InferenceStats, predict_timed
-from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.common import LoadedModel, model_inputs, report_inference, write_json
+from bertforge.infer import InferenceStats
+from bertforge.loading import LoadedModel, check_seq_length
+from bertforge.qa import AnswerPipeline, Answers, span_logits
+from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
+from bertforge.tasks.common import report_inference, write_json
 from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
-from bertforge.tasks.runner import Job, check_seq_length, run
+from bertforge.tasks.runner import Job, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
+from bertforge.validation import check_at_least, check_types
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class SquadPredictData:
+class SquadPredictData(SquadSettings):
     """The SQuAD file to predict and Google's run_squad.py windowing and decoding settings."""
 
     predict_file: str | None = None
     """SQuAD JSON to predict (and, when it has answers, to evaluate)."""
     predict_articles: str | None = None
     """Use only these articles of predict_file, as a Python slice, e.g. '38:48'."""
-    max_seq_length: int = 384
-    """Tokens per window: [CLS] question [SEP] context piece [SEP]."""
-    doc_stride: int = 128
-    """Tokens between the starts of consecutive context windows."""
-    max_query_length: int = 64
-    """Questions longer than this many tokens are cut."""
     predict_batch_size: int = 64
     """Sequences per device per prediction batch."""
-    max_tokens_per_batch: int | None = None
-    """Also cap each prediction batch at this many tokens (rows x its longest window, rounded up to
-    8; windows are batched by length): short windows then share bigger batches, so every batch
-    costs about the same. Predictions do not change."""
-    n_best_size: int = 20
-    """Start and end candidates considered per window (and answers listed per question)."""
-    max_answer_length: int = 30
-    """Longest answer, in tokens."""
     version_2_with_negative: bool = False
     """SQuAD v2.0: questions marked is_impossible have no answer in their context. Training learns
     the null span at [CLS] for them; prediction adds the null answer "", writes null_odds.json and
     scores with the official v2.0 metric."""
-    null_score_diff_threshold: float = 0.0
-    """SQuAD v2.0: predict "" when the null answer's score minus the best non-null answer's score
-    exceeds this (evaluation reports the best value as best_f1_thresh)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "predict_batch_size",
-                     "n_best_size", "max_answer_length", "max_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if self.max_seq_length < self.max_query_length + 4:
-            raise ConfigError(f"--max_seq_length {self.max_seq_length} leaves no room for the context after "
-                              f"a question of --max_query_length {self.max_query_length} and 3 special tokens")
+        super().__post_init__()
+        check_at_least(self, 1, ("predict_batch_size",))
         parse_slice(self.predict_articles, "predict_articles")
-        if not math.isfinite(self.null_score_diff_threshold):
-            raise ConfigError(f"--null_score_diff_threshold must be a finite number, "
-                              f"got {self.null_score_diff_threshold}")
 
 
 @dataclass(kw_only=True)
@@ -92,14 +71,12 @@ class SquadData(SquadPredictData):
 
 
 @dataclass(kw_only=True)
-class SquadPredictRun:
+class SquadPredictRun(RunConfig):
     """Predict SQuAD answers with a fine-tuned checkpoint, and score them when the file has answers."""
 
     output_dir: str = "runs/squad_predict"
     """Where predictions.json, nbest_predictions.json, eval_results.json (and for SQuAD v2.0
     null_odds.json) go."""
-    overwrite_output_dir: bool = False
-    """Replace earlier results in output_dir."""
     do_eval: bool = True
     """Score the predictions when predict_file has answers."""
     question: str | None = None
@@ -113,18 +90,23 @@ class SquadPredictRun:
     output_jsonl: str | None = None
     """Where the answers to --input_jsonl go as JSON lines (default, or '-': standard output)."""
     data: SquadPredictData = field(default_factory=SquadPredictData)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+
+    @property
+    def predicting(self) -> bool:
+        return True
+
+    @property
+    def raw_text(self) -> bool:
+        """Whether the questions come as text (--question/--context, --input_jsonl), not a file."""
+        return self.question is not None or self.context is not None or bool(self.input_jsonl)
 
 
 @dataclass(kw_only=True)
-class SquadRun:
+class SquadRun(TrainRun):
     """Fine-tune BERT on SQuAD v1.1 or v2.0, predict answers, and score them with the official metric."""
 
     output_dir: str = "runs/squad"
     """The run directory: model, metrics.jsonl, checkpoints, predictions, scores."""
-    overwrite_output_dir: bool = False
-    """Replace the run already in output_dir (only files bertforge wrote)."""
     do_train: bool = False
     """Fine-tune on train_file."""
     do_predict: bool = False
@@ -132,12 +114,14 @@ class SquadRun:
     do_eval: bool = True
     """Score the predictions when predict_file has answers."""
     data: SquadData = field(default_factory=SquadData)
-    model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=3e-5, num_train_epochs=2.0,
                                                                train_batch_size=32))
     evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
     """EM/F1 on predict_file while training (--eval_every, --save_best)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+
+    @property
+    def predicting(self) -> bool:
+        return self.do_predict
 
 
 @dataclass
@@ -158,16 +142,11 @@ class EvaluateArgs:  # not kw_only: its required fields are the command's positi
     """SQuAD v2.0: a question whose no-answer score exceeds this counts as answered "" (the
     official script's default, 1.0)."""
 
+    def __post_init__(self) -> None:
+        check_types(self, "evaluate squad")
+
 
 # ---- loss ----------------------------------------------------------------------------------
-
-
-def span_logits(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-    """Start/end logits with padding positions at -inf: answers never start or end in padding,
-    and the softmax does not depend on how much padding a batch carries."""
-    start, end = model(**model_inputs(batch))
-    pad = batch["attention_mask"] == 0
-    return start.float().masked_fill(pad, float("-inf")), end.float().masked_fill(pad, float("-inf"))
 
 
 class SpanLoss:
@@ -208,15 +187,6 @@ def read_examples(path: str, articles: str | None, is_training: bool, what: str,
     return examples, problems
 
 
-def model_arrays(features: data.SquadFeatures, with_labels: bool) -> dict[str, np.ndarray]:
-    arrays = {"input_ids": features.input_ids, "token_type_ids": features.token_type_ids,
-              "attention_mask": features.attention_mask}
-    if with_labels:
-        arrays["start_positions"] = features.start_positions
-        arrays["end_positions"] = features.end_positions
-    return arrays
-
-
 def report_problems(problems: list[data.Problem], path: str, output_dir: Path, name: str) -> None:
     if not problems:
         return
@@ -233,21 +203,25 @@ class SquadJob(Job):
     head = "qa"
     result_files = ("predictions.json", "nbest_predictions.json", "null_odds.json", "eval_results.json",
                     "predict_problems.json")
-
-    @property
-    def predicting(self) -> bool:
-        return getattr(self.cfg, "do_predict", True)
+    cfg: SquadRun | SquadPredictRun
 
     def check(self) -> None:
         cfg = self.cfg
-        if not (self.training or self.predicting):
+        if not (self.training or cfg.predicting):
             raise ConfigError("nothing to do: pass --do_train and/or --do_predict")
         if self.training and not cfg.data.train_file:
             raise ConfigError("--do_train needs --train_file")
-        if self.predicting and not cfg.data.predict_file:
+        if cfg.predicting and not cfg.data.predict_file:
             raise ConfigError("--predict_file is required to predict")
         if self.training and cfg.evaluation.eval_every and not cfg.data.predict_file:
             raise ConfigError("--eval_every scores --predict_file: give one (with answers)")
+
+    def validate(self) -> None:
+        d = self.cfg.data
+        if self.training:
+            read_examples(d.train_file, d.train_articles, True, "train_articles", d.version_2_with_negative)
+        if self.cfg.predicting or (self.training and self.cfg.evaluation.eval_every):
+            read_examples(d.predict_file, d.predict_articles, False, "predict_articles")
 
     def model_options(self) -> dict:
         return {"require_head": not self.training}
@@ -255,9 +229,10 @@ class SquadJob(Job):
     def check_model(self, config) -> None:
         check_seq_length(self.cfg.data.max_seq_length, config)
 
-    def _settings(self) -> dict:
+    def pipeline(self, loaded: LoadedModel, runtime: Runtime) -> AnswerPipeline:
         d = self.cfg.data
-        return dict(max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
+        return AnswerPipeline(loaded.model, loaded.tokenizer, d, runtime, d.predict_batch_size,
+                              allow_no_answer=d.version_2_with_negative)
 
     def train_loader(self, loaded: LoadedModel, plan: StepPlan, runtime: Runtime) -> ArrayStepLoader:
         d = self.cfg.data
@@ -265,9 +240,7 @@ class SquadJob(Job):
                                            d.version_2_with_negative)
         if runtime.is_main:
             report_problems(problems, d.train_file, Path(self.cfg.output_dir), "train_problems.json")
-        features = data.convert_examples_to_features(examples, loaded.tokenizer, is_training=True,
-                                                     progress=self.progress and runtime.is_main,
-                                                     **self._settings())
+        features = self.pipeline(loaded, runtime).windows(examples, is_training=True, progress=self.progress)
         log.info("SQuAD training: %d questions -> %d features", len(examples), len(features))
         return ArrayStepLoader(model_arrays(features, True), plan, runtime.dist.rank, self.cfg.train.seed)
 
@@ -283,49 +256,41 @@ class SquadJob(Job):
             return
         # Features once, scored at every evaluation.
         d = self.cfg.data
-        examples, features, _ = predict_features(d, loaded, runtime, progress=False)
+        pipeline = self.pipeline(loaded, runtime)
+        examples, features, _ = predict_features(d, pipeline, progress=False)
         if not has_gold(examples, d.version_2_with_negative):
             v2 = any(e.is_impossible for e in examples) and not d.version_2_with_negative
             raise ConfigError(f"--eval_every: {d.predict_file} has questions without answers to score against"
                               + ("; it is a SQuAD 2.0 file: add --version_2_with_negative" if v2 else ""))
 
         def evaluate() -> dict | None:
-            found, _ = predict_answers(d, loaded, runtime, examples, features, progress=False)
-            return None if found is None else score(d, examples, found[0], found[2])
+            found, _ = predict_answers(pipeline, examples, features, progress=False)
+            return None if found is None else score(d, examples, found)
 
-        evaluate_during_training(self, trainer, loaded, runtime, evaluate, "f1")
+        self.best = evaluate_during_training(self.cfg.evaluation, trainer, loaded, runtime, Path(self.cfg.output_dir),
+                                             self.labels(loaded), evaluate, "f1")
 
     def after(self, loaded: LoadedModel, runtime: Runtime, out: Path, results: dict) -> dict:
-        if not self.predicting:
+        if not self.cfg.predicting:
             return {}
-        return predict_and_evaluate(self.cfg, loaded, runtime, out, self.progress)
+        return predict_and_evaluate(self.cfg, self.pipeline(loaded, runtime), out, self.progress)
 
 
-def predict_features(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, progress: bool
+def predict_features(d: SquadPredictData, pipeline: AnswerPipeline, progress: bool
                      ) -> tuple[list, data.SquadFeatures, list[data.Problem]]:
     """predict_file's questions (and those skipped) and their windows."""
     examples, problems = read_examples(d.predict_file, d.predict_articles, False, "predict_articles")
-    features = data.convert_examples_to_features(
-        examples, loaded.tokenizer, is_training=False, progress=progress and runtime.is_main,
-        max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
-    return examples, features, problems
+    return examples, pipeline.windows(examples, progress=progress), problems
 
 
-def predict_answers(d: SquadPredictData, loaded: LoadedModel, runtime: Runtime, examples: list,
-                    features: data.SquadFeatures, progress: bool
-                    ) -> tuple[tuple[dict, dict] | None, InferenceStats]:
-    """(predictions, n-best lists) on rank 0 (every rank predicts its share; None elsewhere), and
+def predict_answers(pipeline: AnswerPipeline, examples: list, features: data.SquadFeatures, progress: bool
+                    ) -> tuple[Answers | None, InferenceStats]:
+    """The answers on rank 0 (every rank predicts its share of the windows; None elsewhere), and
     how fast the windows were predicted."""
-    (start, end), stats = predict_timed(loaded.model, model_arrays(features, False), d.predict_batch_size,
-                                        runtime, span_logits, desc="predict", progress=progress, per_token=True,
-                                        max_tokens=d.max_tokens_per_batch)
-    if not runtime.is_main:
+    (start, end), stats = pipeline.logits(features, progress)
+    if not pipeline.runtime.is_main:
         return None, stats
-    if d.version_2_with_negative:
-        return data.postprocess_v2(examples, features, start, end, d.n_best_size, d.max_answer_length,
-                                   d.null_score_diff_threshold, progress=progress), stats
-    return (*data.postprocess(examples, features, start, end, d.n_best_size, d.max_answer_length,
-                              progress=progress), None), stats
+    return pipeline.decode(examples, features, start, end, progress), stats
 
 
 def gold_answers(examples: list) -> dict[str, list[str]]:
@@ -338,31 +303,32 @@ def has_gold(examples: list, version_2_with_negative: bool) -> bool:
     return all(e.answers or (version_2_with_negative and e.is_impossible) for e in examples)
 
 
-def score(d: SquadPredictData, examples: list, predictions: dict, null_odds: dict | None) -> dict:
+def score(d: SquadPredictData, examples: list, answers: Answers) -> dict:
     """The official v1.1 scores, or v2.0 with the null odds as no-answer scores."""
     if d.version_2_with_negative:
-        return metric.evaluate_answers_v2(gold_answers(examples), predictions, null_odds)
-    return metric.evaluate_answers(gold_answers(examples), predictions)
+        return metric.evaluate_answers_v2(gold_answers(examples), answers.predictions, answers.null_odds)
+    return metric.evaluate_answers(gold_answers(examples), answers.predictions)
 
 
-def predict_and_evaluate(cfg, loaded: LoadedModel, runtime: Runtime, out: Path, progress: bool = True) -> dict:
-    d = cfg.data
-    examples, features, problems = predict_features(d, loaded, runtime, progress)
+def predict_and_evaluate(cfg: SquadRun | SquadPredictRun, pipeline: AnswerPipeline, out: Path,
+                         progress: bool = True) -> dict:
+    d, runtime = cfg.data, pipeline.runtime
+    examples, features, problems = predict_features(d, pipeline, progress)
     if runtime.is_main:
         report_problems(problems, d.predict_file, out, "predict_problems.json")
-    found, stats = predict_answers(d, loaded, runtime, examples, features, progress)
+    found, stats = predict_answers(pipeline, examples, features, progress)
     results: dict = {"predict": {"questions": len(examples), "features": len(features), "skipped": len(problems),
                                  **report_inference(out, stats, runtime, "predict")}}
     if found is None:
         return results
-    predictions, nbest, null_odds = found
-    data.write_predictions(out, predictions, nbest, null_odds)
+    predictions = found.predictions
+    data.write_predictions(out, predictions, found.nbest, found.null_odds)
     log.info("%d predictions written to %s", len(predictions), out / "predictions.json")
     if not d.version_2_with_negative and any(e.is_impossible for e in examples):
         log.warning("%s has unanswerable questions (is_impossible): SQuAD v2.0 needs "
                     "--version_2_with_negative", d.predict_file)
     if cfg.do_eval and has_gold(examples, d.version_2_with_negative):
-        scores = score(d, examples, predictions, null_odds)
+        scores = score(d, examples, found)
         print(json.dumps(scores))
         write_json(out / "eval_results.json", {**scores, "questions": len(examples), "skipped": len(problems),
                                                "predict_file": d.predict_file,
@@ -378,8 +344,11 @@ def finetune(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = T
 
 
 def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    if cfg.question is not None or cfg.context is not None or cfg.input_jsonl:
-        from bertforge.tasks.raw_text import answer_run
+    """`predict squad`: a SQuAD file; raw text goes to `bertforge.raw_text`, which answers it
+    through the Python API (a layer above the tasks: imported here, when asked for, only so that
+    this one entry point serves both)."""
+    if cfg.raw_text:
+        from bertforge.raw_text import answer_run
         answer_run(cfg)
         return {}
     return run(SquadJob(cfg), dist_info, progress)

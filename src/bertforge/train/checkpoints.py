@@ -4,17 +4,22 @@
 - `model.safetensors`: the weights (bertforge names);
 - `trainer.pt`: optimizer, schedule and loss-scaler states (tensors and plain numbers only, so
   it loads with `torch.load(weights_only=True)`: a tampered file cannot run code);
-- `trainer.json`: the step, the data position, the run's total steps and seed, and when it was
-  written;
+- `trainer.json`: the step, the data position, the run's total steps and seed, the optimizer's
+  class, and when it was written;
 - `rng_rank<r>.pt`: each rank's random-number generator states (tensors and numbers only);
 - where the run describes its model (the Trainer's `describe`): `config.json`, `vocab.txt` and
   `bertforge.json`, which make the directory a native checkpoint `--init_checkpoint` loads alone.
 
 Everything is written into a hidden `.tmp-step_...` directory first and renamed into place only
 when complete, so a crash leaves either the previous checkpoint or the new one, never half of
-one. "Latest" means most recently written (not highest step number), so a run resumed from an
-older checkpoint by hand continues its own line. Rotation never removes the checkpoint just
-written. A checkpoint that cannot be read is skipped with a warning when choosing where to resume.
+one; a write that fails (a full disk) removes its hidden directory and raises `WriteError`
+naming the space it needed. "Latest" means most recently written (not highest step number), so
+a run resumed from an older checkpoint by hand continues its own line. Rotation never removes
+the checkpoint just written.
+
+A checkpoint that cannot be read, or whose files parse but do not hold what a resume needs, is
+skipped with a warning when choosing where to resume; when none is left and the run directory
+holds a finished model, `--resume` is refused rather than retraining over that model.
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bertforge.errors import CheckpointError
-from bertforge.fileio import default_file_mode
+from torch import Tensor
+
+from bertforge.errors import CheckpointError, WriteError
+from bertforge.fileio import WRITE_FAILURES, check_free_space, default_file_mode, write_error
 
 log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "trainer.pt", "trainer.json"
+FINISHED_MODEL = "model.safetensors"  # what a finished run writes into its output directory
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -115,7 +123,7 @@ class TrainingCheckpoint:
     path: Path
     model: dict
     state: dict  # optimizer, schedule, scaler
-    meta: dict  # step, loader, total_steps, seed, written_at_ns
+    meta: dict  # step, loader, total_steps, seed, optimizer (its class), written_at_ns
     rng: dict
 
 
@@ -127,12 +135,15 @@ def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, sta
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
+    needed = tensor_bytes(model_state) + tensor_bytes(state)
     if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        with _write_errors(final, tmp, needed):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            check_free_space(root, needed, f"checkpoint {final.name}")
+            tmp.mkdir(parents=True)
     barrier()
-    with _write_errors(tmp):
+    with _write_errors(final, tmp, needed):
         torch.save(rng, rng_file(tmp, rank))
         if rank == 0:
             save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
@@ -144,13 +155,14 @@ def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, sta
                 describe(tmp)
     barrier()
     if rank == 0:
-        for f in tmp.iterdir():
-            os.chmod(f, default_file_mode())  # safetensors writes 0600
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():  # a re-run of the same step: replace the old copy
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        with _write_errors(final, tmp, needed):
+            for f in tmp.iterdir():
+                os.chmod(f, default_file_mode())  # safetensors writes 0600
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():  # a re-run of the same step: replace the old copy
+                shutil.rmtree(final)
+            os.rename(tmp, final)
         # Keep the newest `keep` (this one included), oldest written removed first.
         others = [p for p in list_checkpoints(output_dir) if p != final]
         for old in others[:max(0, len(others) + 1 - keep)]:
@@ -159,16 +171,28 @@ def save_training_checkpoint(output_dir: Path, step: int, model_state: dict, sta
     return final
 
 
+def tensor_bytes(obj: object) -> int:
+    """What the tensors in a (nested) state take."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 @contextlib.contextmanager
-def _write_errors(where: Path):
-    """torch.save and safetensors report a full disk as RuntimeError / SafetensorError from deep
-    inside their writers ("enforce fail at inline_container.cc"): say what it means instead."""
+def _write_errors(final: Path, tmp: Path, needed: int):
+    """A failed write (torch.save and safetensors report a full disk as RuntimeError /
+    SafetensorError from deep inside their writers) as one line, its hidden directory removed
+    so that it does not hold the space; the earlier checkpoints stay."""
     try:
         yield
-    except (RuntimeError, SafetensorError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot write the checkpoint in {where}: the write failed (disk full or "
-                              f"quota exceeded?): {first}") from None
+    except (*WRITE_FAILURES, WriteError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = e if isinstance(e, WriteError) else write_error(final, e, needed)
+        raise WriteError(f"{reason}; the checkpoint was not written, earlier ones are kept") from None
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -191,12 +215,41 @@ def load_training_checkpoint(path: Path, rank: int) -> TrainingCheckpoint:
         raise CheckpointError(f"{path / MODEL_FILE}: unreadable ({e})") from None
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        int(meta["step"]), meta["loader"], int(meta["total_steps"])
+        int(meta["step"]), int(meta["total_steps"])
+        if not isinstance(meta["loader"], dict):
+            raise TypeError(f"'loader' is {type(meta['loader']).__name__}, not the data position (an object)")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path / META_FILE}: unreadable ({type(e).__name__}: {e})") from None
     state = _load_tensors_only(path / STATE_FILE)
+    _check_trainer_state(state, path / STATE_FILE)
     rng = _load_tensors_only(rng_file(path, rank))
     return TrainingCheckpoint(path, model, state, meta, rng)
+
+
+def _check_trainer_state(state: dict, path: Path) -> None:
+    """The optimizer, schedule and loss-scaler states a resume loads, each a dict; the
+    optimizer's with its per-parameter state and parameter groups."""
+    missing = [k for k in ("optimizer", "schedule", "scaler") if not isinstance(state.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{path}: holds no {', '.join(missing)} state (found: "
+                              f"{', '.join(map(str, state)) or 'an empty dict'})")
+    optimizer, groups = state["optimizer"], state["optimizer"].get("param_groups")
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(groups, list) or not groups \
+            or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f"{path}: the optimizer state lacks its 'state' or its 'param_groups'")
+
+
+def check_loader_state(ckpt: Path, current: dict) -> None:
+    """The data position a checkpoint stored against the shape of this run's (the same keys):
+    a checkpoint of another task's data cannot continue this run's."""
+    try:
+        stored = json.loads((ckpt / META_FILE).read_text(encoding="utf-8"))["loader"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # load_training_checkpoint says what is wrong with it
+    if isinstance(stored, dict) and set(stored) != set(current):
+        raise CheckpointError(f"cannot resume from {ckpt}: its data position ({', '.join(sorted(stored))}) "
+                              f"is not one of this run's data ({', '.join(sorted(current))}); it is a "
+                              "checkpoint of another task or data set")
 
 
 def _load_tensors_only(path: Path) -> dict:
@@ -216,10 +269,55 @@ def _load_tensors_only(path: Path) -> dict:
 
 def latest_intact_checkpoint(output_dir: Path, rank: int) -> TrainingCheckpoint | None:
     """The most recently written checkpoint that reads back completely; the ones that do not are
-    reported and passed over."""
-    for path in reversed(list_checkpoints(output_dir)):
+    reported and passed over. None when there is none; CheckpointError instead when the
+    directory holds a finished model, which starting from step 0 would replace."""
+    found = list_checkpoints(output_dir)
+    for path in reversed(found):
         try:
             return load_training_checkpoint(path, rank)
         except CheckpointError as e:
             log.warning("skipping a damaged checkpoint: %s", e)
+    if (output_dir / FINISHED_MODEL).is_file():
+        what = (f"none of its {len(found)} checkpoint(s) can be read back" if found
+                else "it has no checkpoint to resume from")
+        raise CheckpointError(f"--resume: {output_dir} holds a finished model ({FINISHED_MODEL}), and {what}; "
+                              "starting again from step 0 would replace that model. Resume from a checkpoint "
+                              "by hand (--resume PATH), or train anew in another --output_dir")
     return None
+
+
+# ---- resuming the optimizer ------------------------------------------------------------------
+
+# Optimizer settings a resumed run reports when they differ from the checkpoint's (it applies all
+# of its own settings; these are the ones a command line or a version of bertforge can change).
+REPORTED_SETTINGS = ("weight_decay", "betas", "eps", "bias_correction")
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: TrainingCheckpoint, flags: str) -> dict[str, list]:
+    """Load the checkpoint's moments and update counts into `optimizer` and keep its own
+    settings: a resumed run steps with the weight decay (LAMB's trust ratio follows it), betas,
+    eps and bias correction it was built with, never silently with the checkpoint's (torch's
+    load_state_dict would take the checkpoint's). Returns the settings that differ,
+    {name: [checkpoint's, this run's]}, each also logged. Another optimizer's state is refused
+    (`flags`: the options that chose this run's optimizer, for the message)."""
+    saved = ckpt.state["optimizer"]
+    kind, saved_kind = type(optimizer).__name__, ckpt.meta.get("optimizer")
+    # Checkpoints that do not record the optimizer: bertforge's own count steps per group,
+    # torch's per parameter.
+    if (saved_kind is not None and saved_kind != kind) or \
+            ("step" in optimizer.param_groups[0]) != ("step" in saved["param_groups"][0]):
+        raise CheckpointError(f"cannot resume from {ckpt.path}: it holds the state of another optimizer "
+                              f"({saved_kind or 'not recorded'}) than this run's {kind} ({flags}); resume "
+                              "with the optimizer it was written with")
+    wanted = [{k: v for k, v in group.items() if k not in ("params", "step")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    changed: dict[str, list] = {}
+    for group, settings in zip(optimizer.param_groups, wanted, strict=True):
+        for key, value in settings.items():
+            if key in REPORTED_SETTINGS and key not in changed and group.get(key) != value:
+                changed[key] = [group.get(key), value]
+            group[key] = value
+    for key, (before, now) in changed.items():
+        log.warning("resuming with %s %s where the checkpoint's run had %s: this run's setting applies",
+                    key, now, before)
+    return changed

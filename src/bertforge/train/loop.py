@@ -44,7 +44,7 @@ from bertforge.runconfig import TrainArgs
 from bertforge.train import checkpoints
 from bertforge.train.batching import Prefetcher
 from bertforge.train.hostmem import HeapTrimmer
-from bertforge.train.optim import build_optimizer, build_schedule, lr_multiplier
+from bertforge.train.optim import apply_schedule, build_optimizer, build_schedule
 from bertforge.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,20 @@ class TrainState:
 @dataclass
 class StepOutput:
     sums: dict[str, Tensor]  # per loss term, summed over this rank's micro-batches (device)
-    denominators: dict[str, float]  # per loss term, the count over the global batch
+    # per loss term, the count over the global batch: a host number in one process, a device
+    # tensor under data parallelism (all-reduced there, never read back by the step)
+    denominators: dict[str, float | Tensor]
     grad_norm: Tensor  # global gradient norm before clipping (device); inf/NaN: fp16 skipped
 
     @property
     def loss(self) -> Tensor:
         """This rank's share of the step's loss (the global loss after an all-reduce)."""
-        return sum(self.sums[k] / max(self.denominators[k], 1.0) for k in self.sums)
+        return sum(self.sums[k] / _at_least_one(self.denominators[k]) for k in self.sums)
+
+
+def _at_least_one(count: float | Tensor) -> float | Tensor:
+    """A count to divide a loss sum by (a term with no items has a zero sum)."""
+    return count.clamp_min(1.0) if isinstance(count, Tensor) else max(count, 1.0)
 
 
 def build_train_state(model: nn.Module, cfg: TrainArgs, runtime: Runtime, total_steps: int) -> TrainState:
@@ -123,7 +130,8 @@ def build_train_state(model: nn.Module, cfg: TrainArgs, runtime: Runtime, total_
     if runtime.dist.enabled:
         wrapped = DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type != "cpu" else None)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, runtime.device)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, runtime.device,
+                                bias_correction=cfg.adam_bias_correction)
     schedule = build_schedule(optimizer, total_steps, cfg.warmup_proportion, cfg.schedule, cfg.schedule_power)
     params = [p for p in model.parameters() if p.requires_grad]
     return TrainState(wrapped, optimizer, schedule, runtime.grad_scaler(), params, runtime, cfg.max_grad_norm)
@@ -137,11 +145,14 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
         for k, v in loss_fn.denominators(batch).items():
             local[k] += float(v)
     keys = sorted(local)
+    denominators: dict[str, float | Tensor] = dict(local)
     if rt.dist.enabled:
-        counts = rt.all_reduce_sum(torch.tensor([local[k] for k in keys], dtype=torch.float64)).tolist()
-    else:
-        counts = [local[k] for k in keys]
-    denominators = dict(zip(keys, counts))
+        # The global counts stay on the device: copied there without waiting (pinned memory),
+        # summed by the all-reduce and divided by there. Reading them back would make the host
+        # wait for the device at every step.
+        counts = torch.tensor([local[k] for k in keys], dtype=torch.float32, pin_memory=rt.device.type == "cuda")
+        counts = rt.all_reduce_sum(counts.to(rt.device, non_blocking=True))
+        denominators = dict(zip(keys, counts.unbind()))
     sums: dict[str, Tensor] = {}
     for i, batch in enumerate(micro_batches):
         batch = to_device(batch, rt.device)
@@ -153,7 +164,7 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
                 terms = loss_fn.loss_sums(state.model, batch)
             # DDP averages gradients over ranks: scale by world so the result is the sum over the
             # global batch divided by the global count.
-            loss = sum(terms[k].float() / max(denominators[k], 1.0) for k in keys) * rt.world_size
+            loss = sum(terms[k].float() / _at_least_one(denominators[k]) for k in keys) * rt.world_size
             state.scaler.scale(loss).backward()
         for k in keys:
             sums[k] = sums[k] + terms[k].detach().float() if k in sums else terms[k].detach().float()
@@ -169,8 +180,8 @@ def train_step(state: TrainState, loss_fn: LossFn, micro_batches: list[Batch]) -
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():
-        # The schedule follows the step count even when fp16 skipped the update; torch's
-        # warning about stepping it before the optimizer does not apply.
+        # The schedule reads the optimizer's own count of applied updates, so after an update fp16
+        # skipped it keeps the rate; torch's warning about stepping it first does not apply.
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         state.schedule.step()
     return StepOutput(sums, denominators, grad_norm)
@@ -216,7 +227,7 @@ class _Window:
     """Sums since the last log line."""
 
     sums: dict[str, Tensor] = field(default_factory=dict)
-    den: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    den: dict[str, float | Tensor] = field(default_factory=lambda: defaultdict(float))
     samples: int = 0
     tokens: int = 0
     start: float = field(default_factory=time.perf_counter)
@@ -253,7 +264,9 @@ class Trainer:
             model.compile_layers()
         self.state = build_train_state(model, cfg, runtime, total_steps)
         self.step = 0
-        self.lr = self.state.schedule.get_last_lr()[0]  # the rate of the latest update, for the log
+        # The rate of the latest update, for the log: a device tensor where the optimizer counts
+        # its updates on the device (fused AdamW), read only when logged (`lr`).
+        self._lr: float | Tensor = self.state.schedule.get_last_lr()[0]
         self.last_record: dict | None = None  # the latest training record
         self.record: dict | None = None  # the latest record of any kind (see log)
         # Writes what makes a checkpoint directory loadable by --init_checkpoint alone (config,
@@ -265,6 +278,7 @@ class Trainer:
         self._fp16_skips_in_a_row = 0
         self._scale = self.state.scaler.get_scale()  # the loss scale after the latest checked step
         self._preempt = threading.Event()
+        self._flags_group = None  # see _host_group
         self.stop_reason: str | None = None  # set by request_stop
         self._saved_step: int | None = None  # the step of the latest checkpoint this run wrote
         self._loader_state = loader.state_dict()  # the data position after the latest step
@@ -274,6 +288,11 @@ class Trainer:
         # each rank draws its own dropout masks, deterministically from (seed, rank). A resumed
         # run restores the generators' states instead.
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, runtime.dist.rank]).generate_state(1)[0]))
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the latest update (a host read where it lives on the device)."""
+        return float(self._lr)
 
     # ---- callbacks -------------------------------------------------------------------------
 
@@ -312,7 +331,8 @@ class Trainer:
         self._saved_step = self.step
         state = {"optimizer": self.state.optimizer.state_dict(), "schedule": self.state.schedule.state_dict(),
                  "scaler": self.state.scaler.state_dict()}
-        meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed}
+        meta = {"loader": self._loader_state, "total_steps": self.total_steps, "seed": self.cfg.seed,
+                "optimizer": type(self.state.optimizer).__name__}
         return checkpoints.save_training_checkpoint(
             self.output_dir, self.step, self.model.state_dict(), state, meta, checkpoints.rng_state(),
             self.rt.dist.rank, self.rt.barrier, self.cfg.keep_checkpoints, self.describe)
@@ -325,7 +345,9 @@ class Trainer:
         self.loader.load_state_dict(meta["loader"])
         self._loader_state = self.loader.state_dict()
         self.model.load_state_dict(ckpt.model)
-        self.state.optimizer.load_state_dict(ckpt.state["optimizer"])
+        changed = checkpoints.restore_optimizer(
+            self.state.optimizer, ckpt, f"--optimizer {self.cfg.optimizer} --adam_bias_correction "
+                                        f"{str(self.cfg.adam_bias_correction).lower()}")
         self.state.schedule.load_state_dict(ckpt.state["schedule"])
         self.state.scaler.load_state_dict(ckpt.state["scaler"])
         self._scale = self.state.scaler.get_scale()
@@ -336,7 +358,8 @@ class Trainer:
         self._rederive_schedule(int(meta["total_steps"]))
         checkpoints.set_rng_state(ckpt.rng)
         self.log({"event": "resume", "step": self.step, "checkpoint": str(ckpt.path),
-                            "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"])})
+                  "total_steps": self.total_steps, "previous_total_steps": int(meta["total_steps"]),
+                  **({"changed": changed} if changed else {})})
         log.info("resumed from %s at step %d", ckpt.path, self.step)
 
     def _rederive_schedule(self, previous_total: int) -> None:
@@ -344,15 +367,11 @@ class Trainer:
         peak rate), not the one the checkpoint's run would have used."""
         schedule = self.state.schedule
         schedule.base_lrs = [self.cfg.learning_rate] * len(schedule.base_lrs)
-        m = lr_multiplier(self.step, self.total_steps, self.cfg.warmup_proportion, self.cfg.schedule,
-                          self.cfg.schedule_power)
-        for group in self.state.optimizer.param_groups:
-            group["lr"] = self.cfg.learning_rate * m
-        schedule._last_lr = [g["lr"] for g in self.state.optimizer.param_groups]
+        apply_schedule(schedule)
         if previous_total != self.total_steps:
             log.warning("resuming a run of %d steps as a run of %d: the learning-rate schedule is "
                         "re-derived for %d steps (next rate %.3g)", previous_total, self.total_steps,
-                        self.total_steps, self.cfg.learning_rate * m)
+                        self.total_steps, float(self.state.optimizer.param_groups[0]["lr"]))
 
     def _resume_point(self) -> checkpoints.TrainingCheckpoint | None:
         resume = self.cfg.resume
@@ -423,11 +442,20 @@ class Trainer:
     def _preempted(self) -> bool:
         flag = self._preempt.is_set()
         if self.rt.dist.enabled and self.cfg.save_every:
-            # Every rank must stop at the same step to write one checkpoint together.
-            t = torch.tensor([1.0 if flag else 0.0], device=self.rt.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            # Every rank must stop at the same step to write one checkpoint together. The flag is
+            # a host fact, agreed over a host (gloo) group: a device all-reduce read back would
+            # make the host wait for the device at every step.
+            t = torch.tensor([1.0 if flag else 0.0])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._host_group())
             flag = bool(t.item())
         return flag
+
+    def _host_group(self):
+        """The process group for host values: the default one where it is gloo, else a gloo group
+        over the same ranks, made at the first call (every rank makes it at the same step)."""
+        if self._flags_group is None:
+            self._flags_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        return self._flags_group
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -458,7 +486,7 @@ class Trainer:
         out = None
         while self.step < self.total_steps and self.stop_reason is None:
             micro, self._loader_state = next(iterator)
-            self.lr = self.state.schedule.get_last_lr()[0]
+            self._lr = self.state.schedule.get_last_lr()[0]
             out = train_step(self.state, self.loss, micro)
             if self._heap is not None:
                 self._heap.after_step()
@@ -512,7 +540,8 @@ class Trainer:
     def _log_record(self, window: _Window, grad_norm: Tensor) -> dict:
         keys = sorted(window.sums)
         totals = self.rt.all_reduce_sum(torch.stack([window.sums[k] for k in keys]).double()).tolist()
-        terms = {f"{k}_loss": totals[i] / max(window.den[k], 1.0) for i, k in enumerate(keys)}
+        counts = [float(window.den[k]) for k in keys]  # device tensors under data parallelism: read at log time
+        terms = {f"{k}_loss": totals[i] / max(counts[i], 1.0) for i, k in enumerate(keys)}
         loss = sum(terms.values())
         seconds = max(time.perf_counter() - window.start, 1e-9)
         record = {"step": self.step, "loss": loss, **(terms if len(terms) > 1 else {}),

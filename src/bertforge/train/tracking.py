@@ -1,10 +1,12 @@
 """Run tracking with the tools people already use (`--report_to jsonl,tensorboard,wandb`).
 
 metrics.jsonl is the Trainer's own record and always written; the trackers here receive every
-record the Trainer logs (training, evaluation, events) through its on_record callback and close
-on on_close, so evaluation records reach them as they reach metrics.jsonl. A record becomes
-scalars named `<split>/<key>`: `train/loss`, `train/lr`, `eval/f1`, at the record's step.
-Event records (resume, fp16 overflow skips, preemption) stay in metrics.jsonl only.
+record the Trainer logs (training, evaluation, events) through its on_record callback, so
+evaluation records reach them as they reach metrics.jsonl. A record becomes scalars named
+`<split>/<key>`: `train/loss`, `train/lr`, `eval/f1`, at the record's step. Event records
+(resume, fp16 overflow skips, preemption) stay in metrics.jsonl only, except the run's final
+evaluation (`RunRecords`), {"event": "eval", "step": ..., scores}, whose scores become
+`final/<key>`: `final/accuracy`, `final/f1` (in W&B, the run's summary).
 
 TensorBoard goes through `torch.utils.tensorboard` (event files in output_dir/tensorboard; a
 resumed run purges the steps after its checkpoint, so curves do not fold back), Weights & Biases
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from bertforge.errors import ConfigError
 from bertforge.optional import require
+from bertforge.train.loop import MetricsLog
 
 if TYPE_CHECKING:
     from bertforge.train.loop import Trainer
@@ -35,12 +38,13 @@ class Tracker(Protocol):
 
 
 def scalars(record: dict) -> tuple[int, dict[str, float]] | None:
-    """(step, {"<split>/<key>": value}) of a training or evaluation record; None for an event."""
-    if "event" in record or "step" not in record:
+    """(step, {"<split>/<key>": value}) of a training or evaluation record, ("final/<key>") of
+    the final evaluation's; None for another event."""
+    if "step" not in record or record.get("event", "eval") != "eval":
         return None
-    split = record.get("split", "train")
+    split = "final" if "event" in record else record.get("split", "train")
     values = {f"{split}/{k}": float(v) for k, v in record.items()
-              if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+              if k not in ("step", "split", "event") and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return int(record["step"]), values
 
 
@@ -87,8 +91,14 @@ class WandbTracker:
 
     def log(self, record: dict) -> None:
         found = scalars(record)
-        if found is not None:
-            step, values = found
+        if found is None:
+            return
+        step, values = found
+        if record.get("event") == "eval":
+            # The run's final scores: W&B's run summary, the table of runs. Not a history row:
+            # with --save_best its step is an earlier one, and W&B drops rows that go back.
+            self.run.summary.update(values)
+        else:
             self.run.log(values, step=step)
 
     def close(self) -> None:
@@ -98,13 +108,62 @@ class WandbTracker:
 TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker}
 
 
-def attach_trackers(trainer: Trainer, names: list[str], run_config: dict) -> list[Tracker]:
+def attach_trackers(trainer: Trainer, names: list[str], run_config: dict,
+                    close_after_training: bool = True) -> list[Tracker]:
     """Start the trackers `names` asks for (besides jsonl, the Trainer's own) and hang them on
-    the trainer's on_record / on_close events. Rank 0 only: records are rank 0's."""
+    the trainer's on_record / on_close events. Rank 0 only: records are rank 0's. They close as
+    the trainer closes; with close_after_training False only where training did not finish (an
+    error, a preemption): after a finished training the caller closes them, after the records
+    it still has to log."""
     trackers: list[Tracker] = [TRACKER_CLASSES[n](trainer.output_dir, run_config) for n in names if n != "jsonl"]
+    finished: list[bool] = []
+    if not close_after_training:  # hung on last, after every evaluation at the end of training
+        trainer.add_callback("on_train_end", lambda t: finished.append(True))
     for tracker in trackers:
         trainer.add_callback("on_record", lambda t, tracker=tracker: tracker.log(t.record))
-        trainer.add_callback("on_close", lambda t, tracker=tracker: tracker.close())
+        trainer.add_callback("on_close", lambda t, tracker=tracker: None if finished else tracker.close())
     if trackers:
         log.info("metrics also go to %s", ", ".join(n for n in names if n != "jsonl"))
     return trackers
+
+
+class RunRecords:
+    """What a run records besides its training: the trackers --report_to names, open from the
+    start of training to the end of the run, and the run's final evaluation (the scores of the
+    final model that a task computes after training, or in a run that does not train), one
+    record {"event": "eval", "step": ..., scores} in metrics.jsonl and the trackers. Rank 0
+    writes. Evaluations during training (--eval_every; pretraining's, whose last is after the
+    last step) are eval records of their own, written as they happen.
+
+    The final evaluation comes after training (the model is saved, then scored), so the trackers
+    stay open after a finished training until `final_eval` closes them; a training that fails
+    or is preempted closes them as it stops. (A run that fails after training leaves them to
+    close as the process ends; every record is flushed as it is written.)
+    """
+
+    def __init__(self, output_dir: Path, is_main: bool):
+        self.is_main = is_main
+        self.metrics = MetricsLog(Path(output_dir) / "metrics.jsonl" if is_main else None)
+        self.trackers: list[Tracker] = []
+        self.last_step = 0  # the last training step, 0 when the run does not train
+
+    def attach(self, trainer: Trainer, names: list[str], run_config: dict) -> None:
+        """Follow `trainer` to its last step; start the trackers `names` asks for (rank 0)."""
+        trainer.add_callback("on_train_end", lambda t: setattr(self, "last_step", t.step))
+        if self.is_main:
+            self.trackers = attach_trackers(trainer, names, run_config, close_after_training=False)
+
+    def final_eval(self, scores: dict | None, weights_step: int | None = None) -> dict | None:
+        """Log the run's final evaluation, if it made one (`scores`), then close the trackers;
+        returns the record. Its step is the last training step, or `weights_step` where the
+        final model holds an earlier step's weights (--save_best)."""
+        record = None
+        if scores and self.is_main:
+            record = {"event": "eval", "step": self.last_step if weights_step is None else weights_step, **scores}
+            self.metrics.write(record)
+            for tracker in self.trackers:
+                tracker.log(record)
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
+        return record

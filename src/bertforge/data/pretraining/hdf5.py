@@ -97,7 +97,7 @@ class Hdf5Shard:
             self.seq_length = shapes["input_ids"][1]
             self.max_predictions = shapes["masked_lm_positions"][1]
             if self.packed:
-                weights = f["next_sentence_weights"][()]
+                weights = self._read(f, "next_sentence_weights")
                 self._check_weights(weights)
                 self.num_samples = int(weights.sum())
             else:
@@ -138,11 +138,24 @@ class Hdf5Shard:
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            with _h5py().File(self.path, "r") as f:
-                self._arrays = {k: f[k][()] for k in self._fields}
+            try:
+                with _h5py().File(self.path, "r") as f:
+                    self._arrays = {k: self._read(f, k) for k in self._fields}
+            except OSError as e:  # the file went away, or lost its permissions, since it was opened
+                raise DataError(f"{self.path}: cannot be read as HDF5 ({str(e).splitlines()[0]})") from None
             if self.packed:
                 self._row_ends = np.cumsum(self._arrays["next_sentence_weights"].sum(axis=1), dtype=np.int64)
         return self._arrays
+
+    def _read(self, f: Any, key: str) -> np.ndarray:
+        """One field in full; a damaged chunk (h5py's OSError "Can't read data", a failed
+        decompression or checksum) as one line naming the file and the field."""
+        try:
+            return f[key][()]
+        except (OSError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DataError(f"{self.path}: field {key} cannot be read ({first}); the file is damaged "
+                            "(truncated or corrupt): prepare or copy it again") from None
 
     def take(self, local: np.ndarray) -> dict[str, np.ndarray]:
         """Samples `local` as arrays: input_ids, input_mask, segment_ids (n, T),

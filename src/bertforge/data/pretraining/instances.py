@@ -2,8 +2,11 @@
 
 `create_chunk_instances` splits each document into sentences (sentencex), tokenizes them, cuts
 any sentence longer than an instance into pieces, and builds `[CLS] A [SEP] B [SEP]` pairs as
-Google's `create_instances_from_document`, with NSP balanced at 50% (Google's rule gives more
-random pairs on short documents). docs/pretraining_data.md records the choices and measurements.
+Google's `create_instances_from_document` does, random draw for random draw (masks are drawn
+when training reads the data, so the draws of Google's masking are not made here). As Google's,
+a chunk of one sentence always pairs with a random next segment, so short documents give more
+than half random pairs (about 64% on Wikipedia lead sections). docs/pretraining_data.md records
+the choices and measurements.
 """
 
 from __future__ import annotations
@@ -138,8 +141,8 @@ def create_instances_from_document(all_documents: Sequence[Sequence[Sequence[int
                                    document_index: int, max_seq_length: int,
                                    short_seq_prob: float, rng: random.Random
                                    ) -> list[tuple[list[int], list[int], bool]]:
-    """(tokens_a, tokens_b, is_random_next) of one document, as Google's function of this name
-    with balanced NSP. `all_documents` is the random-next pool."""
+    """(tokens_a, tokens_b, is_random_next) of one document, as Google's function of this name.
+    `all_documents` is the random-next pool."""
     document = all_documents[document_index]
     max_num_tokens = max_seq_length - 3
     # Google draws the target once per document: with short_seq_prob the whole document gets
@@ -169,19 +172,16 @@ def create_instances_from_document(all_documents: Sequence[Sequence[Sequence[int
 def _make_pair(chunk: list[Sequence[int]], all_documents: Sequence[Sequence[Sequence[int]]],
                document_index: int, target_seq_length: int, rng: random.Random
                ) -> tuple[list[int], list[int], bool, int]:
-    """Segments A and B from a chunk of sentences: (A, B, is_random_next, sentences unused).
+    """Segments A and B from a chunk of sentences, as Google makes them, in the order Google
+    draws: (A, B, is_random_next, sentences unused).
 
-    The NSP coin is tossed for every pair (Google forces random next on a one-sentence chunk);
-    a one-sentence chunk that draws actual next is cut at a random token into A and B."""
-    is_random_next = rng.random() < 0.5
-    if len(chunk) == 1 and len(chunk[0]) < 2:
-        is_random_next = True  # one token cannot be cut into A and B
-    if len(chunk) == 1 and not is_random_next:
-        cut = rng.randint(1, len(chunk[0]) - 1)
-        return list(chunk[0][:cut]), list(chunk[0][cut:]), False, 0
+    A is the chunk's first a_end sentences (a_end drawn from [1, len - 1]; 1 for one sentence).
+    B is the rest of the chunk, or, always for a one-sentence chunk and otherwise with
+    probability 0.5, text from a random other document starting at a random sentence, long
+    enough for the target; then the sentences after A are put back for the next pair."""
     a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
     tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
-    if not is_random_next:
+    if len(chunk) >= 2 and rng.random() >= 0.5:
         return tokens_a, [t for sentence in chunk[a_end:] for t in sentence], False, 0
     target_b_length = target_seq_length - len(tokens_a)
     for _ in range(_RANDOM_DOC_TRIES):

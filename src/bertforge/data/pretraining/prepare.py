@@ -28,6 +28,7 @@ from bertforge.data.pretraining.instances import (ChunkResult, CreateSettings,
                                                   create_chunk_instances, sentence_splitter)
 from bertforge.data.pretraining.shards import (VOCAB, ShardWriter, SplitStats,
                                                prepare_output_dir, vocab_info, write_manifest)
+from bertforge.errors import DataError
 from bertforge.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ def _peak_rss_mb() -> tuple[float | None, float | None]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale)
 
 
+def _listed(files: list[Path], shown: int = 3) -> str:
+    names = ", ".join(map(str, files[:shown]))
+    return names + (f" and {len(files) - shown} more" if len(files) > shown else "")
+
+
 def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
     """Create the shards and manifest of `cfg.output_dir`; returns a summary.
 
@@ -83,6 +89,10 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
     start = time.perf_counter()
     splitter = sentence_splitter(cfg.language)  # fails before any work when sentencex is missing
     files = resolve_input_files(cfg.input_file)
+    total_bytes = sum(f.stat().st_size for f in files)
+    if total_bytes == 0:
+        raise DataError(f"input_file: {_listed(files)} {'is' if len(files) == 1 else 'are'} empty; "
+                        "nothing to prepare")
     vocab_file = Path(cfg.vocab_file)
     vocab = vocab_info(vocab_file)
     token_dtype = "uint16" if vocab["size"] <= 65536 else "int32"
@@ -96,7 +106,6 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
         token_dtype=token_dtype)
     writers = {s: ShardWriter(out, s, cfg.shard_size, cfg.dupe_factor) for s in SPLITS}
     num_workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
-    total_bytes = sum(f.stat().st_size for f in files)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare pretraining data",
               disable=not progress) as bar:
         docs = 0
@@ -107,6 +116,10 @@ def prepare_pretraining_data(cfg: PrepareConfig, progress: bool = True) -> dict[
             rate = docs / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(docs=docs, docs_s=f"{rate:.0f}", refresh=False)
     stats = {s: w.close() for s, w in writers.items()}
+    if stats["train"].instances == 0:  # no manifest: the directory is not a data set to train on
+        raise DataError(f"input_file: {_listed(files)} gave no training instances ({docs} document(s)): "
+                        "is it the text you meant? (one sentence a line, documents separated by blank "
+                        "lines, or JSON lines with a text field)")
     write_manifest(out, cfg, vocab, token_dtype, files, splitter, stats)
     seconds = time.perf_counter() - start
     rss, rss_worker = _peak_rss_mb()

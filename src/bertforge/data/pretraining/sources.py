@@ -20,7 +20,8 @@ from bertforge.data.pretraining.dataset import PretrainingDataset
 from bertforge.data.pretraining.hdf5 import Hdf5Shard, is_hdf5
 from bertforge.data.pretraining.shards import MANIFEST
 from bertforge.data.pretraining.static_masks import StaticMaskDataset
-from bertforge.data.pretraining.tfrecord import HEADER_BYTES, TFRecordShard, looks_like_tfrecord, verifies_checksums
+from bertforge.data.pretraining.tfrecord import (HEADER_BYTES, TFRecordShard, has_damaged_header, looks_like_tfrecord,
+                                                 verifies_checksums)
 from bertforge.errors import DataError
 from bertforge.tfwire import CRC32C_MISSING
 
@@ -30,6 +31,7 @@ SUPPORTED = ("a directory written by `bertforge prepare pretraining` (with manif
              "NVIDIA/Habana HDF5 files, or Google/MLPerf TFRecord files of tf.train.Example "
              "(uncompressed)")
 _READERS = {"HDF5": Hdf5Shard, "TFRecord": TFRecordShard}
+DAMAGED_TFRECORD = "corrupt TFRecord"
 
 
 def resolve_files(spec: str | list[str], flag: str) -> list[Path]:
@@ -68,6 +70,8 @@ def sniff(path: Path) -> str:
         return "HDF5"
     if looks_like_tfrecord(head[:HEADER_BYTES + 1], size):
         return "TFRecord"
+    if has_damaged_header(head):
+        return DAMAGED_TFRECORD
     if not head:
         return "empty"
     if head.startswith(b"\x1f\x8b"):
@@ -87,6 +91,7 @@ def open_pretraining_data(spec: str | list[str], *, flag: str, seed: int, shuffl
     its `prepared_split` with its manifest's seed; other data is ordered by `seed`."""
     single = spec if isinstance(spec, str) else spec[0] if len(spec) == 1 else None
     if single is not None and "," not in single and (Path(single) / MANIFEST).is_file():
+        _check_only_prepared(Path(single), flag)
         return PretrainingDataset(single, prepared_split)
     files = resolve_files(spec, flag)
     kinds: dict[str, list[Path]] = defaultdict(list)
@@ -101,6 +106,9 @@ def open_pretraining_data(spec: str | list[str], *, flag: str, seed: int, shuffl
         if kind == "TFRecord" and not verifies_checksums():
             log.info("%s: TFRecord checksums are not verified", CRC32C_MISSING)
         return data
+    if DAMAGED_TFRECORD in kinds:
+        raise DataError(f"{flag}: {kinds[DAMAGED_TFRECORD][0]}: the first record's length checksum does not "
+                        "match: a corrupt TFRecord file (truncated or damaged in a copy); write or copy it again")
     found = "; ".join(f"{len(paths)} {kind} ({_names(paths)})" for kind, paths in sorted(kinds.items()))
     if len(kinds) > 1 and set(kinds) & set(_READERS):
         raise DataError(f"{flag} {_shown(spec)}: files of several kinds: {found}. One data set is one "
@@ -112,6 +120,22 @@ def open_pretraining_data(spec: str | list[str], *, flag: str, seed: int, shuffl
         hint = ". Decompress gzip-compressed files first"
     raise DataError(f"{flag} {_shown(spec)}: no pretraining data bertforge reads. Found: {found}. "
                     f"Supported: {SUPPORTED}{hint}")
+
+
+def _check_only_prepared(directory: Path, flag: str) -> None:
+    """A prepared directory that also holds HDF5 or TFRecord files is two data sets in one
+    place; reading only the prepared one would silently leave the others out."""
+    others: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if not path.name.endswith((".npy", ".json", ".txt")):
+            kind = sniff(path)
+            if kind in _READERS:
+                others[kind].append(path)
+    if others:
+        found = "; ".join(f"{len(paths)} {kind} ({_names(paths)})" for kind, paths in sorted(others.items()))
+        raise DataError(f"{flag} {directory}: files of several kinds: prepared data ({MANIFEST}) and {found}. "
+                        "One data set is one format; keep the prepared data in a directory of its own, or "
+                        "name the other files with a glob or a list")
 
 
 def _shown(spec: str | list[str]) -> str:

@@ -55,6 +55,17 @@ def looks_like_tfrecord(head: bytes, file_size: int) -> bool:
     return length == 0 or head[HEADER_BYTES:HEADER_BYTES + 1] == b"\x0a"
 
 
+def has_damaged_header(head: bytes) -> bool:
+    """Whether a file that starts with `head` looks like a TFRecord file whose first record
+    header is damaged: its length checksum does not match, yet a tf.train.Example (field 1,
+    length-delimited) starts right after the 12-byte header."""
+    if len(head) <= HEADER_BYTES:
+        return False
+    expected = masked_crc32c(head[:8])
+    return (expected is not None and expected != struct.unpack("<I", head[8:HEADER_BYTES])[0]
+            and head[HEADER_BYTES:HEADER_BYTES + 1] == b"\x0a")
+
+
 def record_offsets(path: Path) -> np.ndarray:
     """The offset of every record of a TFRecord file (its header), each header's checksum
     verified -> (records,) int64. Reads 12 bytes a record."""
@@ -233,5 +244,5 @@ class TFRecordShard:
             self._records = None
 
 
-__all__ = ["FEATURES", "TFRecordFile", "TFRecordShard", "looks_like_tfrecord", "parse_example",
+__all__ = ["FEATURES", "TFRecordFile", "TFRecordShard", "has_damaged_header", "looks_like_tfrecord", "parse_example",
            "record_offsets", "verifies_checksums"]

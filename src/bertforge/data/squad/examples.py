@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 # Google's reader splits words on these characters only (not on every Unicode space).
 _WORD = re.compile("[^ \t\r\n\u202f]+")
+# SQuAD's contexts are paragraphs of under 4,000 characters. A context of millions (a whole
+# book pasted in) becomes thousands of windows for each of its questions, and memory grows with
+# them (a 2.2M-character one took 7.4 GB): such a file is read, with a warning first.
+LONG_CONTEXT_CHARS = 100_000
 
 
 class Answer(TypedDict):
@@ -102,6 +106,11 @@ def read_squad_examples(path: str | Path, is_training: bool, articles: slice | N
         for p, paragraph in enumerate(_field(article, "paragraphs", list, path, f"data[{a}]")):
             where = f"data[{a}].paragraphs[{p}]"
             context = _field(paragraph, "context", str, path, where)
+            if len(context) > LONG_CONTEXT_CHARS:
+                logger.warning("%s: %s.context has %s characters (SQuAD's paragraphs have under 4,000): "
+                               "each of its questions is read in thousands of windows, and memory grows "
+                               "with them; split long documents into paragraphs", path, where,
+                               f"{len(context):,}")
             doc_tokens, char_to_word = split_whitespace(context)
             for q, qa in enumerate(_field(paragraph, "qas", list, path, where)):
                 example, problem = _read_question(qa, context, doc_tokens, char_to_word, is_training,

@@ -108,6 +108,17 @@ class SquadFeatures:
         return [self.id_to_token[int(i)] for i in self.input_ids[n, :length]]
 
 
+def model_arrays(features: SquadFeatures, with_labels: bool) -> dict[str, np.ndarray]:
+    """The compact arrays the model reads (and, `with_labels`, the gold positions) by name, for
+    batching: (N, T) inputs, (N,) positions."""
+    arrays = {"input_ids": features.input_ids, "token_type_ids": features.token_type_ids,
+              "attention_mask": features.attention_mask}
+    if with_labels:
+        arrays["start_positions"] = features.start_positions
+        arrays["end_positions"] = features.end_positions
+    return arrays
+
+
 _PER_FEATURE = ("input_ids", "token_type_ids", "attention_mask", "start_positions",
                 "end_positions", "example_index", "context_index", "doc_span_index",
                 "doc_span_start", "doc_span_length", "doc_offset", "token_is_max_context")

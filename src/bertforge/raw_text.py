@@ -1,5 +1,6 @@
 """Raw text on the command line: `predict squad --question ... --context ...`, and JSON lines in,
-JSON lines out, for `predict squad` and `predict glue`, through the Python API (`bertforge.api`).
+JSON lines out, for `predict squad` and `predict glue`, through the Python API (`bertforge.api`),
+which this module sits above.
 
 Every input line is read and checked before the model is loaded, so a bad line 9,000 fails at
 once, naming its line; then records are predicted in chunks and written as they go.
@@ -12,9 +13,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from bertforge.api import Predictor
+from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # the tasks call this module for their raw-text runs
+    from bertforge.tasks.glue import GlueEvalRun
+    from bertforge.tasks.squad import SquadPredictRun
 
 # Records predicted per chunk: big enough for full batches, small enough to show progress.
 CHUNK = 512
@@ -99,15 +106,14 @@ def _write(out: IO[str], record: dict) -> None:
     out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _predictor(cfg, batch_size: int):
-    from bertforge.api import Predictor
+def _predictor(cfg: SquadPredictRun | GlueEvalRun, batch_size: int) -> Predictor:
     return Predictor(cfg.model, cfg.runtime, batch_size=batch_size)
 
 
 # ---- SQuAD ---------------------------------------------------------------------------------
 
 
-def answer_run(cfg) -> int:
+def answer_run(cfg: SquadPredictRun) -> int:
     """`predict squad` with --question/--context or --input_jsonl (a SquadPredictRun)."""
     d = cfg.data
     if cfg.input_jsonl and (cfg.question is not None or cfg.context is not None):
@@ -123,17 +129,14 @@ def answer_run(cfg) -> int:
                               "--context needs --question")
         records = [_checked({"question": cfg.question, "context": cfg.context}, "--question/--context",
                             ("question", "context"), (), 1)]
-    settings = dict(max_seq_length=d.max_seq_length, doc_stride=d.doc_stride,
-                    max_query_length=d.max_query_length, n_best_size=d.n_best_size,
-                    max_answer_length=d.max_answer_length,
-                    # v2.0 decoding when asked for, else as the checkpoint was fine-tuned
-                    allow_no_answer=True if d.version_2_with_negative else None,
-                    null_score_diff_threshold=d.null_score_diff_threshold)
+    settings = SquadSettings.of(d)
+    # v2.0 decoding when asked for, else as the checkpoint was fine-tuned
+    allow_no_answer = True if d.version_2_with_negative else None
     predictor = _predictor(cfg, d.predict_batch_size)
     with _open_output(cfg.output_jsonl) as out:
         for chunk in _chunks(records):
             answers = predictor.answer([r["question"] for r in chunk], [r["context"] for r in chunk],
-                                       **settings)
+                                       settings=settings, allow_no_answer=allow_no_answer)
             for record, a in zip(chunk, answers):
                 fields = {"answer": a.text, "score": a.score, "start": a.start, "end": a.end}
                 _write(out, fields if cfg.input_jsonl is None else {"id": record["id"], **fields})
@@ -144,7 +147,7 @@ def answer_run(cfg) -> int:
 # ---- GLUE ----------------------------------------------------------------------------------
 
 
-def classify_run(cfg) -> int:
+def classify_run(cfg: GlueEvalRun) -> int:
     """`predict glue` / `evaluate glue` with --input_jsonl (a GlueEvalRun)."""
     if cfg.do_eval or cfg.data.data_dir:
         raise ConfigError("--input_jsonl classifies texts without labels: run `bertforge predict glue` "

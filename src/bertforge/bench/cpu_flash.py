@@ -2,13 +2,16 @@
 a CPU kernel for FlashAttention's varlen op (`torch.ops.aten._flash_attention_forward` and its
 backward), which only CUDA builds ship: with it the model's flash code path (its arguments, its
 autograd, its place in compiled graphs, attention dropout included) runs in CPU tests and in
-the GPU suite's CPU smoke run (benchmarks/run_gpu_suite.py --smoke)."""
+the GPU suite's CPU smoke run (benchmarks/run_gpu_suite.py --smoke). A reference, not a fast
+path: float64, one sequence at a time."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from bertforge.model import attention
 
 
 def _sequences(cu_seqlens):
@@ -94,3 +97,16 @@ class CpuFlash:
                  rng_state, unused, *, scale=None, **_):
         keep = dropout_keep_masks(cu_q, q.shape[1], dropout_p, int(rng_state[0]))
         return reference_varlen_attention_backward(grad_out, q, k, v, cu_q, scale, keep, dropout_p)
+
+
+def install_cpu_flash() -> CpuFlash:
+    """For the rest of the process, the CPU counts as a device with FlashAttention's varlen
+    kernel, run by CpuFlash (a smoke run's stand-in; tests use their own fixture, which undoes
+    it). Returns the kernel, which records what the model passed."""
+    flash = CpuFlash()
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl("_flash_attention_forward", flash.forward, "CPU")
+    lib.impl("_flash_attention_backward", flash.backward, "CPU")
+    attention._flash_varlen_on = lambda device: device.type == "cpu"
+    flash.library = lib  # the registration lives as long as the library object
+    return flash

@@ -1,0 +1,1 @@
+"""Tests of `bertforge serve` (a package: its conftest is `serve.conftest`, apart from the top one)."""
