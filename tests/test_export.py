@@ -215,3 +215,36 @@ def test_missing_exporter_names_the_extra(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "onnxscript" in err and "bertforge[export]" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_int8_export_through_the_cli_records_its_recipe(tmp_path):
+    run, model = tiny_run(tmp_path, "qa")
+    out = tmp_path / "out"
+    assert main(["export", str(run), str(out), "--precision", "int8"]) == 0
+    record = json.loads((out / "export.json").read_text())
+    assert record["precision"] == "int8" and record["quantization"]["weights"].startswith("int8")
+    assert record["config"] == model.config.to_dict()
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "vocab.txt"]
+    batch = random_batch(model.config, batch=4, seq=30, seed=3)
+    start, end = run_session(out / "model.onnx", batch)
+    with torch.no_grad():
+        ref_start, _ = model(**batch)
+    real = batch["attention_mask"].bool().numpy()
+    diff = np.abs(start - ref_start.numpy())[real].max() / np.abs(ref_start.numpy()[real]).max()
+    assert 0 < diff <= 0.08  # quantised, and within 8% of the fp32 logits' range
+
+
+def test_fp32_export_records_precision_and_config(tmp_path):
+    run, model = tiny_run(tmp_path, "classification", ["x", "y"])
+    export(ExportArgs(str(run), str(tmp_path / "out")))
+    record = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert record["precision"] == "fp32" and "quantization" not in record
+    assert record["config"]["hidden_size"] == model.config.hidden_size
+
+
+def test_int8_torch_export_is_refused_in_one_line(tmp_path, capsys):
+    run, _ = tiny_run(tmp_path, "qa")
+    assert main(["export", str(run), str(tmp_path / "out"), "--format", "torch_export", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--precision int8 exports ONNX only" in err[-1]
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from bertforge.errors import ConfigError
+
 ExportFormat = Literal["onnx", "torch_export"]
+ExportPrecision = Literal["fp32", "int8"]
 HEAD_NAMES = ("base", "pretraining", "qa", "classification")  # model.HEADS' names, in its order
 
 
@@ -31,7 +34,16 @@ class ExportArgs:
     """The bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
     opset: int | None = None
     """ONNX opset version (default: the exporter's, 20 with torch 2.13)."""
+    precision: ExportPrecision = "fp32"
+    """fp32, or int8 (onnx only): linear layers dynamically quantised by onnxruntime, a quarter of
+    the size and faster on CPUs with VNNI; it moves some answers, so score it on held-out data
+    before serving it."""
     verify: bool = True
     """Run the exported file once on a ragged padded batch and compare it with PyTorch."""
     force: bool = False
     """Replace an earlier export in output_dir (other files there are never deleted)."""
+
+    def __post_init__(self) -> None:
+        if self.precision == "int8" and self.format != "onnx":
+            raise ConfigError("--precision int8 exports ONNX only (onnxruntime quantises it): drop "
+                              "--format torch_export or use --precision fp32")
