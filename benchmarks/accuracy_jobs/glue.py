@@ -61,7 +61,8 @@ def glue_pair(env: Env, results: Results, task_name: str, seed: int, sides: list
     from bertforge.data import glue as glue_data
     from bertforge.evaluate.glue import compute_metrics
     from bertforge.runconfig import ModelArgs, RuntimeArgs
-    from bertforge.tasks.glue import GlueData, GlueJob, GlueRun
+    from bertforge.tasks.config import GlueData, GlueRun
+    from bertforge.tasks.glue import GlueJob
     from bertforge.tasks.runner import run
     from bertforge.tokenization import WordPieceTokenizer
     from bertforge.train.batching import ArrayStepLoader, StepPlan

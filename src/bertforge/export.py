@@ -31,9 +31,7 @@ import logging
 import math
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,14 +41,13 @@ from bertforge.checkpoint.common import atomic_dir_write
 from bertforge.config import BertConfig
 from bertforge.engine.ort import quantize_onnx_int8
 from bertforge.errors import CheckpointError, ConfigError
+from bertforge.export_args import ExportArgs
 from bertforge.fileio import atomic_write_json
 from bertforge.model import HEADS, build_model
 from bertforge.optional import require
 
 log = logging.getLogger(__name__)
 
-ExportFormat = Literal["onnx", "torch_export"]
-ExportPrecision = Literal["fp32", "int8"]
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # each (batch, sequence) int64
 OUTPUTS = {name: spec.outputs for name, spec in HEADS.items()}  # per head, output names and axes
 MODEL_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
@@ -67,38 +64,6 @@ INT8_RECIPE = {"tool": "onnxruntime.quantization.quantize_dynamic", "operators":
                "weights": "int8, symmetric, per output channel", "activations": "uint8, asymmetric, per call"}
 # protobuf files stop at 2 GiB: larger ONNX models keep their weights in model.onnx.data.
 ONNX_INLINE_LIMIT = 1_800_000_000
-
-
-@dataclass
-class ExportArgs:
-    """Export a trained model to ONNX or a torch.export program for serving."""
-
-    checkpoint: str
-    """The model: a bertforge run directory, a Hugging Face directory or Hub id, a Google TF or
-    NVIDIA DLE checkpoint."""
-    output_dir: str
-    """Where model.onnx (or model.pt2), export.json and vocab.txt go."""
-    format: ExportFormat = "onnx"
-    """onnx (onnxruntime, TensorRT, OpenVINO) or torch_export (model.pt2, torch.export.load)."""
-    head: Literal[("auto", *HEADS)] = "auto"
-    """Which head to export; auto: the checkpoint's (the encoder alone when it has none)."""
-    bert_model: str | None = None
-    """The bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
-    opset: int | None = None
-    """ONNX opset version (default: the exporter's, 20 with torch 2.13)."""
-    precision: ExportPrecision = "fp32"
-    """fp32, or int8 (onnx only): linear layers dynamically quantised by onnxruntime, a quarter of
-    the size and faster on CPUs with VNNI; it moves some answers, so score it on held-out data
-    before serving it."""
-    verify: bool = True
-    """Run the exported file once on a ragged padded batch and compare it with PyTorch."""
-    force: bool = False
-    """Replace an earlier export in output_dir (other files there are never deleted)."""
-
-    def __post_init__(self) -> None:
-        if self.precision == "int8" and self.format != "onnx":
-            raise ConfigError("--precision int8 exports ONNX only (onnxruntime quantises it): drop "
-                              "--format torch_export or use --precision fp32")
 
 
 class ServingModel(nn.Module):

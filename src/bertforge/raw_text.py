@@ -19,9 +19,8 @@ from bertforge.api import Predictor
 from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError, DataError
 
-if TYPE_CHECKING:  # the tasks call this module for their raw-text runs
-    from bertforge.tasks.glue import GlueEvalRun
-    from bertforge.tasks.squad import SquadPredictRun
+if TYPE_CHECKING:
+    from bertforge.tasks.config import GlueEvalRun, SquadPredictRun
 
 # Records predicted per chunk: big enough for full batches, small enough to show progress.
 CHUNK = 512
@@ -152,6 +151,9 @@ def classify_run(cfg: GlueEvalRun) -> int:
     if cfg.do_eval or cfg.data.data_dir:
         raise ConfigError("--input_jsonl classifies texts without labels: run `bertforge predict glue` "
                           "without --data_dir and --do_eval")
+    if cfg.data.label_order is not None:
+        raise ConfigError("--label_order reorders a head for the task's files; --input_jsonl reports the "
+                          "checkpoint's outputs under its own label names: leave one out")
     records = read_jsonl(cfg.input_jsonl, ("text_a",), ("text_b",))
     predictor = _predictor(cfg, cfg.data.eval_batch_size)
     with _open_output(cfg.output_jsonl) as out:

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertforge.checkpoint import detect_format, load_checkpoint, save_native
+from bertforge.checkpoint.args import FORMAT_NAMES, TARGET_NAMES
 from bertforge.checkpoint.formats import FORMATS, TARGETS
 from bertforge.errors import CheckpointError
 from bertforge.model import build_model
@@ -90,3 +91,9 @@ def test_what_is_no_checkpoint_is_detected_by_none(tmp_path):
 def test_the_formats_written_are_those_with_a_save():
     assert TARGETS == ("native", "hf")
     assert all((FORMATS[name].save is not None) == (name in TARGETS) for name in FORMATS)
+
+
+def test_convert_flags_name_the_tables_formats():
+    """`bertforge convert --format/--to` take their names from a module without torch: the table's."""
+    assert FORMAT_NAMES == tuple(FORMATS)
+    assert TARGET_NAMES == TARGETS

@@ -10,8 +10,9 @@ import sys
 import pytest
 from compat_helpers import parse
 
-from bertforge import cli, reference_flags
+from bertforge import cli
 from bertforge.cli import main, take_launcher_flags
+from bertforge.compat import flags as reference_flags
 
 
 @pytest.mark.parametrize("argv", [

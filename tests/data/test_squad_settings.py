@@ -17,7 +17,7 @@ from bertforge.cli import main
 from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError
 from bertforge.serve import ServeArgs
-from bertforge.tasks.squad import SquadData, SquadPredictData
+from bertforge.tasks.config import SquadData, SquadPredictData
 from serve.server_process import Server
 
 TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,

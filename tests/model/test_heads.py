@@ -14,6 +14,7 @@ import torch
 from bertforge.checkpoint import load_checkpoint, load_into, save_checkpoint_as, save_native
 from bertforge.errors import ConfigError
 from bertforge.export import ServingModel
+from bertforge.export_args import HEAD_NAMES
 from bertforge.model import HEADS, build_model
 from bertforge.model.heads import BACKBONE_PREFIXES, HEAD_PREFIXES
 from conftest import HF_CLASSES, random_batch, tiny_config
@@ -28,6 +29,11 @@ def _built(name: str):
 
 def test_the_table_names_every_head_the_tests_know():
     assert set(HEADS) == set(HF_CLASSES)
+
+
+def test_export_flags_name_the_tables_heads():
+    """`bertforge export --head` takes its names from a module without torch: the table's, in order."""
+    assert HEAD_NAMES == tuple(HEADS)
     for name, spec in HEADS.items():
         assert spec.name == name == spec.module.head
 

@@ -16,7 +16,8 @@ import bertforge
 from bertforge.checkpoint.commands import ConvertArgs, convert
 from bertforge.cli import main
 from bertforge.runconfig import ModelArgs, RuntimeArgs, TrainArgs
-from bertforge.tasks.glue import GlueData, GlueJob, GlueRun
+from bertforge.tasks.config import GlueData, GlueRun
+from bertforge.tasks.glue import GlueJob
 from bertforge.tasks.runner import run
 from conftest import shared
 

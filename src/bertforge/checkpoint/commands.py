@@ -1,54 +1,16 @@
-"""`bertforge convert` and `bertforge info`: the checkpoint commands."""
+"""`bertforge convert` and `bertforge info`: the checkpoint commands (their flags: `args`)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from bertforge.checkpoint.formats import FORMATS, TARGETS
+from bertforge.checkpoint.args import ConvertArgs, InfoArgs
 from bertforge.checkpoint.load import load_checkpoint
 from bertforge.checkpoint.save import prepare_destination, save_checkpoint_as
 from bertforge.errors import ConfigError
-
-
-@dataclass
-class ConvertArgs:
-    """Convert a checkpoint (format detected: bertforge, Hugging Face, Google TF, NVIDIA DLE)."""
-
-    src: str
-    """The checkpoint: a directory, a weights file, a TF checkpoint prefix (bert_model.ckpt), or a
-    Hugging Face Hub model id (bert-base-uncased, user/model)."""
-    dst: str
-    """The output directory."""
-    to: Literal[TARGETS] = "native"
-    """native (bertforge: safetensors + config.json + bertforge.json) or hf (transformers' layout)."""
-    bert_model: str | None = None
-    """The source's bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
-    vocab_file: str | None = None
-    """A vocab.txt to ship with the result when the source has none beside it."""
-    do_lower_case: bool | None = None
-    """Record the casing when the source does not (Google TF checkpoints rarely do)."""
-    format: Literal[("auto", *FORMATS)] = "auto"
-    """Force the source format instead of detecting it."""
-    force: bool = False
-    """Replace the checkpoint in a non-empty destination (its checkpoint files are removed first;
-    any other file there is an error, never deleted)."""
-
-
-@dataclass
-class InfoArgs:
-    """Print what a checkpoint holds."""
-
-    checkpoint: str
-    """A checkpoint directory, weights file, TF checkpoint prefix, or Hugging Face Hub model id."""
-    bert_model: str | None = None
-    """The bert_config.json when it is not beside the checkpoint (also --bert_config_file)."""
-    json: bool = False
-    """Print one JSON object instead of text."""
 
 
 def convert(args: ConvertArgs) -> Path:

@@ -121,11 +121,6 @@ def gold_answers(dataset_or_path: str | Path | dict | list) -> dict[str, list[st
     return _read_gold(dataset_or_path)[0]
 
 
-def is_squad_v2(dataset_or_path: str | Path | dict | list) -> bool:
-    """Whether a SQuAD data set is in the v2.0 format (any question carries `is_impossible`)."""
-    return _read_gold(dataset_or_path)[2]
-
-
 def _read_gold(dataset_or_path: str | Path | dict | list
                ) -> tuple[dict[str, list[str]], str, bool]:
     """The gold answers, the name of where they came from (for messages), and whether the

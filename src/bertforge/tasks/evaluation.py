@@ -8,38 +8,19 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from bertforge.checkpoint import load_checkpoint, load_into, save_native
 from bertforge.checkpoint.native import NATIVE_META
-from bertforge.errors import CheckpointError, ConfigError
+from bertforge.errors import CheckpointError
 from bertforge.fileio import read_json
 from bertforge.loading import LoadedModel
+from bertforge.tasks.config import EvalDuringTraining
 from bertforge.train.loop import Trainer, evaluate_every
 from bertforge.train.runtime import Runtime
-from bertforge.validation import check_at_least, check_types
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class EvalDuringTraining:
-    """Evaluation on the dev data while fine-tuning."""
-
-    eval_every: int | None = None
-    """Evaluate on the dev data every N optimizer steps and after the last one (eval records in
-    metrics.jsonl and the trackers)."""
-    save_best: bool = False
-    """Make the weights of the best evaluation (the task's main metric: SQuAD F1, GLUE's first
-    metric) the run's final model; bertforge.json records their step."""
-
-    def __post_init__(self) -> None:
-        check_types(self, "evaluation")
-        check_at_least(self, 1, ("eval_every",))
-        if self.save_best and self.eval_every is None:
-            raise ConfigError("--save_best needs --eval_every: the best of which evaluations?")
 
 
 class BestWeights:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,117 +18,15 @@ from bertforge.errors import ConfigError
 from bertforge.evaluate.glue import compute_metrics, require_metrics
 from bertforge.infer import InferenceStats, predict_timed
 from bertforge.loading import LoadedModel, check_seq_length, model_inputs
-from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
 from bertforge.tasks.common import report_inference, write_json
-from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
+from bertforge.tasks.config import GlueEvalRun, GlueRun
+from bertforge.tasks.evaluation import evaluate_during_training
 from bertforge.tasks.runner import Job, run
-from bertforge.validation import check_at_least, check_types
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class GlueData:
-    """Which GLUE task and where its files are."""
-
-    task_name: str = "mrpc"
-    """cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli (GLUE names like SST-2 work too; also --task)."""
-    data_dir: str | None = None
-    """The task's GLUE directory (or the GLUE root holding it)."""
-    max_seq_length: int = 128
-    """Tokens per example: [CLS] sentence A [SEP] (sentence B [SEP]); longer pairs are cut."""
-    eval_batch_size: int = 64
-    """Sequences per device per prediction batch (also --predict_batch_size)."""
-    max_tokens_per_batch: int | None = None
-    """Also cap each prediction batch at this many tokens (rows x its longest example, rounded up
-    to 8; examples are batched by length): short examples then share bigger batches, so every
-    batch costs about the same. Predictions do not change."""
-    label_order: str | list[str] | None = None
-    """What a trained head's outputs are, in its output order, comma-separated: e.g.
-    entailment,neutral,contradiction for an MNLI model trained on Hugging Face's GLUE data set.
-    Needed where the checkpoint does not name them (LABEL_0, LABEL_1, LABEL_2, or no names at
-    all) and the task has more than two classes; it overrides the checkpoint's names. The task's
-    class names or GLUE's file labels, in any case."""
-
-    def __post_init__(self) -> None:
-        check_types(self, "glue")
-        task = data.get_task(self.task_name)  # an unknown task fails here, naming the valid ones
-        check_at_least(self, 1, ("max_seq_length", "eval_batch_size", "max_tokens_per_batch"))
-        if isinstance(self.label_order, str):
-            self.label_order = [x.strip() for x in self.label_order.split(",")]
-        if self.label_order is not None:
-            check_label_order(self.label_order, task)
-
-
-def check_label_order(names: list[str], task: data.GlueTask) -> None:
-    """A ConfigError unless `names` name each of the task's classes once."""
-    if task.label_names is None:
-        raise ConfigError(f"--label_order: GLUE {task.name} is a regression task; its head has one output, "
-                          "not classes")
-    valid = ", ".join(task.label_names)
-    unknown = [x for x in names if task.class_id(x) is None]
-    if unknown:
-        raise ConfigError(f"--label_order: {', '.join(map(repr, unknown))} is not a GLUE {task.name} label; "
-                          f"its labels are {valid}")
-    ids = [task.class_id(x) for x in names]
-    if len(names) != len(task.label_names) or len(set(ids)) != len(ids):
-        raise ConfigError(f"--label_order must name each of GLUE {task.name}'s {len(task.label_names)} labels "
-                          f"({valid}) once, in the head's output order; got {','.join(names)}")
-
-
-@dataclass(kw_only=True)
-class GlueEvalRun(RunConfig):
-    """Evaluate (dev metrics) and/or predict (test-set submission files) with a fine-tuned checkpoint."""
-
-    output_dir: str = "runs/glue_eval"
-    """Where eval_results.json and the submission files go."""
-    do_eval: bool = False
-    """Score the dev set(s) with the task's official metrics."""
-    do_predict: bool = False
-    """Write the test set's GLUE submission file(s) into output_dir."""
-    input_jsonl: str | None = None
-    """Instead of data_dir: JSON lines {"id", "text_a", "text_b" (optional)} to classify ('-':
-    standard input); writes {"id", "label", "score", "probabilities"} lines to output_jsonl."""
-    output_jsonl: str | None = None
-    """Where the classes of --input_jsonl go as JSON lines (default, or '-': standard output)."""
-    data: GlueData = field(default_factory=GlueData)
-
-
-@dataclass(kw_only=True)
-class GluePredictRun(GlueEvalRun):
-    """Write GLUE test-set submission files with a fine-tuned checkpoint (--do_eval scores dev too)."""
-
-    do_predict: bool = True
-    """Write the test set's GLUE submission file(s) into output_dir."""
-
-
-@dataclass(kw_only=True)
-class GlueEvaluateRun(GlueEvalRun):
-    """GLUE dev-set metrics of a fine-tuned checkpoint (--do_predict writes submissions too)."""
-
-    do_eval: bool = True
-    """Score the dev set(s) with the task's official metrics."""
-
-
-@dataclass(kw_only=True)
-class GlueRun(TrainRun):
-    """Fine-tune and/or evaluate BERT on a GLUE task."""
-
-    output_dir: str = "runs/glue"
-    """The run directory: model, metrics.jsonl, checkpoints, eval results, submissions."""
-    do_train: bool = False
-    """Fine-tune on the train split."""
-    do_eval: bool = False
-    """Score the dev set(s) with the task's official metrics."""
-    do_predict: bool = False
-    """Write the test set's GLUE submission file(s) into output_dir."""
-    data: GlueData = field(default_factory=GlueData)
-    train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=2e-5, train_batch_size=32))
-    evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
-    """Dev metrics while training (--eval_every, --save_best)."""
 
 
 class ClassificationLoss:
@@ -335,14 +232,9 @@ def finetune(cfg: GlueRun, dist_info: DistInfo = DistInfo(), progress: bool = Tr
 
 
 def evaluate_run(cfg: GlueEvalRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    """`evaluate glue` / `predict glue`: the task's files; --input_jsonl goes to
-    `bertforge.raw_text`, which classifies it through the Python API (a layer above the tasks:
-    imported here, when asked for, only so that this one entry point serves both)."""
-    if cfg.input_jsonl:
-        if cfg.data.label_order is not None:
-            raise ConfigError("--label_order reorders a head for the task's files; --input_jsonl reports the "
-                              "checkpoint's outputs under its own label names: leave one out")
-        from bertforge.raw_text import classify_run
-        classify_run(cfg)
-        return {}
+    """`evaluate glue` / `predict glue` of the task's files. JSON lines (--input_jsonl) are
+    classified by `bertforge.raw_text.classify_run`, which the CLI calls instead."""
+    if cfg.raw_text:
+        raise ConfigError("evaluate_run reads the task's files (--data_dir); --input_jsonl goes to "
+                          "bertforge.raw_text.classify_run")
     return run(GlueJob(cfg), dist_info, progress)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -23,114 +21,16 @@ from bertforge.checkpoint.nvidia import (NvidiaResume, import_nvidia_checkpoint,
 from bertforge.data.pretraining import PretrainingDataset, StaticMaskDataset, open_pretraining_data
 from bertforge.errors import ConfigError
 from bertforge.loading import LoadedModel, check_seq_length, model_inputs
-from bertforge.runconfig import TrainArgs, TrainRun
 from bertforge.tasks.common import write_json
+from bertforge.tasks.config import PretrainRun
 from bertforge.tasks.mlperf import RunStop, add_training_loop
 from bertforge.tasks.runner import Job, run
 from bertforge.train.batching import StepPlan, trim_padding
 from bertforge.train.checkpoints import list_checkpoints
 from bertforge.train.loop import Trainer, to_device
 from bertforge.train.runtime import DistInfo, Runtime
-from bertforge.validation import check_at_least, check_types
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class PretrainData:
-    """The training data, the evaluation set, and when to evaluate and stop (MLPerf's loop)."""
-
-    input_dir: str | list[str] | None = None
-    """The training data: a directory `bertforge prepare pretraining` wrote (recommended: masks
-    are drawn anew each epoch), or files NVIDIA's, Habana's, Google's or MLPerf's scripts
-    prepared (HDF5 or TFRecord, read with the masks they hold) as a directory, a glob,
-    comma-separated paths or a list. Also --input_files_dir, --input_file."""
-    eval_dir: str | list[str] | None = None
-    """A separate evaluation set, in any format input_dir takes (prepared data: its train
-    split). Default: the held_out split of prepared input_dir data; other data has none. Also
-    --eval_files_dir."""
-    eval_every: int | None = None
-    """Evaluate MLM/NSP accuracy every N steps (and at the end)."""
-    samples_between_eval: int | None = None
-    """Evaluate every this many training samples instead (MLPerf's schedule), and at the end.
-    Also --eval_iter_samples."""
-    samples_start_eval: int = 0
-    """With samples_between_eval: no evaluation before this many training samples. Also
-    --eval_iter_start_samples."""
-    stop_threshold: float | None = None
-    """End training at the first evaluation whose masked-LM accuracy reaches this (MLPerf:
-    0.720); metrics.jsonl gets a run_stop record with the time to train. Also --target_mlm_accuracy."""
-    max_samples_termination: int | None = None
-    """End training once this many samples are trained (MLPerf's budget; max_steps still holds)."""
-    eval_batch_size: int = 64
-    """Sequences per device per evaluation batch."""
-    max_eval_samples: int | None = None
-    """Evaluate on the first this many samples of the evaluation set (all by default; MLPerf:
-    10000). Also --num_eval_examples."""
-    shuffle_window: int = 1
-    """HDF5/TFRecord data: files whose samples are shuffled together (each epoch shuffles the
-    file order, then the samples of each window of this many files). A rank holds about this
-    many files in memory."""
-
-    def __post_init__(self) -> None:
-        check_types(self, "pretrain")
-        check_at_least(self, 1, ("eval_every", "samples_between_eval", "max_samples_termination", "eval_batch_size",
-                                 "max_eval_samples", "shuffle_window"))
-        check_at_least(self, 0, ("samples_start_eval",))
-        if self.eval_every and self.samples_between_eval:
-            raise ConfigError("--eval_every and --samples_between_eval both set when to evaluate; give one")
-        if self.samples_start_eval and not self.samples_between_eval:
-            raise ConfigError("--samples_start_eval delays --samples_between_eval's schedule; give both")
-        if self.stop_threshold is not None:
-            if not 0.0 < self.stop_threshold <= 1.0:
-                raise ConfigError(f"--stop_threshold is a masked-LM accuracy in (0, 1], got {self.stop_threshold}")
-            if not (self.eval_every or self.samples_between_eval):
-                raise ConfigError("--stop_threshold is checked at each evaluation: give --samples_between_eval "
-                                  "(or --eval_every)")
-
-
-def _pretrain_defaults() -> TrainArgs:
-    # NVIDIA's phase-1 hyperparameters (global batch 65,536 through accumulation).
-    return TrainArgs(learning_rate=6e-3, warmup_proportion=0.2843, max_steps=7038, train_batch_size=64,
-                     weight_decay=0.01, max_grad_norm=1.0, log_every=10, optimizer="lamb", schedule="poly",
-                     schedule_power=0.5)
-
-
-@dataclass(kw_only=True)
-class PretrainRun(TrainRun):
-    """Pretrain BERT with masked LM + NSP and LAMB."""
-
-    output_dir: str = "runs/pretrain"
-    """The run directory: model, metrics.jsonl, checkpoints, train_summary.json."""
-    phase2: bool = False
-    """Phase 2: start from --init_checkpoint's weights (phase 1's output_dir) with a fresh
-    optimizer and schedule, on seq-512 data. NVIDIA's spelling, --phase2 --resume_from_checkpoint
-    --phase1_end_step N in a directory holding its ckpt_N.pt, starts from that file's weights and
-    LAMB moments with the step count reset, as run_pretraining.py does."""
-    phase1_end_step: int | None = None
-    """NVIDIA's run_pretraining.py: the last step of phase 1, which tells its phase-1 checkpoints
-    (ckpt_<step <= N>.pt) from phase-2 ones (ckpt_<N + phase-2 step>.pt) in output_dir."""
-    resume_step: int | None = None
-    """NVIDIA's run_pretraining.py: resume from output_dir/ckpt_<resume_step>.pt rather than the latest."""
-    do_train: bool = True
-    """Pretraining trains (the reference scripts' --do_train); false is refused."""
-    do_eval: bool = True
-    """Evaluate MLM/NSP accuracy on the evaluation set (--eval_dir, or prepared data's held-out
-    split): at the end, and as --eval_every / --samples_between_eval say."""
-    max_seq_length: int | None = None
-    """As the reference scripts pass it: checked against the prepared data, which fixes it."""
-    max_predictions_per_seq: int | None = None
-    """As the reference scripts pass it: checked against the prepared data, which fixes it."""
-    mlm_bias_init: Literal["zero", "unigram"] = "zero"
-    """The masked-LM output bias of a model that starts from random weights: zero (Google's and
-    NVIDIA's init) or unigram, the log frequencies of the targets in the training data, so that
-    the model predicts the corpus's word frequencies from step 0. From zero, the first few
-    hundred updates learn those frequencies mostly through the tied word embeddings (the bias
-    moves about one learning rate per update, and the log frequencies span over 10 nats), which
-    leaves the embeddings lined up on word frequency: short runs then fine-tune worse than random
-    weights (benchmarks/ACCURACY.md). Prepared data (`bertforge prepare pretraining`) only."""
-    data: PretrainData = field(default_factory=PretrainData)
-    train: TrainArgs = field(default_factory=_pretrain_defaults)
 
 
 class PretrainLoss:

@@ -1,6 +1,7 @@
 """SQuAD v1.1 and v2.0 end to end (`bertforge finetune squad`, `predict squad`, `evaluate squad`):
-the run configs, fine-tuning, prediction of SQuAD files through the answer pipeline every entry
-point shares (`bertforge.qa`, with the null answer for v2.0) and the official metrics.
+fine-tuning, prediction of SQuAD files through the answer pipeline every entry point shares
+(`bertforge.qa`, with the null answer for v2.0) and the official metrics. The run configs live in
+`bertforge.tasks.config`.
 
 `span_logits` and `model_arrays` (defined in `bertforge.qa` and `bertforge.data.squad`) can also be
 imported from here."""
@@ -9,141 +10,28 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.data import squad as data
-from bertforge.data.squad import SquadSettings, model_arrays
+from bertforge.data.squad import model_arrays
 from bertforge.errors import ConfigError
 from bertforge.evaluate import squad as metric
 from bertforge.fileio import ensure_parent_dir
 from bertforge.infer import InferenceStats
 from bertforge.loading import LoadedModel, check_seq_length
 from bertforge.qa import AnswerPipeline, Answers, span_logits
-from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
 from bertforge.tasks.common import report_inference, write_json
-from bertforge.tasks.evaluation import EvalDuringTraining, evaluate_during_training
+from bertforge.tasks.config import EvaluateArgs, SquadPredictData, SquadPredictRun, SquadRun, parse_slice
+from bertforge.tasks.evaluation import evaluate_during_training
 from bertforge.tasks.runner import Job, run
 from bertforge.train.batching import ArrayStepLoader, StepPlan
 from bertforge.train.loop import Trainer
 from bertforge.train.runtime import DistInfo, Runtime
-from bertforge.validation import check_at_least, check_types
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class SquadPredictData(SquadSettings):
-    """The SQuAD file to predict and Google's run_squad.py windowing and decoding settings."""
-
-    predict_file: str | None = None
-    """SQuAD JSON to predict (and, when it has answers, to evaluate)."""
-    predict_articles: str | None = None
-    """Use only these articles of predict_file, as a Python slice, e.g. '38:48'."""
-    predict_batch_size: int = 64
-    """Sequences per device per prediction batch."""
-    version_2_with_negative: bool = False
-    """SQuAD v2.0: questions marked is_impossible have no answer in their context. Training learns
-    the null span at [CLS] for them; prediction adds the null answer "", writes null_odds.json and
-    scores with the official v2.0 metric."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_at_least(self, 1, ("predict_batch_size",))
-        parse_slice(self.predict_articles, "predict_articles")
-
-
-@dataclass(kw_only=True)
-class SquadData(SquadPredictData):
-    """SQuAD files and Google's run_squad.py windowing and decoding settings."""
-
-    train_file: str | None = None
-    """SQuAD JSON to train on."""
-    train_articles: str | None = None
-    """Use only these articles of train_file, as a Python slice: '0:38' (the first 38)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        parse_slice(self.train_articles, "train_articles")
-
-
-@dataclass(kw_only=True)
-class SquadPredictRun(RunConfig):
-    """Predict SQuAD answers with a fine-tuned checkpoint, and score them when the file has answers."""
-
-    output_dir: str = "runs/squad_predict"
-    """Where predictions.json, nbest_predictions.json, eval_results.json (and for SQuAD v2.0
-    null_odds.json) go."""
-    do_eval: bool = True
-    """Score the predictions when predict_file has answers."""
-    question: str | None = None
-    """Instead of predict_file: one question to answer about --context; prints the answer as JSON
-    ({"answer", "score", "start", "end"}: start/end are character offsets in the context)."""
-    context: str | None = None
-    """The text to find the answer to --question in."""
-    input_jsonl: str | None = None
-    """Instead of predict_file: JSON lines {"id", "question", "context"} to answer ('-': standard
-    input); writes {"id", "answer", "score", "start", "end"} lines to output_jsonl."""
-    output_jsonl: str | None = None
-    """Where the answers to --input_jsonl go as JSON lines (default, or '-': standard output)."""
-    data: SquadPredictData = field(default_factory=SquadPredictData)
-
-    @property
-    def predicting(self) -> bool:
-        return True
-
-    @property
-    def raw_text(self) -> bool:
-        """Whether the questions come as text (--question/--context, --input_jsonl), not a file."""
-        return self.question is not None or self.context is not None or bool(self.input_jsonl)
-
-
-@dataclass(kw_only=True)
-class SquadRun(TrainRun):
-    """Fine-tune BERT on SQuAD v1.1 or v2.0, predict answers, and score them with the official metric."""
-
-    output_dir: str = "runs/squad"
-    """The run directory: model, metrics.jsonl, checkpoints, predictions, scores."""
-    do_train: bool = False
-    """Fine-tune on train_file."""
-    do_predict: bool = False
-    """Predict predict_file after training."""
-    do_eval: bool = True
-    """Score the predictions when predict_file has answers."""
-    data: SquadData = field(default_factory=SquadData)
-    train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=3e-5, num_train_epochs=2.0,
-                                                               train_batch_size=32))
-    evaluation: EvalDuringTraining = field(default_factory=EvalDuringTraining)
-    """EM/F1 on predict_file while training (--eval_every, --save_best)."""
-
-    @property
-    def predicting(self) -> bool:
-        return self.do_predict
-
-
-@dataclass
-class EvaluateArgs:  # not kw_only: its required fields are the command's positional arguments
-    """Official SQuAD v1.1 or v2.0 evaluation of a predictions file (v2.0 when the data file's
-    questions carry is_impossible)."""
-
-    data_file: str
-    """The SQuAD JSON with gold answers."""
-    predictions_file: str
-    """JSON object: question id -> answer text."""
-    output_file: str | None = None
-    """Where to write the scores as JSON (default: <predictions_file stem>_eval.json beside it)."""
-    na_prob_file: str | None = None
-    """SQuAD v2.0: JSON object question id -> no-answer score (null_odds.json); adds best_exact,
-    best_f1 and their thresholds."""
-    na_prob_thresh: float = 1.0
-    """SQuAD v2.0: a question whose no-answer score exceeds this counts as answered "" (the
-    official script's default, 1.0)."""
-
-    def __post_init__(self) -> None:
-        check_types(self, "evaluate squad")
 
 
 # ---- loss ----------------------------------------------------------------------------------
@@ -163,18 +51,6 @@ class SpanLoss:
 
 
 # ---- data ----------------------------------------------------------------------------------
-
-
-def parse_slice(text: str | None, what: str) -> slice | None:
-    if text is None:
-        return None
-    try:
-        parts = [int(p) if p.strip() else None for p in text.split(":")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (2, 3) or parts[2:] == [0]:
-        raise ConfigError(f"--{what} {text!r}: expected a Python slice such as '0:38' or '38:'")
-    return slice(*parts)
 
 
 def read_examples(path: str, articles: str | None, is_training: bool, what: str,
@@ -344,13 +220,11 @@ def finetune(cfg: SquadRun, dist_info: DistInfo = DistInfo(), progress: bool = T
 
 
 def predict_run(cfg: SquadPredictRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
-    """`predict squad`: a SQuAD file; raw text goes to `bertforge.raw_text`, which answers it
-    through the Python API (a layer above the tasks: imported here, when asked for, only so that
-    this one entry point serves both)."""
+    """`predict squad` of a SQuAD file. Raw text (--question/--context, --input_jsonl) is
+    answered by `bertforge.raw_text.answer_run`, which the CLI calls instead."""
     if cfg.raw_text:
-        from bertforge.raw_text import answer_run
-        answer_run(cfg)
-        return {}
+        raise ConfigError("predict_run predicts a SQuAD file (--predict_file); raw text (--question/--context, "
+                          "--input_jsonl) goes to bertforge.raw_text.answer_run")
     return run(SquadJob(cfg), dist_info, progress)
 
 

@@ -1,5 +1,5 @@
-"""What the flags of the reference BERT scripts mean in bertforge: the one table the CLI reads
-when it rewrites a reference command line (`bertforge.cli.normalize_argv`).
+"""What the flags of the reference BERT scripts mean in bertforge: the one table that
+`bertforge.compat.rewrite_argv` reads when it rewrites a reference command line.
 
 The families, and where their flag lists come from:
 - Google `run_squad.py`, `run_classifier.py`, `run_pretraining.py`, `create_pretraining_data.py`
