@@ -4,6 +4,7 @@ model's outputs, on real SQuAD inputs at several batch sizes and lengths, for ev
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -14,7 +15,7 @@ from bertforge.checkpoint import save_native
 from bertforge.cli import main
 from bertforge.data import squad as squad_data
 from bertforge.errors import CheckpointError
-from bertforge.export import ExportArgs, ServingModel, export, load_for_export, verify
+from bertforge.export import ExportArgs, ServingModel, export, load_for_export, quiet_exporters, verify
 from bertforge.model import build_model
 from bertforge.runconfig import ModelArgs
 from bertforge.tasks.common import load_model
@@ -217,10 +218,16 @@ def test_missing_exporter_names_the_extra(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_int8_export_through_the_cli_records_its_recipe(tmp_path):
+def test_int8_export_through_the_cli_records_its_recipe(tmp_path, caplog, capfd):
     run, model = tiny_run(tmp_path, "qa")
     out = tmp_path / "out"
+    caplog.set_level(logging.INFO)
     assert main(["export", str(run), str(out), "--precision", "int8"]) == 0
+    # Quiet without --verbose: bertforge's own few lines, none of the exporter's and quantiser's
+    # (about 80 INFO records of onnxscript, onnx_ir and onnxruntime.quantization otherwise).
+    printed = capfd.readouterr()
+    assert [r.name for r in caplog.records if not r.name.startswith("bertforge")] == []
+    assert len(caplog.records) <= 5 and len((printed.out + printed.err).splitlines()) <= 5
     record = json.loads((out / "export.json").read_text())
     assert record["precision"] == "int8" and record["quantization"]["weights"].startswith("int8")
     assert record["config"] == model.config.to_dict()
@@ -248,3 +255,17 @@ def test_int8_torch_export_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "--precision int8 exports ONNX only" in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_quiet_exporters_drop_their_info_logs_unless_verbose(caplog, verbose):
+    caplog.set_level(logging.INFO)
+    with quiet_exporters(verbose):
+        logging.getLogger("onnxscript.optimizer").info("a pass ran")
+        logging.info("quantised a MatMul")  # onnxruntime's quantiser logs on the root logger itself
+        logging.getLogger("onnx_ir.passes").warning("something is off")
+        logging.getLogger("bertforge.export").info("verified")
+    logging.getLogger("onnxscript.optimizer").info("after the export")
+    shown = [r.getMessage() for r in caplog.records]
+    quiet = ["something is off", "verified", "after the export"]
+    assert shown == (["a pass ran", "quantised a MatMul", *quiet] if verbose else quiet)

@@ -13,9 +13,10 @@ checkpoint has: `answer` needs a question-answering head, `classify` a classific
 
 Nothing here is a second implementation: answers come from the answer pipeline `predict squad`
 runs (`bertforge.qa`: SQuAD's doc-stride windows, span logits, n-best decoding, with the same
-`SquadSettings`), text pairs are encoded as GLUE's (`data.glue.encode_texts`), and every forward
+`SquadSettings`), text pairs are encoded as GLUE's (`data.glue.encode_texts`), every forward
 runs through `bertforge.infer.predict` (length-grouped batches trimmed to their longest
-sequence), exactly as `bertforge predict` does.
+sequence), and the model predicts in the precision and on the engine `bertforge predict` gives
+it (`bertforge.engine.inference_model`), exactly as `bertforge predict` does.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from torch import Tensor, nn
 from bertforge.data import squad
 from bertforge.data.glue import encode_texts, get_task, named_labels
 from bertforge.data.squad import SquadSettings
+from bertforge.engine import OrtModel, check_inference, inference_model, is_export_dir
 from bertforge.errors import ConfigError, DataError
 from bertforge.infer import predict
-from bertforge.loading import check_seq_length, load_model, model_inputs
+from bertforge.loading import check_seq_length, load_export, load_model, model_inputs
 from bertforge.qa import AnswerPipeline
-from bertforge.runconfig import ModelArgs, Pooling, Precision, RuntimeArgs
+from bertforge.runconfig import Engine, InferenceRuntimeArgs, ModelArgs, Pooling, Precision, RuntimeArgs, engine_of
 from bertforge.train.runtime import Runtime
 from bertforge.validation import check_argument
 
@@ -72,14 +74,18 @@ class Classification:
     """Every class's probability, by name, in the head's output order (empty for regression)."""
 
 
-def load(source: str | Path, *, device: str = "auto", precision: Precision = "fp32",
+def load(source: str | Path, *, device: str = "auto", precision: Precision = "fp32", engine: Engine = "torch",
          batch_size: int = 64, head: str | None = None, vocab_file: str | Path | None = None,
          do_lower_case: bool | None = None, bert_config: str | Path | None = None,
          compile: bool | None = None) -> Predictor:
     """A ready model from any checkpoint bertforge reads, or a Hugging Face Hub id.
 
     device: auto (the accelerator if there is one, else cpu), cpu, cuda, cuda:1, xpu, mps, ...
-    precision: fp32, tf32, bf16 or fp16 (autocast). batch_size: sequences per forward pass.
+    precision: fp32 (the default), tf32, bf16 or fp16 (autocast; bf16 on a CPU only where it has
+    AVX512-BF16 or AMX), or int8 (CPU: linear layers dynamically quantised; it moves answers).
+    engine: torch, or onnxruntime (CPU, fp32 or int8: the model exported to ONNX as it loads,
+    or `source` a `bertforge export` directory; encode() then needs the base head). The flags
+    `--precision` and `--engine` say which to use when. batch_size: sequences per forward pass.
     head: the model head to build (qa, classification, pretraining, base); default: the one the
     checkpoint has. vocab_file, do_lower_case, bert_config: for checkpoints that lack them (a TF
     checkpoint without its bert_config.json, say); by default what the checkpoint records.
@@ -88,27 +94,33 @@ def load(source: str | Path, *, device: str = "auto", precision: Precision = "fp
     model = ModelArgs(init_checkpoint=str(source), vocab_file=None if vocab_file is None else str(vocab_file),
                       do_lower_case=do_lower_case,
                       bert_model=None if bert_config is None else str(bert_config))
-    return Predictor(model, RuntimeArgs(device=device, precision=precision, compile=compile),
+    return Predictor(model, InferenceRuntimeArgs(device=device, precision=precision, engine=engine, compile=compile),
                      head=head, batch_size=batch_size)
 
 
 class Predictor:
-    """A loaded model on its device, with its tokenizer: `answer`, `classify`, `encode`.
+    """A loaded model on its device, in its precision, on its engine, with its tokenizer:
+    `answer`, `classify`, `encode`.
 
     One forward runs at a time; calls from several threads must take turns (the server does).
     """
 
     def __init__(self, model: ModelArgs, runtime: RuntimeArgs | None = None, *,
                  head: str | None = None, batch_size: int = 64):
-        runtime = runtime or RuntimeArgs()
+        runtime = runtime or InferenceRuntimeArgs()
         if not model.init_checkpoint:
             raise ConfigError("which checkpoint? give its path or Hugging Face Hub id")
         check_argument("batch_size", batch_size, int, minimum=1)
         self.batch_size = batch_size
         self.runtime = Runtime(runtime)
-        self.loaded = load_model(model, head, unpad=runtime.unpad)
+        engine = engine_of(runtime)
+        check_inference(runtime.precision, engine, self.runtime.device)
+        if engine == "onnxruntime" and is_export_dir(model.init_checkpoint):
+            self.loaded = load_export(model, head, runtime.precision)
+        else:
+            self.loaded = load_model(model, head, unpad=runtime.unpad)
+            self.loaded.model = inference_model(self.loaded.model, runtime.precision, engine, self.runtime.device)
         self.source = model.init_checkpoint
-        self.model.eval()
         self.model.to(self.runtime.device)
         self.labels = _labels(self.loaded.labels, self.loaded.task, self.model)
 
@@ -124,6 +136,19 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return self.runtime.device
+
+    @property
+    def encodes(self) -> bool:
+        """Whether `encode` can run: on the torch engine always; on onnxruntime, with an export of
+        the encoder (the base head), since other heads' exports output their head's results only."""
+        return not isinstance(self.model, OrtModel) or self.head == "base"
+
+    def check_encodes(self) -> None:
+        """A one-line ConfigError where `encode` cannot run (see `encodes`)."""
+        if not self.encodes:
+            raise ConfigError(f"encode() on the onnxruntime engine reads an export of the encoder, and {self.source} "
+                              f"gives its {self.head} head's: load it with head='base' (or export it with --head "
+                              "base), or use the torch engine")
 
     @property
     def max_seq_length(self) -> int:
@@ -249,7 +274,10 @@ class Predictor:
         """
         if pooling not in ("mean", "cls", "pooled"):
             raise ConfigError(f"pooling must be mean, cls or pooled, got {pooling!r}")
-        if pooling == "pooled" and (self.model.bert.pooler is None or not self.loaded.head_loaded):
+        self.check_encodes()
+        # A base-head export always outputs its pooler's result, trained or not.
+        pooler = isinstance(self.model, OrtModel) or self.model.bert.pooler is not None
+        if pooling == "pooled" and (not pooler or not self.loaded.head_loaded):
             raise ConfigError(f"{self.source} has no trained pooler (its {self.head} head has none, or "
                               "the checkpoint lacks its weights): use pooling='mean' or 'cls'")
         single, inputs = self._encode_inputs(texts, max_seq_length)
@@ -314,7 +342,7 @@ def _labels(recorded: list[str] | None, task: str | None, model: nn.Module) -> l
     """Class names: those the checkpoint records (a GLUE checkpoint's file labels, "0" and "1",
     as the task names them: not_equivalent, equivalent), else those of the GLUE task it was
     trained for, else LABEL_0, LABEL_1, ... (Hugging Face's default names)."""
-    count = getattr(model, "num_labels", 0)
+    count = getattr(model, "num_labels", None) or 0
     if recorded and len(recorded) == count:
         return named_labels(task, [str(x) for x in recorded])
     if task and task.startswith("glue/"):

@@ -21,8 +21,12 @@ at padding positions are meaningless on that path; mask them with attention_mask
 
 Beside the model file the output directory holds `vocab.txt` and `export.json` (format, head,
 precision, input and output names with their axes, labels, casing, the model's config), all a
-server needs to tokenize and to read the outputs. After writing, the file is run once on a ragged batch and compared with the
-PyTorch model (`--verify`, on by default).
+server needs to tokenize and to read the outputs. After writing, the file is run once on a
+ragged batch and compared with the PyTorch model (`--verify`, on by default).
+
+The onnxruntime engine exports a model it has loaded the same way (`export_for_engine`). The
+exporter and the quantiser log each of their passes; an export shows only its own lines and
+their warnings unless `--verbose`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import logging
 import math
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -136,12 +142,16 @@ def load_for_export(args: ExportArgs) -> tuple[nn.Module, str, dict]:
                               f"{', '.join(sorted(ckpt.heads)) or 'none, the encoder only'}); "
                               f"pass --head base to export the encoder")
     model = build_model(ckpt.config, head, num_labels=ckpt.num_labels or 2, unpad=False)
-    load_into(model, ckpt, require_head=trained)
+    report = load_into(model, ckpt, require_head=trained)
     model.eval()
+    # head_trained: the base head's pooler came from the checkpoint (the other heads must have);
+    # version_2_with_negative: how the QA head's answers are decoded, as the checkpoint records it.
     meta = {"head": head, "labels": ckpt.labels if HEADS[head].label_weight else None,
             "do_lower_case": ckpt.do_lower_case, "task": ckpt.meta.get("task"),
             "max_seq_length": ckpt.config.max_position_embeddings, "source": str(args.checkpoint),
-            "vocab_file": ckpt.vocab_file}
+            "head_trained": report.head_loaded, "vocab_file": ckpt.vocab_file}
+    if head == "qa":
+        meta["version_2_with_negative"] = bool(ckpt.meta.get("version_2_with_negative", False))
     return model, head, meta
 
 
@@ -149,35 +159,69 @@ def export(args: ExportArgs) -> Path:
     """Write the export into args.output_dir; returns the model file's path."""
     out = Path(args.output_dir)
     _check_destination(out, args.force, Path(args.checkpoint))
-    if args.format == "onnx":  # fail before the (slow) load when the exporter is missing
+    _require_exporter(args.format, args.precision, args.verify)  # before the (slow) load
+    model, _, meta = load_for_export(args)
+    vocab = meta.pop("vocab_file")
+    path = write_export(model, out, meta, vocab, fmt=args.format, precision=args.precision, opset=args.opset,
+                        check=args.verify, verbose=args.verbose)
+    if vocab is None:
+        log.warning("%s has no vocab.txt beside it: the export has none either", args.checkpoint)
+    return path
+
+
+def export_for_engine(model: nn.Module, out: Path, precision: str) -> Path:
+    """`model`, as loaded for prediction (any layout), written to `out` as the ONNX export the
+    onnxruntime engine runs (fp32 or int8, verified, quietly); returns the model file's path.
+    The model is traced on its padded path and left on the path it had."""
+    _require_exporter("onnx", precision, verify=True)
+    meta = {"head": model.head, "labels": None, "head_trained": True}
+    unpad = model.bert.unpad
+    model.bert.unpad = False
+    try:
+        return write_export(model.eval(), out, meta, None, fmt="onnx", precision=precision, opset=None,
+                            check=True, verbose=False)
+    finally:
+        model.bert.unpad = unpad
+
+
+def _require_exporter(fmt: str, precision: str, verify: bool) -> None:
+    """A missing package of the export extra, named before any work."""
+    if fmt == "onnx":
         require("onnxscript", "export", "ONNX export")
         require("onnx", "export", "ONNX export")
-    if args.verify and args.format == "onnx":
+    if verify and fmt == "onnx":
         require("onnxruntime", "export", "verifying an ONNX export (or pass --noverify)")
-    if args.precision == "int8":
+    if precision == "int8":
         require("onnxruntime", "export", "int8 ONNX export")
-    model, head, meta = load_for_export(args)
+
+
+def write_export(model: nn.Module, out: Path, meta: dict, vocab: str | Path | None, *, fmt: str,
+                 precision: str, opset: int | None, check: bool, verbose: bool) -> Path:
+    """Write `model` (on its padded path, in eval mode) into `out` with export.json, which records
+    `meta` (head, labels, ...) besides what the export itself says, and `vocab` as vocab.txt;
+    returns the model file's path. `check`: run the file once and compare it with PyTorch
+    (`verify`); `verbose`: the exporter's and quantiser's own INFO logs too."""
+    head = meta["head"]
     serving = ServingModel(model).eval()
     config = model.config
-    vocab = meta.pop("vocab_file")
-    name = MODEL_FILES[args.format]
+    name = MODEL_FILES[fmt]
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    external = args.format == "onnx" and size > ONNX_INLINE_LIMIT
-    opset, diff = None, None
+    external = fmt == "onnx" and size > ONNX_INLINE_LIMIT
+    opset_used, diff = None, None
 
     def write(tmp: Path) -> None:
-        nonlocal opset, diff
-        with torch.no_grad():
-            if args.format == "onnx" and args.precision == "int8":
+        nonlocal opset_used, diff
+        with torch.no_grad(), quiet_exporters(verbose):
+            if fmt == "onnx" and precision == "int8":
                 fp32 = tmp / "fp32" / name
                 fp32.parent.mkdir()
-                opset = _write_onnx(serving, config, fp32, head, args.opset, external)
-                if args.verify:
-                    diff = verify(fp32, args.format, serving, config)
+                opset_used = _write_onnx(serving, config, fp32, head, opset, external)
+                if check:
+                    diff = verify(fp32, fmt, serving, config)
                 quantize_onnx_int8(fp32, tmp / name)
                 shutil.rmtree(fp32.parent)
-            elif args.format == "onnx":
-                opset = _write_onnx(serving, config, tmp / name, head, args.opset, external)
+            elif fmt == "onnx":
+                opset_used = _write_onnx(serving, config, tmp / name, head, opset, external)
             else:
                 _write_torch_export(serving, config, tmp / name)
         if vocab is not None:
@@ -186,33 +230,63 @@ def export(args: ExportArgs) -> Path:
     atomic_dir_write(out, write, last=name, needed=size)
     outputs = OUTPUTS[head]
     # an int8 file is a quarter of the size: its weights stay inline
-    written = {name, "export.json"} | ({f"{name}.data"} if external and args.precision == "fp32" else set()) | (
+    written = {name, "export.json"} | ({f"{name}.data"} if external and precision == "fp32" else set()) | (
         {"vocab.txt"} if vocab is not None else set())
     for stale in set(EXPORT_FILES) - written:  # left by an earlier export (--force) of another format
         (out / stale).unlink(missing_ok=True)
-    record = {"format": args.format, "file": name, **meta, "precision": args.precision,
+    record = {"format": fmt, "file": name, **meta, "precision": precision,
               "inputs": {k: ["batch", "sequence"] for k in INPUTS},
-              "outputs": {k: list(axes) for k, axes in outputs.items()}, "padded": True, "opset": opset,
+              "outputs": {k: list(axes) for k, axes in outputs.items()}, "padded": True, "opset": opset_used,
               "config": config.to_dict(), "torch": torch.__version__}
-    if args.precision == "int8":
+    if precision == "int8":
         record["quantization"] = dict(INT8_RECIPE)
-    if vocab is None:
-        log.warning("%s has no vocab.txt beside it: the export has none either", args.checkpoint)
     atomic_write_json(out / "export.json", record)
-    if args.verify and args.precision == "int8":
+    if check and precision == "int8":
         log.info("verified: the fp32 graph matches PyTorch within %.2g (max abs diff)", diff)
-        diff = verify(out / name, args.format, serving, config, atol=math.inf)
+        with quiet_exporters(verbose):
+            diff = verify(out / name, fmt, serving, config, atol=math.inf)
         record["quantization"]["max_diff_from_fp32"] = diff
         atomic_write_json(out / "export.json", record)
         (log.warning if diff > INT8_WARN_DIFF else log.info)(
             "the int8 file's outputs differ from PyTorch's fp32 ones by up to %.2g of their range on random "
             "tokens; check its scores on held-out data (bertforge predict) before serving it", diff)
-    elif args.verify:
-        diff = verify(out / name, args.format, serving, config)
+    elif check:
+        diff = verify(out / name, fmt, serving, config)
         log.info("verified: the export matches PyTorch within %.2g (max abs diff)", diff)
-    log.info(f"exported {head} model {args.checkpoint} -> {out / name} ({args.format}, {args.precision}; inputs "
+    log.info(f"exported {head} model {meta.get('source', 'in memory')} -> {out / name} ({fmt}, {precision}; inputs "
              f"{', '.join(INPUTS)}; outputs {', '.join(outputs)})")
     return out / name
+
+
+# The exporter's and quantiser's loggers, which report each of their passes at INFO: about a
+# hundred lines for one export.
+EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "onnx", "torch.onnx", "torch.export", "torch._export")
+
+
+def _warnings_and_above(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+@contextmanager
+def quiet_exporters(verbose: bool) -> Iterator[None]:
+    """Unless `verbose`, the exporter's and quantiser's INFO logs are left out (their warnings
+    still show). onnxruntime's quantiser logs on the root logger itself: a filter there drops
+    the records logged on it directly, not those of other loggers that pass through it."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    root = logging.getLogger()
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    root.addFilter(_warnings_and_above)
+    try:
+        yield
+    finally:
+        root.removeFilter(_warnings_and_above)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _write_onnx(serving: ServingModel, config: BertConfig, path: Path, head: str, opset: int | None,
@@ -274,5 +348,6 @@ def verify(path: Path, fmt: str, serving: ServingModel, config: BertConfig, atol
     return diff
 
 
-__all__ = ["ExportArgs", "ServingModel", "export", "load_for_export", "run_onnx", "verify", "INPUTS",
+__all__ = ["ExportArgs", "ServingModel", "export", "export_for_engine", "load_for_export", "quiet_exporters",
+           "run_onnx", "verify", "write_export", "INPUTS",
            "OUTPUTS"]

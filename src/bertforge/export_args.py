@@ -42,6 +42,9 @@ class ExportArgs:
     """Run the exported file once on a ragged padded batch and compare it with PyTorch."""
     force: bool = False
     """Replace an earlier export in output_dir (other files there are never deleted)."""
+    verbose: bool = False
+    """Also show the exporter's and the quantiser's own progress logs (onnxscript, onnx_ir,
+    onnxruntime.quantization: about a hundred INFO lines); their warnings always show."""
 
     def __post_init__(self) -> None:
         if self.precision == "int8" and self.format != "onnx":

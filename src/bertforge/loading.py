@@ -1,5 +1,7 @@
 """The model and tokenizer a `ModelArgs` describes, and the checks of the data's sequences
-against what the model can embed. Every task, the Python API and the server load models here."""
+against what the model can embed. Every task, the Python API and the server load models here:
+checkpoints with `load_model`, `bertforge export` directories (for the onnxruntime engine) with
+`load_export`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from bertforge.checkpoint import load_checkpoint, load_into
 from bertforge.checkpoint.common import VOCAB_PAD_MULTIPLE
 from bertforge.checkpoint.load import peek_checkpoint
 from bertforge.config import BertConfig, resolve_config
+from bertforge.engine.ort import is_export_dir
 from bertforge.errors import ConfigError
 from bertforge.model import HEADS, BertPreTrainedModel, build_model, count_parameters
 from bertforge.runconfig import ModelArgs
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     """A built model filled from its checkpoint, with its tokenizer and what the checkpoint records."""
 
-    model: BertPreTrainedModel
+    model: BertPreTrainedModel  # or, once made ready to predict, what `engine.inference_model` made of it
     config: BertConfig
     tokenizer: WordPieceTokenizer
     labels: list[str] | None  # class names the checkpoint records for its classification head
@@ -43,6 +46,7 @@ def plan_model(args: ModelArgs, head: str | None, *, require_head: bool = False,
     calls it before any work. Returns the model's config (a DLE-padded vocabulary shows only in
     the weights, so `load_model`'s config may have a larger vocab_size)."""
     _check_head(head)
+    _refuse_export(args)
     if args.init_checkpoint:
         info = peek_checkpoint(args.init_checkpoint, config=args.bert_model)
         config, vocab, recorded = info.config, info.vocab_file, info.do_lower_case
@@ -65,6 +69,7 @@ def load_model(args: ModelArgs, head: str | None, *, num_labels: int = 2, unpad:
     vocabulary prepared pretraining data was made with). `resuming`: the run continues from a
     training checkpoint, whose weights replace these."""
     _check_head(head)
+    _refuse_export(args)
     ckpt = None
     if args.init_checkpoint:
         ckpt = load_checkpoint(args.init_checkpoint, config=args.bert_model)
@@ -92,6 +97,42 @@ def load_model(args: ModelArgs, head: str | None, *, num_labels: int = 2, unpad:
         log.warning("no --init_checkpoint: fine-tuning starts from random weights, not a pretrained model")
     return LoadedModel(model, config, tokenizer, ckpt.labels if ckpt else None,
                        ckpt.meta.get("task") if ckpt else None, head_loaded, dict(ckpt.meta) if ckpt else {})
+
+
+def load_export(args: ModelArgs, head: str | None, precision: str, threads: int | None = None) -> LoadedModel:
+    """The `bertforge export` directory `args.init_checkpoint` on the onnxruntime engine (an
+    OrtModel, whose precision must be `precision`), with its tokenizer and what its export.json
+    records. `head`: the head it must have; None takes the export's."""
+    from bertforge.engine import onnxruntime_model
+
+    source = Path(args.init_checkpoint)
+    if args.bert_model:
+        raise ConfigError(f"--bert_model: {source} is an export, which records its model's config; leave it out")
+    _check_head(head)
+    model = onnxruntime_model(source, precision, threads)
+    if head is not None and head != model.head:
+        raise ConfigError(f"{source} is an export of the {model.head} head, not {head}: export the checkpoint "
+                          f"again with --head {head}")
+    record = model.record
+    vocab = source / "vocab.txt"
+    tokenizer = _tokenizer(args, vocab if vocab.is_file() else None, None, record.get("do_lower_case"), None)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(f"vocab file {tokenizer.vocab_file} has {len(tokenizer)} tokens but the model's "
+                          f"vocab_size is {model.config.vocab_size}: they do not belong together")
+    log.info("model: %s with %s head, the %s ONNX export %s on onnxruntime", _describe(model.config), model.head,
+             model.precision, source)
+    meta = {k: record[k] for k in ("task", "version_2_with_negative") if record.get(k) is not None}
+    # Exports of an older bertforge do not say whether the base head's pooler was trained.
+    trained = record.get("head_trained", model.head != "base")
+    return LoadedModel(model, model.config, tokenizer, record.get("labels"), record.get("task"), trained, meta)
+
+
+def _refuse_export(args: ModelArgs) -> None:
+    """An export has no weights PyTorch loads: only `load_export` (the onnxruntime engine) runs it."""
+    if args.init_checkpoint and is_export_dir(args.init_checkpoint):
+        raise ConfigError(f"--init_checkpoint {args.init_checkpoint} is an ONNX export (bertforge export), which only "
+                          "the onnxruntime engine runs (--engine onnxruntime with predict --question/--input_jsonl, "
+                          "serve, bertforge.load); here give the checkpoint it was exported from")
 
 
 def _check_head(head: str | None) -> None:
@@ -176,4 +217,5 @@ def check_seq_length(max_seq_length: int, config: BertConfig, pair: bool = True)
                           f"type_vocab_size is {config.type_vocab_size}")
 
 
-__all__ = ["LoadedModel", "MODEL_INPUTS", "check_seq_length", "load_model", "model_inputs", "plan_model"]
+__all__ = ["LoadedModel", "MODEL_INPUTS", "check_seq_length", "load_export", "load_model", "model_inputs",
+           "plan_model"]

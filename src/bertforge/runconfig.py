@@ -1,6 +1,8 @@
 """Typed configuration shared by every command: which model (`ModelArgs`), how to train
-(`TrainArgs`), where and in which precision to run (`RuntimeArgs`), and the base of every task's
-run config (`RunConfig`, `TrainRun` for runs that can train), which nests them.
+(`TrainArgs`), where and in which precision to run (`RuntimeArgs`; `InferenceRuntimeArgs` adds
+the engine for the commands that only predict), and the base of every task's run config
+(`RunConfig`, `PredictRun` for runs that only predict, `TrainRun` for runs that can train), which
+nests them.
 
 Each config checks itself in `__post_init__` (types through `bertforge.validation`, then value
 ranges), so a bad value fails where the config is made, naming its flag. Field names are the
@@ -23,7 +25,11 @@ from typing import Literal
 from bertforge.errors import ConfigError
 from bertforge.validation import check_at_least, check_types
 
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+Precision = Literal["fp32", "tf32", "bf16", "fp16", "int8"]
+# What runs a trained model's forward passes: PyTorch, or onnxruntime on an ONNX export.
+Engine = Literal["torch", "onnxruntime"]
+# int8 (dynamically quantised linear layers) has no gradients: a run that trains refuses it.
+INT8_IS_FOR_INFERENCE = "--precision int8 is for inference (predict, serve, export); train in fp32 or bf16"
 # How `encode` turns a text's hidden states into one vector (the Python API and the server).
 Pooling = Literal["mean", "cls", "pooled"]
 OptimizerName = Literal["adamw", "lamb"]
@@ -187,7 +193,8 @@ class RuntimeArgs:
     device: str = "auto"
     """auto (the accelerator if there is one, else cpu), cpu, cuda, cuda:1, xpu, mps, hpu, ..."""
     precision: Precision = "fp32"
-    """fp32, tf32 (fp32 storage, TF32 matmuls), bf16 or fp16 autocast with fp32 master weights."""
+    """fp32, tf32 (fp32 storage, TF32 matmuls), bf16 or fp16 autocast with fp32 master weights;
+    int8 is for inference only (predict, serve, export)."""
     compile: bool | None = None
     """torch.compile the encoder layers; default: on for CUDA, off elsewhere."""
     unpad: bool = True
@@ -208,6 +215,32 @@ class RuntimeArgs:
     def __post_init__(self) -> None:
         check_types(self, "runtime")
         check_at_least(self, 0, ("num_workers",))
+
+
+@dataclass(kw_only=True)
+class InferenceRuntimeArgs(RuntimeArgs):
+    """Where and how a trained model predicts: the device, the precision and the engine."""
+
+    precision: Precision = "fp32"
+    """fp32, the default, is exact; bf16 is for GPUs and for CPUs with AVX512-BF16 or AMX; int8
+    (CPU only) changes answers, so use it only once you have scored it on your data; tf32 and fp16
+    are for GPUs. bf16: linear weights stored in bf16, autocast; outputs within about 1% of
+    fp32; refused on a CPU without those instructions, where bf16 products are emulated and
+    slower than fp32. int8: the linear layers dynamically quantised (PyTorch: torch.ao with a
+    scale per output channel, on the unpadded path; onnxruntime: its dynamic quantiser); SQuAD
+    F1 1 to 3 points below fp32 for a briefly fine-tuned MiniLM. benchmarks/RESULTS.md has the
+    speed of each on CPUs."""
+    engine: Engine = "torch"
+    """torch, the default, runs any device and precision; onnxruntime (CPU, fp32 or int8) is for
+    where benchmarks/RESULTS.md shows it faster on your CPU. torch: bertforge's model, unpadded
+    (no work on padding). onnxruntime: the model exported to ONNX as it loads (or a `bertforge
+    export` directory given as the checkpoint), run in length buckets so that it computes
+    little padding; extra: export. Its encode() needs an export of the encoder (the base head)."""
+
+
+def engine_of(runtime: RuntimeArgs) -> Engine:
+    """The engine a runtime asks for: a training run's RuntimeArgs has none, and runs PyTorch."""
+    return runtime.engine if isinstance(runtime, InferenceRuntimeArgs) else "torch"
 
 
 @dataclass(kw_only=True)
@@ -233,6 +266,13 @@ class RunConfig:
 
 
 @dataclass(kw_only=True)
+class PredictRun(RunConfig):
+    """A run that only predicts with a trained model: it chooses the inference engine too."""
+
+    runtime: InferenceRuntimeArgs = field(default_factory=InferenceRuntimeArgs)
+
+
+@dataclass(kw_only=True)
 class TrainRun(RunConfig):
     """A run that trains when asked (--do_train), then evaluates or predicts."""
 
@@ -241,6 +281,11 @@ class TrainRun(RunConfig):
     do_train: bool = False
     """Train."""
     train: TrainArgs = field(default_factory=TrainArgs)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.do_train and self.runtime.precision == "int8":
+            raise ConfigError(INT8_IS_FOR_INFERENCE)
 
     @property
     def training(self) -> bool:

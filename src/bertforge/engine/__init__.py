@@ -7,8 +7,10 @@ running an export) and the inference precision (`precision`: bf16 and int8 beyon
 - engine "onnxruntime": the model exported to ONNX (int8: quantised by onnxruntime), run by
   onnxruntime on the CPU on length buckets (`ort.OrtModel`), fp32 or int8.
 
-benchmarks/RESULTS.md measures each against Hugging Face transformers and optimum's onnxruntime
-int8 recipe; README says which to use when.
+`inference_model` turns a model loaded for prediction into the one that predicts, for every
+entry point (`bertforge predict`, `bertforge.load`, `bertforge serve`); `check_inference` makes
+its refusals before anything is loaded. benchmarks/RESULTS.md measures each against Hugging
+Face transformers and optimum's onnxruntime int8 recipe; README says which to use when.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Literal
+
+import torch
+from torch import nn
 
 from bertforge.engine.ort import OrtModel, is_export_dir
 from bertforge.engine.precision import (
     InferencePrecision, check_precision, cpu_bf16_instructions, prepare_for_inference,
 )
 from bertforge.errors import ConfigError
+from bertforge.runconfig import Engine
 
 log = logging.getLogger(__name__)
 
-Engine = Literal["torch", "onnxruntime"]
 ENGINES = ("torch", "onnxruntime")
 ORT_PRECISIONS = ("fp32", "int8")
 
@@ -43,12 +47,41 @@ def check_engine(engine: str, precision: str, device_type: str) -> None:
                               "use --engine torch for bf16")
 
 
-def onnxruntime_model(source: str | Path, precision: str = "fp32", threads: int | None = None,
+def check_inference(precision: str, engine: str, device: torch.device) -> None:
+    """Every refusal of predicting in `precision` with `engine` on `device`, in one line: run it
+    before loading anything."""
+    check_engine(engine, precision, device.type)
+    check_precision(precision, device)
+
+
+def inference_model(model: nn.Module, precision: str, engine: str, device: torch.device,
+                    threads: int | None = None) -> nn.Module:
+    """The model that predicts, made from `model` as `load_model` built it (after any change
+    of its own, such as a reordered classifier, and before its first forward): for engine
+    torch, `model` itself prepared for `precision` (`prepare_for_inference`: int8 quantised,
+    bf16 weights stored in bf16; it can no longer be trained); for engine onnxruntime, an
+    OrtModel of `model` exported now (`threads`: its intra-op threads)."""
+    check_inference(precision, engine, device)
+    model.eval()
+    if engine == "onnxruntime":
+        return onnxruntime_model(model, precision, threads)
+    return prepare_for_inference(model, precision)
+
+
+def onnxruntime_model(source: str | Path | nn.Module, precision: str = "fp32", threads: int | None = None,
                       bert_config: str | None = None) -> OrtModel:
     """An OrtModel of `source`: a `bertforge export` directory (whose precision must be
-    `precision`), or any checkpoint bertforge reads, exported now (into a temporary directory;
-    about as long as loading the model twice) in `precision`."""
+    `precision`), a model in memory, or any checkpoint bertforge reads; the last two are
+    exported now (into a temporary directory; about as long as loading the model twice) in
+    `precision`."""
     check_engine("onnxruntime", precision, "cpu")
+    if isinstance(source, nn.Module):
+        from bertforge.export import export_for_engine
+
+        with tempfile.TemporaryDirectory(prefix="bertforge-onnx-") as tmp:
+            log.info("exporting the %s model to ONNX (%s) for the onnxruntime engine", source.head, precision)
+            export_for_engine(source, Path(tmp) / "export", precision)
+            return OrtModel(Path(tmp) / "export", threads=threads)  # the session holds the graph in memory
     if is_export_dir(source):
         model = OrtModel(source, threads=threads)
         if model.precision != precision:
@@ -64,5 +97,6 @@ def onnxruntime_model(source: str | Path, precision: str = "fp32", threads: int 
         return OrtModel(Path(tmp) / "export", threads=threads)  # the session holds the graph in memory
 
 
-__all__ = ["ENGINES", "Engine", "InferencePrecision", "OrtModel", "check_engine", "check_precision",
-           "cpu_bf16_instructions", "is_export_dir", "onnxruntime_model", "prepare_for_inference"]
+__all__ = ["ENGINES", "Engine", "InferencePrecision", "OrtModel", "check_engine", "check_inference",
+           "check_precision", "cpu_bf16_instructions", "inference_model", "is_export_dir", "onnxruntime_model",
+           "prepare_for_inference"]

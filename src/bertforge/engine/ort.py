@@ -84,7 +84,8 @@ class OrtModel(nn.Module):
     the head's outputs (a tuple of start and end logits, logits, BertOutput, PreTrainingOutput).
 
     It has no parameters; `.to`, `.eval` and `compile_layers` are no-ops (onnxruntime optimises
-    its own graph when the session starts).
+    its own graph when the session starts). An export of the base head is also its own `bert`,
+    the encoder that `encode` reads.
     """
 
     layers_compiled = True
@@ -97,15 +98,25 @@ class OrtModel(nn.Module):
         self.head = self.record["head"]
         self.precision = self.record.get("precision", "fp32")
         self.config = BertConfig.from_dict(self.record["config"], source=str(self.export_dir / "export.json"))
-        self.num_labels = len(self.record["labels"]) if self.record.get("labels") else None
         self.max_padding = max_padding
         self.session = ort.InferenceSession(str(self.export_dir / self.record["file"]), session_options(threads),
                                             providers=["CPUExecutionProvider"])
+        # The classifier's outputs, from the graph: an export need not name its labels.
+        self.num_labels = self.session.get_outputs()[0].shape[1] if self.head == "classification" else None
         self._per_token = [axes[1:2] == ["sequence"] for axes in self.record["outputs"].values()]
         self.calls: list[tuple[int, int]] = []  # (rows, width) of the session calls of the last forward
 
     def compile_layers(self) -> None:
         """Nothing to compile: onnxruntime optimised the graph when the session started."""
+
+    @property
+    def bert(self) -> OrtModel:
+        """The encoder (`model.bert` of the PyTorch model, giving a BertOutput): an export of the
+        base head is the encoder; the other heads' exports output their head's results only."""
+        if self.head != "base":
+            raise ConfigError(f"{self.export_dir} is an export of the {self.head} head, which outputs the head's "
+                              "results only; the encoder's outputs need an export of the base head")
+        return self
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, *, seq_lengths=None, masked_lm_positions=None):

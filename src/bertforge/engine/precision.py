@@ -20,14 +20,14 @@ matrix instructions, and int8 (dynamic quantisation of the linear layers).
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 import torch
 from torch import nn
 
 from bertforge.errors import ConfigError
+from bertforge.runconfig import Precision
 
-InferencePrecision = Literal["fp32", "tf32", "bf16", "fp16", "int8"]
+InferencePrecision = Precision
 """fp32, tf32, bf16 and fp16 are the training precisions (autocast); int8 is inference only."""
 
 

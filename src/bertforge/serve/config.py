@@ -10,7 +10,7 @@ from pathlib import PurePath
 
 from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError
-from bertforge.runconfig import Pooling, RuntimeArgs
+from bertforge.runconfig import InferenceRuntimeArgs, Pooling
 from bertforge.validation import check_at_least, check_types
 
 # A model name is a URL path segment of the Open Inference Protocol routes (/v2/models/NAME/...).
@@ -96,7 +96,7 @@ class ServeArgs(SquadSettings):
     """Serve the OpenAPI description (/openapi.json) and its pages (/docs, /redoc)."""
     access_log: bool = False
     """Log every request (uvicorn's access log)."""
-    runtime: RuntimeArgs = field(default_factory=RuntimeArgs)
+    runtime: InferenceRuntimeArgs = field(default_factory=InferenceRuntimeArgs)
 
     def __post_init__(self) -> None:
         check_types(self, "serve")

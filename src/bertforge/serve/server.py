@@ -78,10 +78,14 @@ class DrainingServer(uvicorn.Server):
 
 def check_checkpoint(checkpoint: str) -> None:
     """A checkpoint that is neither on disk nor a Hugging Face Hub id fails here, before the
-    server listens (a Hub id is fetched while the server already answers)."""
+    server listens (a Hub id is fetched while the server already answers); a `bertforge export`
+    directory is for --engine onnxruntime, which the loading checks."""
     from bertforge.checkpoint import detect_format
     from bertforge.checkpoint.hub import is_hub_id
+    from bertforge.engine.ort import is_export_dir
 
+    if is_export_dir(checkpoint):
+        return
     if Path(checkpoint).exists() or Path(f"{checkpoint}.index").is_file() or not is_hub_id(checkpoint):
         detect_format(checkpoint)
 

@@ -92,6 +92,8 @@ class TextWork:
         self.endpoint = endpoint
 
     def prepare(self, items: Sequence[tuple[str, ...]]) -> Prepared:
+        if self.endpoint == "encode":  # refused before it is queued where the engine cannot encode
+            self.predictor.check_encodes()
         texts = [item[0] if len(item) == 1 or item[1] is None else (item[0], item[1]) for item in items]
         return Prepared(texts, len(items))
 
@@ -125,8 +127,11 @@ def works(predictor: Predictor, args: ServeArgs) -> dict[str, AnswerWork | TextW
 
 def warm_up(made: dict[str, AnswerWork | TextWork]) -> None:
     """One request of each kind, so that the first client does not wait for lazy initialisation
-    (and, where the runtime compiles, compilation)."""
+    (and, where the runtime compiles, compilation); not of encode where the engine's export
+    cannot encode (each request then says why)."""
     for name, work in made.items():
+        if name == "encode" and not work.predictor.encodes:
+            continue
         item = ("Who?", "Nobody.") if name == "answer" else ("Nobody.", None)
         prepared = work.prepare([item])
         work.finish(prepared, list(work.run([Slice(prepared.payload, 0, prepared.size)])))

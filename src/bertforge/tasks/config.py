@@ -2,9 +2,9 @@
 GLUE, `pretrain`): their flags, defaults and checks.
 
 They live apart from the tasks that run them so that reading them imports no torch: the CLI
-builds each command's `--help` from them alone. Each extends `runconfig.RunConfig` (or
-`TrainRun` when it trains); SQuAD's data groups extend `SquadSettings`, which `serve` and the
-Python API share.
+builds each command's `--help` from them alone. Each extends `runconfig.PredictRun` (runs that
+only predict, which choose the inference engine) or `TrainRun` (runs that can train); SQuAD's
+data groups extend `SquadSettings`, which `serve` and the Python API share.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal
 from bertforge.data.glue import GlueTask, get_task
 from bertforge.data.squad import SquadSettings
 from bertforge.errors import ConfigError
-from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
+from bertforge.runconfig import PredictRun, TrainArgs, TrainRun
 from bertforge.validation import check_at_least, check_types
 
 
@@ -89,7 +89,7 @@ class SquadData(SquadPredictData):
 
 
 @dataclass(kw_only=True)
-class SquadPredictRun(RunConfig):
+class SquadPredictRun(PredictRun):
     """Predict SQuAD answers with a fine-tuned checkpoint, and score them when the file has answers."""
 
     output_dir: str = "runs/squad_predict"
@@ -217,7 +217,7 @@ def check_label_order(names: list[str], task: GlueTask) -> None:
 
 
 @dataclass(kw_only=True)
-class GlueEvalRun(RunConfig):
+class GlueEvalRun(PredictRun):
     """Evaluate (dev metrics) and/or predict (test-set submission files) with a fine-tuned checkpoint."""
 
     output_dir: str = "runs/glue_eval"

@@ -1,11 +1,13 @@
 """The run skeleton every task shares, written once:
 
-    check the config -> validate every input (the model's config, vocabulary and casing, the
+    check the config (and, for a run that does not train, the inference precision and engine
+    on the device) -> validate every input (the model's config, vocabulary and casing, the
     task's data files, the checkpoint a resume continues from) and the model/data limits
     -> check the output directory -> Runtime (device, process group, precision)
     -> claim the output directory -> seed -> load the model
     -> [train: loader -> steps -> batch plan -> free space -> Trainer + the task's callbacks
-        -> fit -> save] -> the task's evaluation / prediction -> results
+        -> fit -> save | else: the model made ready to predict (engine.inference_model)]
+    -> the task's evaluation / prediction -> results
 
 Nothing is written before every input has been read, so a typo costs nothing; a run that fails
 before it has made anything takes back what it wrote (and puts back the run
@@ -28,10 +30,11 @@ from bertforge.checkpoint import save_native
 from bertforge.checkpoint.native import NATIVE_META, write_description
 from bertforge.config import BertConfig
 from bertforge.dllog import DLLogger, summary_records
+from bertforge.engine import check_inference, inference_model
 from bertforge.errors import CheckpointError, ConfigError, WriteError
 from bertforge.fileio import check_free_space, read_json
 from bertforge.loading import LoadedModel, load_model, plan_model
-from bertforge.runconfig import RunConfig, TrainArgs, TrainRun
+from bertforge.runconfig import RunConfig, TrainArgs, TrainRun, engine_of
 from bertforge.tasks.common import log_batch_plan
 from bertforge.tasks.evaluation import BestWeights
 from bertforge.tasks.output_dir import RUN_CONFIG, OutputDir, check_resumable, config_defaults, config_dict
@@ -103,11 +106,13 @@ def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> di
     """Run `job` as the module docstring says; returns its results."""
     cfg = job.cfg
     job.progress = progress
-    resolve_device(cfg.runtime.device, dist_info.local_rank)  # a device that is not there fails first
+    device = resolve_device(cfg.runtime.device, dist_info.local_rank)  # a device that is not there fails first
     job.check()
     train = _train_args(job)
     if train is not None:
         train.accumulation_for(dist_info.world_size)  # a batch that does not divide fails now
+    else:
+        check_inference(cfg.runtime.precision, engine_of(cfg.runtime), device)
     _validate_inputs(job)
     out = OutputDir(cfg.output_dir, training=train is not None,
                     resume=train is not None and bool(train.resume), overwrite=cfg.overwrite_output_dir,
@@ -225,6 +230,8 @@ def _run(job: Job, runtime: Runtime, out: OutputDir, progress: bool) -> dict:
     loaded = load_model(cfg.model, job.head, unpad=cfg.runtime.unpad, resuming=resuming, **job.model_options())
     job.check_model(loaded.config)
     job.prepare_model(loaded)
+    if train is None:
+        loaded.model = inference_model(loaded.model, cfg.runtime.precision, engine_of(cfg.runtime), runtime.device)
     results: dict = {}
     if train is not None:
         accumulation = train.accumulation_for(runtime.world_size)
