@@ -91,18 +91,24 @@ def compat_help(name: str, cls: type, width: int) -> str:
     # an alias that is also a field's name here names the field
     names = [(f"--{alias}", f"= {field_flag(aliases[alias][0])}") for alias, target in sorted(refs.ALIASES.items())
              if alias in aliases and aliases[alias] == aliases.get(target)]
-    switches = [(f"--{switch}", "= " + ", ".join(f"{field_flag(d)} {v}" for d, v in settings.items()
-                                                 if d in aliases))
-                for switch, settings in refs.SWITCHES.items()
-                if switch not in aliases and any(d in aliases for d in settings)]
+    switches, refused = [], [f"--{n} (only {allowed})" for n, (allowed, _) in refs.REFUSED.items() if n not in aliases]
+    for switch, settings in refs.SWITCHES.items():
+        sets = [(d, v) for d, v in settings.items() if d in aliases and v in aliases.choices.get(d, (v,))]
+        if switch in aliases or not any(d in aliases for d in settings):
+            continue
+        if switch in refs.INFERENCE_SWITCHES and "do_train" in aliases:
+            refused.append(f"--{switch} (inference only)")
+        elif not sets:
+            refused.append(f"--{switch} (not on this command yet)")
+        else:
+            switches.append((f"--{switch}", "= " + ", ".join(f"{field_flag(d)} {v}" for d, v in sets)))
     noted = [f"--{n}" for n in refs.NOTED if n not in aliases]
-    refused = [f"--{n} (only {allowed})" for n, (allowed, _) in refs.REFUSED.items() if n not in aliases]
     lines = [f"bertforge {name} also takes the reference scripts' (Google's, NVIDIA's, Habana's, Intel's, "
              f"MLPerf's) names for its flags:", ""]
     lines += _rows(names + switches, width)
     lines += ["", "Accepted with a note saying what replaces them (they change nothing here): "
               + ", ".join(noted) + ".",
-              "", "Accepted at their reference default only: " + ", ".join(refused) + ".",
+              "", "Refused, or accepted at their reference default only: " + ", ".join(refused) + ".",
               "", "Also: absl booleans (--do_train, --do_train=true, --nodo_lower_case), dashes for underscores "
                   "(--no-compile), launchers' --local_rank and Intel's --intra_op_parallelism_threads anywhere "
                   "on the line, NVIDIA's per-optimizer-step --train_batch_size (divided by "
