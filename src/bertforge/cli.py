@@ -314,6 +314,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"bertforge {__version__}")
         return 0
     try:
+        if argv[0] in intel.COMMAND_NAMES and HELP_FLAGS.intersection(argv[1:]):
+            print(cli_help.launch_benchmark_help())
+            return 0
         if argv[0] in intel.COMMAND_NAMES:
             argv = _launch_benchmark(argv[1:])
             if argv is None:

@@ -121,9 +121,25 @@ def top_help(commands: list[tuple[str, str]]) -> str:
     lines = ["usage: bertforge <command> [<task>] [flags]   (bertforge <command> --help for its flags)",
              "", "Pretrain, fine-tune, evaluate and convert BERT models on PyTorch.", "", "commands:"]
     lines += [f"  {command:<22} {summary}" for command, summary in commands]
+    lines += [f"  {'launch_benchmark':<22} Intel Model Zoo's launch_benchmark.py, run as the bertforge command"]
     lines += ["", "Flags take the names of Google's run_squad.py / run_classifier.py / "
               "create_pretraining_data.py and NVIDIA's run_pretraining.py; recipes: --config configs/....yaml"]
     return "\n".join(lines)
+
+
+def launch_benchmark_help(width: int = 100) -> str:
+    """`bertforge launch_benchmark --help`."""
+    return "\n".join(_wrap_long([
+        "usage: bertforge launch_benchmark --model-name=bert_large --mode=training|inference --precision=P "
+        "--batch-size=N [--checkpoint DIR] [--data-location DIR] [--output-dir DIR] [--benchmark-only] "
+        "[--accuracy-only] [--mpi_num_processes N] -- key=value ...", "",
+        "Intel Model Zoo's launch_benchmark.py (BERT-large) as the bertforge command that does the same, which it "
+        "prints and runs: train_option=SQuAD -> finetune squad, Classifier -> finetune glue, Pretraining -> pretrain; "
+        "inference -> predict squad (files from --data-location, the checkpoint model.ckpt-7299 from --checkpoint), "
+        "profile=True -> benchmark --profile (a torch.profiler trace). --mpi_num_processes N prints the torchrun "
+        "line instead (learning rate scaled by sqrt(N), as launch_benchmark.py does); --docker-image, --volume "
+        "and --socket-id are noted as not applicable. The key=value arguments are Google's flags (max-predictions "
+        "and warmup-steps are Intel's names for max_predictions_per_seq and num_warmup_steps)."], width))
 
 
 def group_help(group: str, tasks: list[tuple[str, str]]) -> str:
