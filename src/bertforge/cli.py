@@ -3,11 +3,13 @@
 Each job's flags come from its typed run config (dataclasses parsed by jsonargparse, with YAML
 recipes through `--config recipe.yaml` and dotted overrides such as `--train.learning_rate`).
 The reference recipes' command lines work unchanged: `bertforge.compat` rewrites their flags
-before parsing, and launcher flags (`--local_rank` of torch.distributed.launch, Intel's thread
-pools) are taken out wherever they stand. This module also reads torchrun's environment (RANK,
-LOCAL_RANK, WORLD_SIZE), sets up logging, and turns user errors into one clear message and exit
-status 2, without a traceback: every unknown flag in one line with a "did you mean", a bad value
-in one line, never a usage dump. `--help` is written from the run config alone
+before parsing, launcher flags (`--local_rank` of torch.distributed.launch, Intel's thread
+pools) are taken out wherever they stand, and Intel's `launch_benchmark.py` command lines become
+the bertforge command that does the same (`bertforge.compat.intel`). This module also reads the
+launcher's environment (torchrun's RANK, LOCAL_RANK, WORLD_SIZE or mpirun's; see
+`bertforge.train.launch`), sets up logging, and turns user errors into one clear message and
+exit status 2, without a traceback: every unknown flag in one line with a "did you mean", a bad
+value in one line, never a usage dump. `--help` is written from the run config alone
 (`bertforge.cli_help`): it imports no torch.
 """
 
@@ -25,9 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bertforge import cli_help
-from bertforge.compat import alias_table, rewrite_argv
+from bertforge.compat import alias_table, intel, rewrite_argv
 from bertforge.compat import flags as refs
-from bertforge.errors import BertforgeError, ConfigError
+from bertforge.compat.argv import device_switch, stray_bool_value, suggestion, take_launcher_flags
+from bertforge.errors import BertforgeError, ConfigError, DeviceError
 
 log = logging.getLogger("bertforge")
 
@@ -63,10 +66,9 @@ _ARGV_LOCAL_RANK: list[int] = []  # a --local_rank that torch.distributed.launch
 
 
 def _dist_info():
-    from bertforge.train.runtime import DistInfo
-    local_rank = os.environ.get("LOCAL_RANK", _ARGV_LOCAL_RANK[-1] if _ARGV_LOCAL_RANK else 0)
-    return DistInfo(rank=int(os.environ.get("RANK", 0)), local_rank=int(local_rank),
-                    world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    """This process's place in its launch, as torchrun's or an MPI launcher's environment says."""
+    from bertforge.train.launch import DistInfo
+    return DistInfo.from_env(os.environ, _ARGV_LOCAL_RANK[-1] if _ARGV_LOCAL_RANK else None)
 
 
 def _call(spec: str) -> Callable[[Any], object]:
@@ -223,36 +225,10 @@ def _instantiate(parser, ns, cls: type):
     return cls(**values)
 
 
-def setup_logging(rank: int) -> None:
+def setup_logging(rank: int, world_size: int = 1) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
-                        if int(os.environ.get("WORLD_SIZE", 1)) > 1 else
-                        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def take_launcher_flags(argv: list[str]) -> tuple[list[str], int | None, dict[str, int]]:
-    """Flags for the process rather than the command, taken out wherever they stand:
-    `--local_rank N` / `--local-rank=N` (torch.distributed.launch puts it before the command) and
-    Intel's `--intra_op_parallelism_threads` / `--inter_op_parallelism_threads` (torch's pools)."""
-    rest, local_rank, threads = [], None, {}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        i += 1
-        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
-        if name in ("local_rank", "local-rank") or name in refs.THREAD_FLAGS:
-            if not eq:
-                value = argv[i] if i < len(argv) else ""
-                i += 1
-            if not value.lstrip("-").isdigit():
-                raise ConfigError(f"--{name} takes a whole number, got {value!r}")
-            if name in refs.THREAD_FLAGS:
-                threads[refs.THREAD_FLAGS[name]] = int(value)
-            else:
-                local_rank = int(value)
-            continue
-        rest.append(token)
-    return rest, local_rank, threads
+                        if world_size > 1 else "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def _set_threads(threads: dict[str, int]) -> None:
@@ -281,8 +257,8 @@ def unknown_flags(argv: Sequence[str], parser, flat_names: Sequence[str] = ()) -
         flag = token.partition("=")[0]
         if flag in known or any(flag.startswith(k + ".") for k in known):
             continue
-        close = difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)
-        problems.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        close = suggestion(flag) or next(iter(difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)), None)
+        problems.append(f"{flag} (did you mean {close}?)" if close else flag)
     return problems
 
 
@@ -306,7 +282,10 @@ def parse_command(command: Command, argv: Sequence[str]):
     try:
         ns = parser.parse_args(rewritten.argv)
     except ArgumentError as e:
-        raise ConfigError(f"{' '.join(str(e).split())} (bertforge {name} --help lists the flags)") from None
+        message = " ".join(str(e).split())
+        left = message.removeprefix("unrecognized arguments: ").split() if "unrecognized arguments" in message else []
+        stray = next(filter(None, (stray_bool_value(argv, aliases, word) for word in left)), None)
+        raise ConfigError(stray or f"{message} (bertforge {name} --help lists the flags)") from None
     return _instantiate(parser, ns, cls), command.run, ns
 
 
@@ -335,6 +314,13 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"bertforge {__version__}")
         return 0
     try:
+        if argv[0] in intel.COMMAND_NAMES and HELP_FLAGS.intersection(argv[1:]):
+            print(cli_help.launch_benchmark_help())
+            return 0
+        if argv[0] in intel.COMMAND_NAMES:
+            argv = _launch_benchmark(argv[1:])
+            if argv is None:
+                return 2
         argv, local_rank, threads = take_launcher_flags(argv)
     except BertforgeError as e:
         print(f"bertforge: error: {e}", file=sys.stderr)
@@ -348,15 +334,27 @@ def _main(argv: Sequence[str] | None) -> int:
     if asked:
         print(command_help(command, asked))
         return 0
-    setup_logging(int(os.environ.get("RANK", 0)))
+    name = " ".join(command.path)
+    try:
+        dist = _dist_info()
+    except BertforgeError as e:
+        print(f"bertforge {name}: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(dist.rank, dist.world_size)
     if not sys.stderr.isatty():
         # Progress bars in a log file: one line every 30 s, not one per update.
         os.environ.setdefault("TQDM_MININTERVAL", "30")
-    name = " ".join(command.path)
+    for variable in refs.VENDOR_ENVIRONMENT.keys() & os.environ.keys():
+        log.warning("%s=%s: %s", variable, os.environ[variable], refs.VENDOR_ENVIRONMENT[variable])
     try:
         cfg, handler, _ = parse_command(command, rest)
         _set_threads(threads)
         handler(cfg)
+    except DeviceError as e:
+        switch = device_switch(rest)
+        print(f"bertforge {name}: error: " + (f"--{switch[0]}: no {switch[1].upper()} here; drop it or use "
+                                              f"--device cpu" if switch else str(e)), file=sys.stderr)
+        return 2
     except BertforgeError as e:
         print(f"bertforge {name}: error: {e}", file=sys.stderr)
         return 2
@@ -374,6 +372,20 @@ def _main(argv: Sequence[str] | None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _launch_benchmark(argv: list[str]) -> list[str] | None:
+    """Intel's launch_benchmark.py command line: the bertforge command that does the same (said
+    on stderr with the notes); None, after printing it, when it must run under torchrun."""
+    translated = intel.launch_benchmark(argv)
+    for note in translated.notes:
+        print(f"bertforge launch_benchmark: {note}", file=sys.stderr)
+    if translated.processes > 1:
+        print(f"bertforge launch_benchmark: error: --mpi_num_processes {translated.processes}: bertforge's "
+              f"processes are started by torchrun: {translated.command_line()}", file=sys.stderr)
+        return None
+    print(f"bertforge launch_benchmark: running {translated.command_line()}", file=sys.stderr)
+    return translated.command
 
 
 if __name__ == "__main__":  # pragma: no cover

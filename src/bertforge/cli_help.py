@@ -91,18 +91,24 @@ def compat_help(name: str, cls: type, width: int) -> str:
     # an alias that is also a field's name here names the field
     names = [(f"--{alias}", f"= {field_flag(aliases[alias][0])}") for alias, target in sorted(refs.ALIASES.items())
              if alias in aliases and aliases[alias] == aliases.get(target)]
-    switches = [(f"--{switch}", "= " + ", ".join(f"{field_flag(d)} {v}" for d, v in settings.items()
-                                                 if d in aliases))
-                for switch, settings in refs.SWITCHES.items()
-                if switch not in aliases and any(d in aliases for d in settings)]
+    switches, refused = [], [f"--{n} (only {allowed})" for n, (allowed, _) in refs.REFUSED.items() if n not in aliases]
+    for switch, settings in refs.SWITCHES.items():
+        sets = [(d, v) for d, v in settings.items() if d in aliases and v in aliases.choices.get(d, (v,))]
+        if switch in aliases or not any(d in aliases for d in settings):
+            continue
+        if switch in refs.INFERENCE_SWITCHES and "do_train" in aliases:
+            refused.append(f"--{switch} (inference only)")
+        elif not sets:
+            refused.append(f"--{switch} (not on this command yet)")
+        else:
+            switches.append((f"--{switch}", "= " + ", ".join(f"{field_flag(d)} {v}" for d, v in sets)))
     noted = [f"--{n}" for n in refs.NOTED if n not in aliases]
-    refused = [f"--{n} (only {allowed})" for n, (allowed, _) in refs.REFUSED.items() if n not in aliases]
     lines = [f"bertforge {name} also takes the reference scripts' (Google's, NVIDIA's, Habana's, Intel's, "
              f"MLPerf's) names for its flags:", ""]
     lines += _rows(names + switches, width)
     lines += ["", "Accepted with a note saying what replaces them (they change nothing here): "
               + ", ".join(noted) + ".",
-              "", "Accepted at their reference default only: " + ", ".join(refused) + ".",
+              "", "Refused, or accepted at their reference default only: " + ", ".join(refused) + ".",
               "", "Also: absl booleans (--do_train, --do_train=true, --nodo_lower_case), dashes for underscores "
                   "(--no-compile), launchers' --local_rank and Intel's --intra_op_parallelism_threads anywhere "
                   "on the line, NVIDIA's per-optimizer-step --train_batch_size (divided by "
@@ -115,9 +121,25 @@ def top_help(commands: list[tuple[str, str]]) -> str:
     lines = ["usage: bertforge <command> [<task>] [flags]   (bertforge <command> --help for its flags)",
              "", "Pretrain, fine-tune, evaluate and convert BERT models on PyTorch.", "", "commands:"]
     lines += [f"  {command:<22} {summary}" for command, summary in commands]
+    lines += [f"  {'launch_benchmark':<22} Intel Model Zoo's launch_benchmark.py, run as the bertforge command"]
     lines += ["", "Flags take the names of Google's run_squad.py / run_classifier.py / "
               "create_pretraining_data.py and NVIDIA's run_pretraining.py; recipes: --config configs/....yaml"]
     return "\n".join(lines)
+
+
+def launch_benchmark_help(width: int = 100) -> str:
+    """`bertforge launch_benchmark --help`."""
+    return "\n".join(_wrap_long([
+        "usage: bertforge launch_benchmark --model-name=bert_large --mode=training|inference --precision=P "
+        "--batch-size=N [--checkpoint DIR] [--data-location DIR] [--output-dir DIR] [--benchmark-only] "
+        "[--accuracy-only] [--mpi_num_processes N] -- key=value ...", "",
+        "Intel Model Zoo's launch_benchmark.py (BERT-large) as the bertforge command that does the same, which it "
+        "prints and runs: train_option=SQuAD -> finetune squad, Classifier -> finetune glue, Pretraining -> pretrain; "
+        "inference -> predict squad (files from --data-location, the checkpoint model.ckpt-7299 from --checkpoint), "
+        "profile=True -> benchmark --profile (a torch.profiler trace). --mpi_num_processes N prints the torchrun "
+        "line instead (learning rate scaled by sqrt(N), as launch_benchmark.py does); --docker-image, --volume "
+        "and --socket-id are noted as not applicable. The key=value arguments are Google's flags (max-predictions "
+        "and warmup-steps are Intel's names for max_predictions_per_seq and num_warmup_steps)."], width))
 
 
 def group_help(group: str, tasks: list[tuple[str, str]]) -> str:

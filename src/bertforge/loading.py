@@ -28,19 +28,24 @@ class LoadedModel:
 
     model: BertPreTrainedModel  # or, once made ready to predict, what `engine.inference_model` made of it
     config: BertConfig
-    tokenizer: WordPieceTokenizer
+    tokenizer: WordPieceTokenizer | None  # None: a run on token ids given no vocabulary (need_tokenizer)
     labels: list[str] | None  # class names the checkpoint records for its classification head
     task: str | None  # the task the checkpoint was fine-tuned for, where it records one
     head_loaded: bool  # the checkpoint had trained weights for the model's head
     meta: dict = field(default_factory=dict)  # what else the checkpoint records (bertforge.json)
 
     @property
-    def vocab_file(self) -> Path:
-        return self.tokenizer.vocab_file
+    def vocab_file(self) -> Path | None:
+        return self.tokenizer.vocab_file if self.tokenizer is not None else None
+
+    @property
+    def do_lower_case(self) -> bool | None:
+        return self.tokenizer.do_lower_case if self.tokenizer is not None else None
 
 
 def plan_model(args: ModelArgs, head: str | None, *, require_head: bool = False,
-               default_vocab: str | Path | None = None, default_lower_case: bool | None = None) -> BertConfig:
+               default_vocab: str | Path | None = None, default_lower_case: bool | None = None,
+               need_tokenizer: bool = True) -> BertConfig:
     """Every check `load_model` makes of the flags and of what the checkpoint says about itself
     (its config, vocabulary, casing), without reading its weights or building the model: a run
     calls it before any work. Returns the model's config (a DLE-padded vocabulary shows only in
@@ -56,18 +61,21 @@ def plan_model(args: ModelArgs, head: str | None, *, require_head: bool = False,
         raise ConfigError("prediction needs trained weights: pass --init_checkpoint")
     else:
         config, vocab, recorded = _config_without_checkpoint(args, head), None, None
-    _tokenizer(args, vocab, default_vocab, recorded, default_lower_case, warn=False)
+    _tokenizer(args, vocab, default_vocab, recorded, default_lower_case, warn=False, required=need_tokenizer)
     return config
 
 
 def load_model(args: ModelArgs, head: str | None, *, num_labels: int = 2, unpad: bool = True,
                require_head: bool = False, default_vocab: str | Path | None = None,
-               default_lower_case: bool | None = None, resuming: bool = False) -> LoadedModel:
+               default_lower_case: bool | None = None, resuming: bool = False,
+               need_tokenizer: bool = True) -> LoadedModel:
     """Build the model with `head` and fill it from `args.init_checkpoint` when given.
     `head=None` takes the head the checkpoint has (`Checkpoint.head`) with its number of labels.
     `default_vocab` / `default_lower_case` stand in for the checkpoint's when it has none (the
     vocabulary prepared pretraining data was made with). `resuming`: the run continues from a
-    training checkpoint, whose weights replace these."""
+    training checkpoint, whose weights replace these. `need_tokenizer=False`: the run reads
+    token ids only (pretraining on other toolkits' files), so no vocabulary or casing is
+    required; the tokenizer is None unless both are known."""
     _check_head(head)
     _refuse_export(args)
     ckpt = None
@@ -81,8 +89,8 @@ def load_model(args: ModelArgs, head: str | None, *, num_labels: int = 2, unpad:
     else:
         config = _config_without_checkpoint(args, head)
     tokenizer = _tokenizer(args, ckpt.vocab_file if ckpt else None, default_vocab,
-                           ckpt.do_lower_case if ckpt else None, default_lower_case)
-    if len(tokenizer) > config.vocab_size:
+                           ckpt.do_lower_case if ckpt else None, default_lower_case, required=need_tokenizer)
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ConfigError(f"vocab file {tokenizer.vocab_file} has {len(tokenizer)} tokens but the model's "
                           f"vocab_size is {config.vocab_size}: they do not belong together")
     model = build_model(config, head, num_labels=num_labels, unpad=unpad)
@@ -175,14 +183,17 @@ def _check_bert_model(spec: str, config: BertConfig, source: str, warn: bool = T
 
 
 def _tokenizer(args: ModelArgs, beside: Path | None, default_vocab: str | Path | None, recorded: bool | None,
-               default_lower_case: bool | None, warn: bool = True) -> WordPieceTokenizer:
+               default_lower_case: bool | None, warn: bool = True, required: bool = True) -> WordPieceTokenizer | None:
     """The tokenizer of --vocab_file, else the checkpoint's vocab.txt, else `default_vocab`, with
-    --do_lower_case, else the casing the checkpoint (or `default_lower_case`) records."""
+    --do_lower_case, else the casing the checkpoint (or `default_lower_case`) records. Not
+    `required`: None where the vocabulary or the casing is unknown."""
     vocab = args.vocab_file or beside or default_vocab
-    if vocab is None:
-        raise ConfigError("no vocab file: pass --vocab_file (the checkpoint has no vocab.txt beside it)")
     do_lower_case = args.do_lower_case
     recorded = recorded if recorded is not None else default_lower_case
+    if not required and (vocab is None or (do_lower_case is None and recorded is None)):
+        return None
+    if vocab is None:
+        raise ConfigError("no vocab file: pass --vocab_file (the checkpoint has no vocab.txt beside it)")
     if do_lower_case is None:
         if recorded is None:
             raise ConfigError("is the model cased or uncased? pass --do_lower_case true (uncased) or "

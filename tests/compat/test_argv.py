@@ -35,7 +35,8 @@ def rewrite(argv: list[str], aliases=SQUAD) -> list[str]:
     (["--train.learning_rate", "1"], ["--train.learning_rate", "1"]),
     (["--predict_file", "x.json", "--doc_stride", "64"], ["--data.predict_file", "x.json", "--data.doc_stride", "64"]),
     (["--unknown_flag", "1"], ["--unknown_flag", "1"]),
-    (["--use_tpu=False", "--iterations_per_loop", "1000", "--do_train"], ["--do_train=true"]),
+    (["--use_tpu=False", "--iterations_per_loop", "1000", "--do_train"],
+     ["--do_train=true", "--train.adam_bias_correction=false"]),  # Google's AdamWeightDecayOptimizer
     (["--save_checkpoints_steps", "500"], ["--train.save_every", "500"]),
     (["--fp16"], ["--runtime.precision=fp16"]),
     (["--amp", "--bf16=false"], ["--runtime.precision=fp16"]),
@@ -121,9 +122,11 @@ def test_google_pretraining_optimisation():
     argv, notes = rewrite_argv(["--input_file", "d", "--num_train_steps", "1000", "--num_warmup_steps", "100"],
                                PRETRAIN)
     assert argv == ["--data.input_dir", "d", "--train.max_steps", "1000", "--train.optimizer=adamw",
-                    "--train.schedule=poly", "--train.schedule_power=1.0", "--train.warmup_proportion=0.1"]
+                    "--train.schedule=poly", "--train.schedule_power=1.0", "--train.warmup_proportion=0.1",
+                    "--train.adam_bias_correction=false"]
     assert notes == ["Google's run_pretraining flags: AdamW with linear decay over 1000 steps, 100 warmup steps "
-                     "(--optimizer lamb for LAMB)"]
+                     "(--optimizer lamb for LAMB)",
+                     "Google's AdamWeightDecayOptimizer runs Adam without bias correction: --adam_bias_correction false"]
 
 
 def test_google_pretraining_defaults_and_mlperf_flags():
@@ -198,7 +201,7 @@ def test_every_refused_value_in_one_error():
     with pytest.raises(ConfigError) as e:
         rewrite_argv(["--int8", "--start_warmup_step=5", "--fp16", "--bf16", "--max_steps", "10.5"], SQUAD)
     message = str(e.value)
-    for part in ("--int8=true: int8 inference is not supported", "--start_warmup_step=5: warmup starts at step 0",
+    for part in ("--int8: int8 is for inference (predict, serve, export)", "--start_warmup_step=5: warmup starts at step 0",
                  "--fp16 and --bf16 ask for different precisions", "--max_steps 10.5: expected a whole number"):
         assert part in message
     with pytest.raises(ConfigError, match="--do_train=true: this command does not train"):
@@ -207,8 +210,11 @@ def test_every_refused_value_in_one_error():
 
 def test_vendor_knobs_become_notes():
     argv, notes = rewrite_argv(["--use_fused_lamb", "--opt_level", "O2", "--horovod=true", "--do_train"], SQUAD)
-    assert argv == ["--do_train=true"]
-    assert [n.split(":")[0] for n in notes] == ["--use_fused_lamb", "--opt_level", "--horovod"]
+    # NVIDIA's fine-tuning (a port of it, by --use_fused_lamb) runs Adam without bias correction
+    assert argv == ["--do_train=true", "--train.adam_bias_correction=false"]
+    assert [n.split(":")[0] for n in notes] == ["--use_fused_lamb", "--opt_level", "--horovod",
+                                                "NVIDIA's fine-tuning (BertAdam, FusedAdam(bias_correction=False)) "
+                                                "runs Adam without bias correction"]
 
 
 def test_thread_flags_belong_before_the_command():

@@ -65,7 +65,7 @@ def test_vendor_knobs_are_noted_once(caplog):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--int8"], "int8 inference is not supported"),
+    (["--int8"], "--int8: int8 is for inference (predict, serve, export)"),
     (["--max_steps", "10.5"], "--max_steps 10.5: expected a whole number of steps"),
     (["--fp16", "--bf16"], "--fp16 and --bf16 ask for different precisions"),
     (["--steps_this_run", "5", "--max_steps", "10"], "--steps_this_run 5"),

@@ -46,7 +46,10 @@ def _model_config(cfg: BenchmarkArgs):
     """(config, checkpoint or None)."""
     if cfg.model.init_checkpoint:
         from bertforge.checkpoint import load_checkpoint
-        ckpt = load_checkpoint(cfg.model.init_checkpoint)  # its own config replaces --bert_model
+        # its own config replaces the --bert_model preset; a config file given (--bert_config_file)
+        # serves a checkpoint that has none beside it, as for the other commands
+        given = cfg.model.bert_model if cfg.model.bert_model and Path(cfg.model.bert_model).is_file() else None
+        ckpt = load_checkpoint(cfg.model.init_checkpoint, config=given)
         return ckpt.config, ckpt
     return resolve_config(cfg.model.bert_model), None
 

@@ -12,11 +12,16 @@ The families, and where their flag lists come from:
   (`--input_files_dir`, `--num_accumulation_steps`, `--dllog_path`): `--train_batch_size` is the
   micro-batch, global batch = train_batch_size x num_accumulation_steps x devices, as bertforge's;
 - the MLPerf reference (`language_model/tensorflow/bert/run_pretraining.py`): Google's flags plus
-  `--optimizer`, `--poly_power`, `--steps_per_update`, `--start_warmup_step`, `--num_gpus`.
+  `--optimizer`, `--poly_power`, `--steps_per_update`, `--start_warmup_step`, `--num_gpus`;
+- NVIDIA's MLPerf PyTorch pretraining as Iluvatar's recipe runs it (`--bert_config_path`,
+  `--warmup_steps`, `--opt_lamb_beta_1`, `--dense_seq_output`, ...);
+- the vendor ports' own flags: Cambricon's `--eval_iters --hvd --pyamp`, Enflame's
+  `--skip_steps --print_freq`, Habana's `--use_habana --autocast`, Intel's `--int8`, and the
+  Hugging Face conversion script's `--tf_checkpoint_path --pytorch_dump_path`.
 
 Every flag is in exactly one of these tables: an alias of a config field (`ALIASES`), a switch
-that sets fields (`SWITCHES`), a knob accepted with a note saying what replaces it (`NOTED`), or
-one whose only supported value is its default (`REFUSED`).
+that sets fields (`SWITCHES`), a knob accepted with a note saying what replaces it (`NOTED`), one
+whose only supported value is its default (`REFUSED`), or a positional argument (`POSITIONAL`).
 """
 
 from __future__ import annotations
@@ -49,7 +54,16 @@ ALIASES = {
     "dllog_path": "json_summary",
     "na-prob-file": "na_prob_file",  # evaluate-v2.0.py's spelling
     "na-prob-thresh": "na_prob_thresh",
+    "print_freq": "log_every",  # Enflame's run_squad.py
+    "max_predictions": "max_predictions_per_seq",  # Intel's launch_benchmark.py
+    "bert_config_path": "bert_model",  # NVIDIA's MLPerf PyTorch run_pretraining.py (Iluvatar)
+    "keep_n_most_recent_checkpoints": "keep_checkpoints",
+    "weight_decay_rate": "weight_decay",
 }
+
+# The Hugging Face conversion script's flags, which name bertforge convert's positional
+# arguments (SRC DST), in their order.
+POSITIONAL = {"tf_checkpoint_path": "src", "pytorch_dump_path": "dst"}
 
 # Switches: a bare (or true) flag sets these fields. Precision switches also must agree.
 SWITCHES = {
@@ -59,12 +73,20 @@ SWITCHES = {
     "bf16": {"runtime.precision": "bf16"},
     "tf32": {"runtime.precision": "tf32"},
     "autocast": {"runtime.precision": "bf16"},  # Habana: autocast is bf16 on Gaudi
+    "pyamp": {"runtime.precision": "fp16"},  # Cambricon: torch.cuda.amp's fp16 autocast
+    "int8": {"runtime.precision": "int8", "precision": "int8"},  # Intel: int8 inference
     "use_habana": {"runtime.device": "hpu"},
     "no_cuda": {"runtime.device": "cpu"},
     "use_torch_compile": {"runtime.compile": "true"},
     "use_hpu_graphs": {"runtime.compile": "true"},
     "use-hpu-graphs": {"runtime.compile": "true"},
 }
+
+# Habana's --autocast turns autocast on, in bf16 unless another precision switch names the dtype
+# (`--autocast --fp16` is fp16 autocast): it yields to them instead of contradicting them.
+WEAK_SWITCHES = frozenset({"autocast"})
+# Switches that only inference commands take (predict, serve, export: no do_train field).
+INFERENCE_SWITCHES = {"int8": "int8 is for inference (predict, serve, export)"}
 
 # Names of precisions as the reference scripts spell them (--precision bfloat16 ...).
 PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "fp32": "fp32",
@@ -101,7 +123,8 @@ NOTED = {
     "checkpoint_activations": "no activation checkpointing; " + _MEMORY,
     "old": "one fp16 path (autocast + GradScaler)",
     "server_ip": "no remote debugging", "server_port": "no remote debugging",
-    "profile": "bertforge benchmark --profile", "profile-start": "bertforge benchmark --profile",
+    "profile": "bertforge benchmark --profile writes a torch.profiler trace",
+    "profile-start": "bertforge benchmark --profile",
     "profile_steps": "bertforge benchmark --profile", "tensorboard_logdir": "metrics.jsonl",
     "enable-tensorboard-logging": "metrics.jsonl", "log_memory_usage": "bertforge benchmark reports peak memory",
     "throughput_warmup_steps": "bertforge benchmark --warmup",
@@ -126,16 +149,35 @@ NOTED = {
     "perf_begin_iter": "predict reports throughput and p50/p99 latency over all batches",
     "perf_run_iters": "predict reports throughput and p50/p99 latency over all batches",
     "benchmark": "predict reports throughput and p50/p99 latency in its results and metrics.jsonl",
-    "experimental_gelu": "GELU is exact (erf)", "optimized_softmax": "attention is torch's SDPA",
+    "experimental_gelu": "bertforge's GELU is exact (erf); Intel's experimental GELU is the tanh approximation, "
+                         "so results differ slightly from a run with experimental_gelu=True",
+    "optimized_softmax": "attention is torch's SDPA",
+    "mpi_workers_sync_gradients": _DDP,
+    # Cambricon / Enflame
+    "skip_steps": "sequences/s in metrics.jsonl count every step (bertforge benchmark --warmup leaves steps out)",
+    # NVIDIA's MLPerf PyTorch (Iluvatar)
+    "train_mlm_accuracy_window_size": "the training MLM accuracy is not logged; evaluations report it",
+    "cache_eval_data": "the evaluation set is read once per evaluation",
+    "min_samples_to_start_checkpoints": "checkpoints every --save_every steps",
+    "num_samples_per_checkpoint": "checkpoints every --save_every steps",
+    "dense_seq_output": "MLM logits are computed at the masked positions only, always",
+    "fused_gelu_bias": _COMPILE, "fused_mha": _COMPILE, "exchange_padding": "--unpad skips the padding",
+    "distributed_lamb": "optimizer state is replicated (DDP); " + _MEMORY,
+    "dwu-num-rs-pg": "optimizer state is replicated (DDP)", "dwu-num-ar-pg": "optimizer state is replicated (DDP)",
+    "dwu-num-blocks": "optimizer state is replicated (DDP)",
+    "dist_backend": "the backend follows the device: NCCL on CUDA, gloo on CPUs",
 }
 
 # Flags whose only supported value is the reference default (value compared as a bool word or a
 # number): anything else is refused with the reason.
 REFUSED = {
-    "int8": ("false", "int8 inference is not supported; use --precision bf16"),
     "resume_phase2": ("false", "resuming inside phase 2 is `--phase2 --resume_from_checkpoint` (bertforge "
                                "tells phase-1 and phase-2 checkpoints apart by --phase1_end_step)"),
     "start_warmup_step": ("0", "warmup starts at step 0"),
+    "eval_iters": ("-1", "bertforge predicts the whole --predict_file (--predict_articles takes part of it)"),
+    "hvd": ("-1", "Horovod is not used: " + _LAUNCH),
+    "opt_lamb_beta_1": ("0.9", "LAMB's beta1 is 0.9"),
+    "opt_lamb_beta_2": ("0.999", "LAMB's beta2 is 0.999"),
     # on the commands that only predict (where these are not fields)
     "do_predict": ("true", "this command always predicts"),
     "do_train": ("false", "this command does not train: bertforge finetune ... trains"),
@@ -153,10 +195,25 @@ NVIDIA_MARKERS = frozenset({
     "no_dense_sequence_output", "disable_jit_fusions", "cuda_graphs", "cnmix", "opt_level", "hmp",
 })
 
+# Flags only Google's scripts (and the TensorFlow ports of them) pass: their fine-tuning
+# optimizer is AdamWeightDecayOptimizer, Adam without bias correction.
+GOOGLE_MARKERS = frozenset({"bert_config_file", "use_tpu", "tpu_name", "tpu_zone", "num_tpu_cores",
+                            "iterations_per_loop", "save_checkpoints_steps", "gcp_project", "master"})
+
 # Flags of Google's (and MLPerf's) run_pretraining.py: AdamWeightDecay with linear (power 1)
 # decay over all steps after warmup measured in steps, unless --optimizer / --poly_power say otherwise.
 GOOGLE_PRETRAINING_MARKERS = frozenset({"num_train_steps", "num_warmup_steps", "input_file", "input_files_dir"})
+# Step counts of the pretraining scripts that become other settings: Google's warmup and
+# evaluation steps, and the warmup steps of NVIDIA's MLPerf PyTorch script (no optimizer change).
+PRETRAINING_STEPS = frozenset({"num_warmup_steps", "max_eval_steps", "warmup_steps"})
 GOOGLE_DEFAULT_WARMUP_STEPS = 10000  # run_pretraining.py's --num_warmup_steps default
+GOOGLE_DEFAULT_TRAIN_STEPS = 100000  # run_pretraining.py's --num_train_steps default
+GOOGLE_EVAL_STEPS, GOOGLE_EVAL_BATCH = 100, 8  # run_pretraining.py's --max_eval_steps, --eval_batch_size
+
+# Google's release directories (uncased_L-12_H-768_A-12, wwm_cased_L-24_H-1024_A-16, ...), whose
+# name says the casing: run_squad.py's own check (validate_case_matches_checkpoint) reads it.
+GOOGLE_RELEASE = r"(?:wwm_)?(uncased|cased|multi_cased|multilingual|chinese)_L-\d+_H-\d+_A-\d+"
+GOOGLE_RELEASE_UNCASED = {"uncased", "multilingual", "chinese"}
 
 # NVIDIA's --bert_model names (Hugging Face's pretrained names): architecture and casing.
 MODEL_NAMES = {
@@ -168,5 +225,23 @@ MODEL_NAMES = {
 THREAD_FLAGS = {"intra_op_parallelism_threads": "intra", "num_intra_threads": "intra", "num-intra-threads": "intra",
                 "inter_op_parallelism_threads": "inter", "num_inter_threads": "inter", "num-inter-threads": "inter"}
 
-# `--mode` of Intel's launchers (benchmark / accuracy / profile) on commands that have no mode.
-INTEL_MODES = {"benchmark", "accuracy", "profile", "inference", "training"}
+# `--mode` of Intel's launchers on commands that have no mode: what each means here; "training"
+# and "inference" must match what the command does.
+INTEL_MODES = {
+    "benchmark": "predict reports throughput and p50/p99 latency in its results and metrics.jsonl",
+    "accuracy": "predictions are scored with the official metric when the file has answers",
+    "profile": "bertforge benchmark --profile writes a torch.profiler trace",
+    "inference": "this command predicts",
+    "training": "this command trains (--do_train)",
+}
+
+# Unknown flags a "did you mean" would answer wrongly: what they stand for here.
+HINTS = {
+    "batch_size": "--train_batch_size (training) or --predict_batch_size / --eval_batch_size (prediction)",
+    "batch-size": "--train_batch_size (training) or --predict_batch_size / --eval_batch_size (prediction)",
+}
+
+# Environment variables of the vendor stacks that bertforge does not read, and what does their job.
+VENDOR_ENVIRONMENT = {
+    "ENFLAME_ENABLE_TF32": "Enflame's TF32 switch is not read: --precision tf32 gives TF32 matmuls",
+}

@@ -1,9 +1,11 @@
 """The second pass of `rewrite_argv`: values the reference scripts spell differently, and flags
 whose meaning depends on the family of the command line (NVIDIA's per-optimizer-step batch,
-Google's pretraining optimisation, NVIDIA's --bert_model names). See `bertforge.compat.flags`."""
+Google's pretraining optimisation, NVIDIA's --bert_model names, Google's release names, the
+families' Adam without bias correction). See `bertforge.compat.flags`."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,18 +65,28 @@ class CommandLine:
         return out
 
 
-def rewrite_values(line: CommandLine, aliases: dict, nvidia: bool, notes: list[str], errors: list[str]) -> None:
+def rewrite_values(line: CommandLine, aliases: dict, nvidia: bool, notes: list[str], errors: list[str],
+                   google: bool = False) -> None:
     """Rewrite `line` in place; `nvidia`: the command line is NVIDIA's PyTorch scripts (one of
-    `flags.NVIDIA_MARKERS` is on it), whose --train_batch_size is per optimizer step."""
+    `flags.NVIDIA_MARKERS` is on it), whose --train_batch_size is per optimizer step; `google`:
+    it is Google's scripts (one of `flags.GOOGLE_MARKERS`, none of NVIDIA's)."""
     _spellings(line, errors)
     _steps_this_run(line, errors)
     _model_name(line, aliases, notes)
+    _release_casing(line, aliases, notes)
     _output_file(line, notes, errors)
     if nvidia:
         _nvidia_batch(line, notes, errors)
-    if "data.input_dir" in aliases and any(f.given_as in refs.GOOGLE_PRETRAINING_MARKERS or
-                                           f.dotted == HIDDEN + "num_warmup_steps" for f in line.given().values()):
+    pretraining = "data.input_dir" in aliases
+    google_pretraining = pretraining and any(f.given_as in refs.GOOGLE_PRETRAINING_MARKERS or
+                                             f.dotted == HIDDEN + "num_warmup_steps" for f in line.given().values())
+    if google_pretraining:
         _google_pretraining(line, notes, errors)
+    elif pretraining and line.value_of(HIDDEN + "warmup_steps") is not None:
+        _warmup_steps(line, notes, errors)
+    if "train.adam_bias_correction" in aliases and (pretraining or line.value_of("do_train") == "true"):
+        _adam_bias_correction(line, notes, nvidia=nvidia and not pretraining,
+                              google=(google and not pretraining) or google_pretraining)
     line.items = [f for f in line.items if not (isinstance(f, Flag) and f.dotted.startswith(HIDDEN))]
 
 
@@ -161,6 +173,46 @@ def _model_name(line: CommandLine, aliases: dict, notes: list[str]) -> None:
                         "; the architecture from --init_checkpoint" if from_checkpoint else ""))
 
 
+def _release_casing(line: CommandLine, aliases: dict, notes: list[str]) -> None:
+    """Without a casing flag, Google's release names (uncased_L-24_H-1024_A-16/vocab.txt, a
+    checkpoint in cased_L-12_H-768_A-12/) say it, as run_squad.py's own check reads them."""
+    if "do_lower_case" not in aliases:
+        return
+    target = aliases["do_lower_case"][0]
+    if line.value_of(target) is not None:
+        return
+    for f in line.flags():
+        leaf = f.dotted.rsplit(".", 1)[-1]
+        if leaf not in ("init_checkpoint", "vocab_file", "bert_model", "checkpoint", "src") or not f.value:
+            continue
+        path = Path(f.value)
+        for name in (path.parent.name, path.name):
+            match = re.fullmatch(refs.GOOGLE_RELEASE, name)
+            if match:
+                uncased = match.group(1) in refs.GOOGLE_RELEASE_UNCASED
+                line.items.append(Flag(target, str(uncased).lower()))
+                notes.append(f"--{f.given_as or leaf} {f.value}: do_lower_case={str(uncased).lower()} from "
+                             f"Google's release name {name}")
+                return
+
+
+def _adam_bias_correction(line: CommandLine, notes: list[str], nvidia: bool, google: bool) -> None:
+    """Google's AdamWeightDecayOptimizer and NVIDIA's fine-tuning optimizers (BertAdam,
+    FusedAdam(bias_correction=False)) run Adam without bias correction; bertforge's AdamW has it
+    unless told otherwise."""
+    if line.value_of("train.adam_bias_correction") is not None or line.value_of("train.optimizer") not in (
+            None, "adamw"):
+        return
+    if google:
+        who = "Google's AdamWeightDecayOptimizer"
+    elif nvidia:
+        who = "NVIDIA's fine-tuning (BertAdam, FusedAdam(bias_correction=False))"
+    else:
+        return
+    line.put("train.adam_bias_correction", "false")
+    notes.append(f"{who} runs Adam without bias correction: --adam_bias_correction false")
+
+
 def _output_file(line: CommandLine, notes: list[str], errors: list[str]) -> None:
     """create_pretraining_data.py's --output_file names one TFRecord file; bertforge writes a
     directory of shards."""
@@ -203,12 +255,14 @@ def _nvidia_batch(line: CommandLine, notes: list[str], errors: list[str]) -> Non
 
 def _google_pretraining(line: CommandLine, notes: list[str], errors: list[str]) -> None:
     """Google's run_pretraining.py: AdamWeightDecay, linear (poly power 1) decay to 0 over all
-    steps, warmup counted in steps (MLPerf adds --optimizer and --poly_power)."""
+    steps, warmup counted in steps (MLPerf adds --optimizer and --poly_power), its step defaults,
+    and --do_eval on the training files when no evaluation set is named."""
     if line.value_of("train.optimizer") is None:
         line.put("train.optimizer", "adamw")
     line.put("train.schedule", "poly")
     if line.value_of("train.schedule_power") is None:
         line.put("train.schedule_power", "1.0")
+    _google_eval(line, notes)
     warmup = line.given().get(HIDDEN + "num_warmup_steps")
     steps = line.value_of("train.max_steps")
     if warmup is None:
@@ -219,8 +273,42 @@ def _google_pretraining(line: CommandLine, notes: list[str], errors: list[str]) 
             errors.append(f"--num_warmup_steps {warmup.value}: expected a whole number of steps")
             return
     if steps is None or steps == "null":
-        errors.append("--num_warmup_steps counts steps: give --num_train_steps (or --max_steps) too")
-        return
+        if warmup is not None:
+            errors.append("--num_warmup_steps counts steps: give --num_train_steps (or --max_steps) too")
+            return
+        steps = str(refs.GOOGLE_DEFAULT_TRAIN_STEPS)
+        line.put("train.max_steps", steps)
+        notes.append(f"no --num_train_steps: run_pretraining.py's default, {steps} steps")
     line.put("train.warmup_proportion", repr(min(1.0, warmup_steps / int(steps))))
     notes.append(f"Google's run_pretraining flags: AdamW with linear decay over {steps} steps, "
                  f"{min(warmup_steps, int(steps))} warmup steps (--optimizer lamb for LAMB)")
+
+
+def _google_eval(line: CommandLine, notes: list[str]) -> None:
+    """run_pretraining.py --do_eval evaluates on --input_file itself (max_eval_steps batches of
+    eval_batch_size) when no other data is named; so does bertforge for data that has no
+    held-out split of its own."""
+    if line.value_of("do_eval") != "true" or line.value_of("data.eval_dir") is not None:
+        return
+    line.put("data.eval_on_train", "true")
+    if line.value_of("data.max_eval_samples") is None:
+        steps = _whole_number(line.value_of(HIDDEN + "max_eval_steps") or "") or refs.GOOGLE_EVAL_STEPS
+        batch = _whole_number(line.value_of("data.eval_batch_size") or "") or refs.GOOGLE_EVAL_BATCH
+        line.put("data.max_eval_samples", str(steps * batch))
+        notes.append(f"--do_eval: on {steps * batch} samples (run_pretraining.py's {steps} eval steps of {batch}); "
+                     f"on the training files, as run_pretraining.py does, when no --eval_dir is given and the "
+                     f"data has no held-out split")
+
+
+def _warmup_steps(line: CommandLine, notes: list[str], errors: list[str]) -> None:
+    """NVIDIA's MLPerf PyTorch run_pretraining.py --warmup_steps: warmup counted in steps."""
+    given = line.value_of(HIDDEN + "warmup_steps") or ""
+    warmup_steps, steps = _whole_number(given), _whole_number(line.value_of("train.max_steps") or "")
+    if warmup_steps is None or warmup_steps < 0:
+        errors.append(f"--warmup_steps {given}: expected a whole number of steps")
+    elif steps is None or steps <= 0:
+        errors.append("--warmup_steps counts steps: give --max_steps too")
+    else:
+        line.put("train.warmup_proportion", repr(min(1.0, warmup_steps / steps)))
+        notes.append(f"--warmup_steps {warmup_steps}: warmup_proportion {min(1.0, warmup_steps / steps):.4g} "
+                     f"of {steps} steps")

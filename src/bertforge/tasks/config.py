@@ -307,6 +307,10 @@ class PretrainData:
     max_eval_samples: int | None = None
     """Evaluate on the first this many samples of the evaluation set (all by default; MLPerf:
     10000). Also --num_eval_examples."""
+    eval_on_train: bool = False
+    """Data without a held-out split and no eval_dir: evaluate on the training files themselves,
+    as Google's run_pretraining.py --do_eval does (set by its flags; a measure of fit, not of
+    generalisation)."""
     shuffle_window: int = 1
     """HDF5/TFRecord data: files whose samples are shuffled together (each epoch shuffles the
     file order, then the samples of each window of this many files). A rank holds about this
@@ -346,7 +350,8 @@ class PretrainRun(TrainRun):
     """Phase 2: start from --init_checkpoint's weights (phase 1's output_dir) with a fresh
     optimizer and schedule, on seq-512 data. NVIDIA's spelling, --phase2 --resume_from_checkpoint
     --phase1_end_step N in a directory holding its ckpt_N.pt, starts from that file's weights and
-    LAMB moments with the step count reset, as run_pretraining.py does."""
+    LAMB moments with the step count reset, as run_pretraining.py does; in the output_dir of a
+    bertforge phase 1, it starts from that run's model and writes phase 2 into output_dir/phase2."""
     phase1_end_step: int | None = None
     """NVIDIA's run_pretraining.py: the last step of phase 1, which tells its phase-1 checkpoints
     (ckpt_<step <= N>.pt) from phase-2 ones (ckpt_<N + phase-2 step>.pt) in output_dir."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.checkpoint import load_into
+from bertforge.checkpoint.native import NATIVE_META
 from bertforge.checkpoint.nvidia import (NvidiaResume, import_nvidia_checkpoint, nvidia_resume_point,
                                          read_pretraining_checkpoint)
 from bertforge.data.pretraining import PretrainingDataset, StaticMaskDataset, open_pretraining_data
 from bertforge.errors import ConfigError
+from bertforge.fileio import read_json
 from bertforge.loading import LoadedModel, check_seq_length, model_inputs
 from bertforge.tasks.common import write_json
 from bertforge.tasks.config import PretrainRun
@@ -164,6 +167,10 @@ class PretrainJob(Job):
             self.eval_set = PretrainingDataset(self.train_set.data_dir, "held_out")
             if self.eval_set.num_samples == 0:
                 self.eval_set = None
+        if self.eval_set is None and d.eval_on_train:
+            log.info("evaluating on the training files (%s), as Google's run_pretraining.py --do_eval does: "
+                     "a measure of fit; --eval_dir names held-out data", d.input_dir)
+            self.eval_set = open_pretraining_data(d.input_dir, flag="--input_dir", seed=cfg.train.seed)
         if self.eval_set is None and asked:
             raise ConfigError(f"evaluation needs an evaluation set: --input_dir {d.input_dir} has no held-out "
                               "split; give --eval_dir")
@@ -183,8 +190,11 @@ class PretrainJob(Job):
 
     def model_options(self) -> dict:
         # Prepared data was tokenized with a vocabulary and casing; a checkpoint's own, if it
-        # has one, must agree (load_model warns when casing does not). Other data names none.
-        return {"default_vocab": self.train_set.vocab_file, "default_lower_case": self.train_set.do_lower_case}
+        # has one, must agree (load_model warns when casing does not). Other toolkits' files
+        # hold token ids: training reads no text, so it needs no vocabulary (the model's
+        # vocab_size bounds the ids); one given or found is kept with the model.
+        return {"default_vocab": self.train_set.vocab_file, "default_lower_case": self.train_set.do_lower_case,
+                "need_tokenizer": isinstance(self.train_set, PretrainingDataset)}
 
     def check_model(self, config) -> None:
         for data in (self.train_set, self.eval_set):
@@ -262,6 +272,38 @@ def continue_nvidia_run(point: NvidiaResume, trainer: Trainer, loaded: LoadedMod
                 else f"resuming at step {point.step} with its weights, LAMB moments and step count", saved_at)
 
 
+PHASE2_DIR = "phase2"  # where NVIDIA's phase-2 spelling writes phase 2 in a bertforge phase-1 run
+
+
+def phase2_after_own_phase1(cfg: PretrainRun) -> PretrainRun:
+    """NVIDIA's phase 2 spelling (--phase2 --resume_from_checkpoint --phase1_end_step N, the
+    same --output_dir) where that directory holds a bertforge phase 1: phase 2 starts from that
+    run's model (a fresh LAMB state: run_pretraining.py carries phase 1's moments over) and is
+    written into output_dir/phase2, so that phase 1 stays as it was. Any other config as it is."""
+    out = Path(cfg.output_dir)
+    if not (cfg.phase2 and cfg.train.resume is True and cfg.phase1_end_step is not None
+            and not cfg.model.init_checkpoint and (out / "run_config.json").is_file()):
+        return cfg
+    stored = read_json(out / "run_config.json", "run config", ConfigError)
+    if not isinstance(stored, dict) or stored.get("phase2") is not False:
+        return cfg
+    meta = read_json(out / NATIVE_META, NATIVE_META, ConfigError) if (out / NATIVE_META).is_file() else None
+    if not isinstance(meta, dict) or meta.get("task") != "pretraining":
+        raise ConfigError(f"--phase2 --resume_from_checkpoint: {out} holds a bertforge phase 1 that has not "
+                          f"finished (no trained model yet); finish it first (its command with --resume), "
+                          f"then run phase 2")
+    if meta.get("steps") != cfg.phase1_end_step:
+        log.warning("--phase1_end_step %d, but the phase 1 in %s ran %s steps; phase 2 starts from its model "
+                    "all the same", cfg.phase1_end_step, out, meta.get("steps"))
+    phase2_dir = out / PHASE2_DIR
+    log.warning("--phase2 --resume_from_checkpoint in %s, a bertforge phase 1: phase 2 starts from its model "
+                "with a fresh LAMB state (run_pretraining.py carries phase 1's LAMB moments over) and is written "
+                "to %s", out, phase2_dir)
+    resume = phase2_dir.is_dir() and any(phase2_dir.iterdir())
+    return replace(cfg, output_dir=str(phase2_dir), model=replace(cfg.model, init_checkpoint=str(out)),
+                   train=replace(cfg.train, resume=resume))
+
+
 def pretrain(cfg: PretrainRun, dist_info: DistInfo = DistInfo(), progress: bool = True) -> dict:
     """Returns {"train": {"steps", "seconds", "samples", "first_loss", "last_loss"}}."""
-    return run(PretrainJob(cfg), dist_info, progress)
+    return run(PretrainJob(phase2_after_own_phase1(cfg)), dist_info, progress)

@@ -143,7 +143,8 @@ def _validate_inputs(job: Job) -> None:
     options = job.model_options()
     config = plan_model(cfg.model, job.head, require_head=options.get("require_head", False),
                         default_vocab=options.get("default_vocab"),
-                        default_lower_case=options.get("default_lower_case"))
+                        default_lower_case=options.get("default_lower_case"),
+                        need_tokenizer=options.get("need_tokenizer", True))
     job.check_model(config)
     job.validate()
     path = _resume_path(job)
@@ -246,7 +247,7 @@ def _run(job: Job, runtime: Runtime, out: OutputDir, progress: bool) -> dict:
         trainer = Trainer(loaded.model, job.loss(), loader, train, runtime, out.path, steps, progress=progress)
         trainer.describe = lambda directory: write_description(
             directory, loaded.config, head=getattr(loaded.model, "head", job.head), vocab_file=loaded.vocab_file,
-            do_lower_case=loaded.tokenizer.do_lower_case, labels=job.labels(loaded),
+            do_lower_case=loaded.do_lower_case, labels=job.labels(loaded),
             extra={**job.checkpoint_meta(loaded, trainer), "step": trainer.step})
         if dllog is not None:
             log_losses(trainer, dllog)
@@ -290,7 +291,7 @@ def save_model(out: Path, job: Job, loaded: LoadedModel, trainer: Trainer) -> No
     weights are: the checkpoint of the last step, or a copy written elsewhere."""
     def write(directory: Path) -> None:
         save_native(directory, loaded.model, loaded.config, vocab_file=loaded.vocab_file,
-                    do_lower_case=loaded.tokenizer.do_lower_case, labels=job.labels(loaded),
+                    do_lower_case=loaded.do_lower_case, labels=job.labels(loaded),
                     extra={**job.checkpoint_meta(loaded, trainer), **(job.best.meta() if job.best else {})})
 
     try:

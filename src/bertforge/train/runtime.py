@@ -1,13 +1,13 @@
 """Where a run executes: the device (through `torch.accelerator`, so CUDA, ROCm, XPU, MPS and
 out-of-tree backends such as HPU take the same path), the process group (torch.distributed,
-launched by torchrun), and the numeric precision (autocast + fp32 master weights)."""
+launched by torchrun, or by mpirun as Habana's recipes and Kubeflow's MPIJob launch: see
+`bertforge.train.launch`), and the numeric precision (autocast + fp32 master weights)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,27 +15,11 @@ import torch.distributed as dist
 
 from bertforge.errors import DeviceError
 from bertforge.runconfig import RuntimeArgs
+from bertforge.train.launch import DistInfo
 
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a torchrun launch (the CLI reads it from torchrun's environment)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
 
 
 def available_devices() -> list[str]:
@@ -94,7 +78,8 @@ class Runtime:
             if self.device.type != "cpu":
                 torch.accelerator.set_device_index(self.device.index)
             backend = dist.get_default_backend_for_device(self.device)
-            dist.init_process_group(backend=backend, rank=dist_info.rank, world_size=dist_info.world_size)
+            dist.init_process_group(backend=backend, init_method=dist_info.init_method, rank=dist_info.rank,
+                                    world_size=dist_info.world_size)
 
     def _set_matmul_precision(self) -> None:
         # fp32 means fp32: TF32 only when asked for ("tf32"); bf16/fp16 autocast leaves fp32
