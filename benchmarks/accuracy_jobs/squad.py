@@ -10,6 +10,7 @@ import argparse
 import json
 import shlex
 import time
+from pathlib import Path
 
 from .common import Env, Results, bertforge_cli, latest, log, loss_curve, lr_tag, window_means
 from .transformers_side import bertforge_initial_weights, hf_forward_all, hf_model, hf_train
@@ -35,14 +36,11 @@ def squad_articles(env: Env) -> tuple[str, str]:
     return ("0:2", "38:39") if env.smoke else (SQUAD_TRAIN_ARTICLES, SQUAD_EVAL_ARTICLES)
 
 
-def squad_bertforge(env: Env, results: Results, lr: float, seed: int) -> None:
-    key = {"comparison": "squad", "side": "bertforge", "lr": lr, "seed": seed}
-    if results.find(key) or not env.time_left(f"SQuAD bertforge lr {lr:g}"):
-        return
+def squad_finetune_args(env: Env, init_checkpoint: Path, lr: float, seed: int, out: Path) -> list:
+    """`bertforge finetune squad` with this job's split and recipe, from `init_checkpoint`."""
     train_articles, eval_articles = squad_articles(env)
-    out = env.workdir / "squad" / f"lr{lr_tag(lr)}{'' if env.precision == 'fp32' else '_' + env.precision}"
     t = squad_train_args(lr, seed)
-    args = ["finetune", "squad", "--init_checkpoint", env.model_dir, "--do_train", "--do_predict",
+    return ["finetune", "squad", "--init_checkpoint", init_checkpoint, "--do_train", "--do_predict",
             "--train_file", env.squad_file, "--train_articles", train_articles,
             "--predict_file", env.squad_file, "--predict_articles", eval_articles,
             "--max_seq_length", 384, "--doc_stride", 128, "--train_batch_size", t.train_batch_size,
@@ -50,6 +48,15 @@ def squad_bertforge(env: Env, results: Results, lr: float, seed: int) -> None:
             "--warmup_proportion", t.warmup_proportion, "--weight_decay", t.weight_decay,
             "--max_grad_norm", t.max_grad_norm, "--seed", seed, "--log_every", t.log_every,
             *(["--max_steps", 3] if env.smoke else []), *env.runtime_flags(), "--output_dir", out]
+
+
+def squad_bertforge(env: Env, results: Results, lr: float, seed: int) -> None:
+    key = {"comparison": "squad", "side": "bertforge", "lr": lr, "seed": seed}
+    if results.find(key) or not env.time_left(f"SQuAD bertforge lr {lr:g}"):
+        return
+    train_articles, eval_articles = squad_articles(env)
+    out = env.workdir / "squad" / f"lr{lr_tag(lr)}{'' if env.precision == 'fp32' else '_' + env.precision}"
+    args = squad_finetune_args(env, env.model_dir, lr, seed, out)
     if (out / "eval_results.json").exists():
         # A finished run of this command (started by hand or by an earlier, cut-off call).
         cmd, seconds = ["bertforge", *map(str, args)], None
