@@ -8,6 +8,12 @@ time per update means something), from the repository root:
         --threads 2 --cache_dir runs/pretrain_parity --out benchmarks/pretrain_parity_results.jsonl
     python benchmarks/pretrain_parity.py report --out benchmarks/pretrain_parity_results.jsonl
 
+The runs may share the machine (each at --threads 1, say); their time per update then means
+little, so `time` measures it apart, alone on the machine: both sides, one after the other, on the
+same first batches, and `report` shows those figures:
+
+    python benchmarks/pretrain_parity.py time --updates 100 --threads 2 --out benchmarks/pretrain_parity_results.jsonl
+
 One side and seed per invocation gives the same records (`--side bertforge --seeds 0`, then the
 others, into the same --out); the data is prepared once into --cache_dir and reused. A check of
 every path in a few minutes: `run --side both --seeds 0 --steps 60 --eval_every 20 --threads 1`.
@@ -285,12 +291,42 @@ def read_records(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def recipe_of(args: argparse.Namespace) -> Recipe:
+    return Recipe(model=args.model, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
+                  dropout=args.dropout, eval_every=args.eval_every, documents=args.documents,
+                  held_out_fraction=args.held_out_fraction)
+
+
+def time_updates(args: argparse.Namespace) -> None:
+    """Time per update of both sides, one after the other in this process, over the first
+    --updates batches of the recipe's order (a run of --updates updates, evaluated once at its end,
+    outside the timed steps). The records carry the recipe they time."""
+    import transformers
+
+    recipe = recipe_of(args)
+    short = dataclasses.replace(recipe, steps=args.updates, eval_every=args.updates)
+    torch.set_num_threads(args.threads)
+    cache = args.cache_dir.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(recipe, args.data_root / "text" / "wiki_summaries_en.jsonl",
+                        args.data_root / "vocab" / "bert-base-uncased" / "vocab.txt", cache, args.out)
+    config_file = model_config_file(recipe, cache)
+    for side in SIDES:
+        result = RUNNERS[side](short, data, config_file, 0, cache / "timing", args.log_every)
+        seconds = result.train_seconds / args.updates
+        append(args.out, {"kind": "timing", **recipe.key(), "side": side, "updates": args.updates,
+                          "threads": torch.get_num_threads(), "seconds_per_update": seconds,
+                          "torch": torch.__version__, "transformers": transformers.__version__,
+                          "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+                          "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        log.info("%s: %.3f s per update over %d updates, %d threads", side, seconds, args.updates,
+                 torch.get_num_threads())
+
+
 def run(args: argparse.Namespace) -> None:
     import transformers
 
-    recipe = Recipe(model=args.model, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
-                    dropout=args.dropout, eval_every=args.eval_every, documents=args.documents,
-                    held_out_fraction=args.held_out_fraction)
+    recipe = recipe_of(args)
     torch.set_num_threads(args.threads)
     cache = args.cache_dir.resolve()
     cache.mkdir(parents=True, exist_ok=True)
@@ -325,12 +361,14 @@ def judge(records: list[dict]) -> list[dict]:
     by_recipe: dict[str, dict] = {}
     recipe_fields = [f.name for f in dataclasses.fields(Recipe)]
     for r in records:
-        if r.get("kind") not in ("eval", "run"):
+        if r.get("kind") not in ("eval", "run", "timing"):
             continue
         key = json.dumps({k: r.get(k) for k in recipe_fields}, sort_keys=True)
         group = by_recipe.setdefault(key, {"recipe": {k: r.get(k) for k in recipe_fields},
-                                           "evals": {}, "runs": {}})
-        if r["kind"] == "eval":
+                                           "evals": {}, "runs": {}, "timing": {}})
+        if r["kind"] == "timing":
+            group["timing"][r["side"]] = r
+        elif r["kind"] == "eval":
             group["evals"][(r["side"], r["seed"], r["step"])] = r
         else:
             group["runs"][(r["side"], r["seed"])] = r
@@ -370,8 +408,11 @@ def _verdict(group: dict) -> dict:
     timing = {s: statistics.fmean(runs[(s, seed)]["seconds_per_update"] for seed in seeds[s]) if seeds[s] else None
               for s in SIDES}
     threads = sorted({r["threads"] for r in runs.values()})
+    alone = group.get("timing", {})
+    timed = ({s: alone[s]["seconds_per_update"] for s in SIDES}, sorted({alone[s]["threads"] for s in SIDES}),
+             max(alone[s]["updates"] for s in SIDES)) if all(s in alone for s in SIDES) else None
     return {"recipe": group["recipe"], "seeds": seeds, "rows": rows, "nsp_gap_points": nsp_gap,
-            "seconds_per_update": timing, "threads": threads, "complete": complete,
+            "seconds_per_update": timing, "threads": threads, "timed_alone": timed, "complete": complete,
             "verdict": "pass" if passed else "fail" if complete else "incomplete"}
 
 
@@ -394,11 +435,23 @@ def markdown(verdict: dict) -> str:
     shown = ", ".join(f"{s} {timing[s]:.3f} s" for s in SIDES if timing[s] is not None)
     gap = verdict["nsp_gap_points"]
     lines += ["", f"Final NSP accuracy gap: {gap:.2f} points (allowed {NSP_POINTS:g})." if gap is not None else "",
-              f"Time per update (torch threads: {', '.join(map(str, verdict['threads']))}): {shown}.",
+              f"Time per update as the runs went (torch threads: {', '.join(map(str, verdict['threads']))}; "
+              f"runs sharing the machine slow each other): {shown}.",
+              _timed_alone(verdict),
               f"Verdict: **{verdict['verdict']}** (MLM loss judged after update {JUDGED_AFTER}: difference below "
               f"the larger of the seed spread and {MLM_RELATIVE:.0%} of the mean; needs 2 seeds per side and "
               f"a run past update {JUDGED_AFTER}).", ""]
     return "\n".join(lines)
+
+
+def _timed_alone(verdict: dict) -> str:
+    if verdict.get("timed_alone") is None:
+        return "Time per update measured alone: not yet (`pretrain_parity.py time`)."
+    seconds, threads, updates = verdict["timed_alone"]
+    ratio = seconds["transformers"] / seconds["bertforge"]
+    return (f"Time per update measured alone (`time`, {updates} updates, torch threads "
+            f"{', '.join(map(str, threads))}): bertforge {seconds['bertforge']:.3f} s, transformers "
+            f"{seconds['transformers']:.3f} s (bertforge {ratio:.2f}x as fast).")
 
 
 def report(args: argparse.Namespace) -> int:
@@ -415,30 +468,36 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     r = commands.add_parser("run", help="train and evaluate sides and seeds, appending to --out")
-    defaults = Recipe()
     r.add_argument("--side", choices=(*SIDES, "both"), default="both")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    r.add_argument("--steps", type=int, default=defaults.steps)
-    r.add_argument("--eval_every", type=int, default=defaults.eval_every)
-    r.add_argument("--threads", type=int, default=2, help="torch threads (the same for both sides)")
-    r.add_argument("--model", default=defaults.model, help="a bertforge preset (mini: L4 H256 A4)")
-    r.add_argument("--batch", type=int, default=defaults.batch)
-    r.add_argument("--lr", type=float, default=defaults.lr)
-    r.add_argument("--warmup", type=float, default=defaults.warmup, help="warmup proportion of the updates")
-    r.add_argument("--dropout", type=float, default=defaults.dropout, help="hidden and attention dropout")
-    r.add_argument("--documents", type=int, default=None, help="prepare only the first N articles")
-    r.add_argument("--held_out_fraction", type=float, default=defaults.held_out_fraction,
-                   help="share of articles in the held-out split (0.05: ~900 sequences, for NSP within 2 points)")
-    r.add_argument("--log_every", type=int, default=10, help="training-loss records every N updates")
-    r.add_argument("--cache_dir", type=Path, default=Path("runs/pretrain_parity"),
-                   help="prepared data, model config and run directories (data is prepared once)")
-    r.add_argument("--data_root", type=Path, default=REPO.parent / "shared" / "data")
-    for p in (r, commands.add_parser("report", help="the pass criterion and a Markdown table from --out")):
+    t = commands.add_parser("time", help="time per update of both sides, alone on the machine")
+    t.add_argument("--updates", type=int, default=100, help="updates timed per side")
+    defaults = Recipe()
+    for p in (r, t):
+        p.add_argument("--steps", type=int, default=defaults.steps)
+        p.add_argument("--eval_every", type=int, default=defaults.eval_every)
+        p.add_argument("--threads", type=int, default=2, help="torch threads (the same for both sides)")
+        p.add_argument("--model", default=defaults.model, help="a bertforge preset (mini: L4 H256 A4)")
+        p.add_argument("--batch", type=int, default=defaults.batch)
+        p.add_argument("--lr", type=float, default=defaults.lr)
+        p.add_argument("--warmup", type=float, default=defaults.warmup, help="warmup proportion of the updates")
+        p.add_argument("--dropout", type=float, default=defaults.dropout, help="hidden and attention dropout")
+        p.add_argument("--documents", type=int, default=None, help="prepare only the first N articles")
+        p.add_argument("--held_out_fraction", type=float, default=defaults.held_out_fraction,
+                       help="share of articles in the held-out split (0.05: ~900 sequences, for NSP within 2 points)")
+        p.add_argument("--log_every", type=int, default=10, help="training-loss records every N updates")
+        p.add_argument("--cache_dir", type=Path, default=Path("runs/pretrain_parity"),
+                       help="prepared data, model config and run directories (data is prepared once)")
+        p.add_argument("--data_root", type=Path, default=REPO.parent / "shared" / "data")
+    for p in (r, t, commands.add_parser("report", help="the pass criterion and a Markdown table from --out")):
         p.add_argument("--out", type=Path, default=Path("benchmarks/pretrain_parity_results.jsonl"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "report":
         return report(args)
+    if args.command == "time":
+        time_updates(args)
+        return 0
     run(args)
     return 0
 

@@ -53,6 +53,15 @@ def test_without_dropout_both_sides_take_the_same_steps(tmp_path):
     shown = parity("report", "--out", str(out))
     assert shown.returncode == 1 and "Verdict: **incomplete**" in shown.stdout  # one seed per side
 
+    timed = parity("time", "--updates", "2", "--threads", "1", "--steps", "4", "--eval_every", "2", "--model", "tiny",
+                   "--documents", "80", "--held_out_fraction", "0.15", "--batch", "4", "--dropout", "0",
+                   "--cache_dir", str(tmp_path / "cache"), "--out", str(out), "--data_root", str(shared()))
+    assert timed.returncode == 0, timed.stdout[-3000:] + timed.stderr[-3000:]
+    timing = [json.loads(line) for line in out.read_text().splitlines() if '"timing"' in line]
+    assert [(r["side"], r["updates"], r["steps"]) for r in timing] == [("bertforge", 2, 4), ("transformers", 2, 4)]
+    assert all(r["seconds_per_update"] > 0 for r in timing)
+    assert "measured alone (`time`, 2 updates" in parity("report", "--out", str(out)).stdout
+
 
 def records_of(recipe: dict, curves: dict[str, list[list[float]]], nsp: dict[str, float]) -> list[dict]:
     """Eval and run records at updates 100..1000: curves[side][seed][i] is the MLM loss at
@@ -101,3 +110,24 @@ def test_report_applies_the_criterion(tmp_path):
     assert verdicts == ["pass", "fail", "pass", "fail"], proc.stdout
     assert "| 600 |" in sections[1] and "FAIL |" in sections[1].split("| 600 |")[1].splitlines()[0]
     assert "Final NSP accuracy gap: 2.50 points" in sections[3]
+
+
+def test_report_shows_the_time_measured_alone(tmp_path):
+    """`time` records (both sides, alone on the machine) are shown beside the runs' own times,
+    for the recipe they carry; without them the report says the figure is still missing."""
+    recipe = {"benchmark": "pretrain_parity", "model": "mini", "steps": 1000, "batch": 16, "lr": 1e-3,
+              "warmup": 0.1, "dropout": 0.1, "eval_every": 100, "documents": None, "held_out_fraction": 0.05,
+              "max_seq_length": 128, "max_predictions": 20}
+    base = [8.0, 7.0, 6.0, 5.5, 5.2, 5.0, 4.9, 4.8, 4.7, 4.6]
+    records = records_of(recipe, {"bertforge": [base, base], "transformers": [base, base]},
+                         {"bertforge": 0.7, "transformers": 0.7})
+    out = tmp_path / "results.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert "measured alone: not yet" in parity("report", "--out", str(out)).stdout
+    timing = [{"kind": "timing", **recipe, "side": side, "updates": 100, "threads": 2, "seconds_per_update": sec}
+              for side, sec in (("bertforge", 0.25), ("transformers", 0.5))]
+    out.write_text("".join(json.dumps(r) + "\n" for r in records + timing))
+    proc = parity("report", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("measured alone (`time`, 100 updates, torch threads 2): bertforge 0.250 s, transformers 0.500 s "
+            "(bertforge 2.00x as fast)") in proc.stdout
