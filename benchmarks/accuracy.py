@@ -5,6 +5,7 @@ benchmarks/ACCURACY.md. One job per module of accuracy_jobs/ (its docstring says
     glue      MiniLM on MRPC, CoLA and SST-2, bertforge and a transformers loop from the same start
     pretrain  a small BERT pretrained from scratch, fine-tuned on SST-2 and MRPC beside random weights
     dapt      MiniLM-L6 pretrained further on SQuAD's text, then fine-tuned on the squad split
+    parity    pretraining over 1,000 updates, bertforge against transformers (pretrain_parity.py)
     all       squad, glue, pretrain in turn (what the CPU run and the one-call GPU run do)
     report    the Markdown tables of ACCURACY.md, from the results file
     bundle    copy what an offline machine needs (data, the MiniLM weights in fp16) into one folder
@@ -34,10 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-from accuracy_jobs import bundle, dapt, glue, pretrain, squad
+from accuracy_jobs import bundle, dapt, glue, parity, pretrain, squad
 from accuracy_jobs.common import REPO, Env, Results
 
-JOBS = [squad, glue, pretrain, dapt, bundle]
+JOBS = [squad, glue, pretrain, dapt, parity, bundle]
 
 
 def report(results: Results) -> str:

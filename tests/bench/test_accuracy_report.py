@@ -45,5 +45,6 @@ def test_report_of_the_committed_results():
 
 def test_every_job_is_a_command():
     usage = accuracy("--help")
-    assert "{all,squad,glue,pretrain,dapt,bundle,report}" in usage
+    assert "{all,squad,glue,pretrain,dapt,parity,bundle,report}" in usage
     assert "--pretrain_max_minutes" in accuracy("pretrain", "--help")
+    assert "--parity_seeds" in accuracy("parity", "--help")
