@@ -5,6 +5,12 @@ the real MiniLM-L6 (a QA head of seeded random weights: speed does not depend on
 
     OMP_NUM_THREADS=2 python benchmarks/serve_load.py --clients 64 --requests 1280 --out runs/serve_load.json
 
+Also measured for each started server: its resident memory (RSS, from /proc) before and after
+each route's load, and, with --short_during_long, a short request's latency while a maximal one
+runs (one /answer whose context makes as many windows as the server takes in one request, with
+short questions sent one after another while it is being answered), beside the short request's
+latency on the idle server.
+
 Each --max_batch_size starts its own server (a subprocess on a free port), then each route in
 turn is warmed up and loaded: each client sends its next request as soon as its last one is
 answered, until the total is reached. Questions and contexts are SQuAD dev articles 38-39, in
@@ -56,6 +62,12 @@ def qa_minilm(out: Path) -> Path:
 def questions() -> list[tuple[str, str]]:
     raw = json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
     return [(q["question"], p["context"]) for a in raw["data"][38:40] for p in a["paragraphs"] for q in p["qas"]]
+
+
+def paragraphs() -> list[str]:
+    """Every paragraph of the SQuAD dev file, in order: the maximal request's context."""
+    raw = json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
+    return [p["context"] for a in raw["data"] for p in a["paragraphs"]][:400]
 
 
 def request_for(route: str, model: str, question: str, context: str) -> tuple[str, dict]:
@@ -143,6 +155,55 @@ async def load(url: str, route: str, model: str, items: list[tuple[str, str]], c
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "transport_errors": dict(errors)}
 
 
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory in MiB (Linux /proc), None where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def maximal_context(url: str, paragraphs: list[str]) -> tuple[str, int]:
+    """The longest context (SQuAD paragraphs joined) the server answers in one request (not 413 or
+    422), found by dropping a tenth of the paragraphs at a time; and that request's status."""
+    count = len(paragraphs)
+    while count:
+        context = "\n".join(paragraphs[:count])
+        response = httpx.post(f"{url}/answer", json={"question": "Who?", "context": context}, timeout=600)
+        if response.status_code == 200:
+            return context, count
+        if response.status_code not in (413, 422):
+            raise SystemExit(f"the maximal request got {response.status_code}: {response.text[:300]}")
+        count = int(count * 0.9)
+    raise SystemExit("no context of SQuAD paragraphs is accepted")
+
+
+async def short_during_long(url: str, items: list[tuple[str, str]], long_context: str, shorts: int) -> dict:
+    """Short requests' latency, one after another, while one maximal request is answered; and
+    on the idle server."""
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        async def ask(question: str, context: str) -> float:
+            t0 = time.perf_counter()
+            response = await http.post("/answer", json={"question": question, "context": context})
+            response.raise_for_status()
+            return time.perf_counter() - t0
+
+        idle = [await ask(*items[i % len(items)]) for i in range(shorts)]
+        long_task = asyncio.create_task(ask("Who wrote it?", long_context))
+        await asyncio.sleep(0.05)  # the long request is in the line first
+        during = []
+        while not long_task.done() and len(during) < 10 * shorts:
+            during.append(await ask(*items[len(during) % len(items)]))
+        long_seconds = await long_task
+    ms = lambda xs: round(1000 * float(np.median(xs)), 1) if xs else None  # noqa: E731
+    return {"short_idle_p50_ms": ms(idle), "short_during_long_p50_ms": ms(during),
+            "short_during_long_max_ms": round(1000 * max(during), 1) if during else None,
+            "shorts_answered_during_long": len(during), "long_ms": round(1000 * long_seconds, 1)}
+
+
 def measure(url: str, route: str, model: str, items: list[tuple[str, str]], clients: int, total: int,
             metrics: bool) -> dict:
     asyncio.run(load(url, route, model, items, min(clients, 8), min(total, 64)))  # warm-up
@@ -168,6 +229,9 @@ def main() -> None:
     parser.add_argument("--model_name", help="the model's name in /v2 routes (default: what /health says)")
     parser.add_argument("--out", type=Path, help="also write the results here as JSON")
     parser.add_argument("--ignore_load", action="store_true", help="measure even on a busy machine")
+    parser.add_argument("--short_during_long", type=int, default=0, metavar="N",
+                        help="also time N short requests on the idle server, then short requests while one "
+                             "maximal request runs (each started server)")
     args = parser.parse_args()
     routes = [r.strip() for r in (args.routes or ("answer" if args.url else "answer,v2")).split(",") if r.strip()]
     if not routes or set(routes) - set(ROUTES):
@@ -195,8 +259,17 @@ def main() -> None:
                 try:
                     model = httpx.get(f"{url}/health", timeout=10).json()["model"]
                     for route in routes:
+                        before = rss_mb(process.pid)
                         run = measure(url, route, model, items, args.clients, args.requests, metrics=True)
-                        results["runs"].append({"max_batch_size": batch, **run})
+                        results["runs"].append({"max_batch_size": batch, **run, "server_rss_mb_before": before,
+                                                "server_rss_mb_after": rss_mb(process.pid)})
+                    if args.short_during_long:
+                        context, used = maximal_context(url, paragraphs())
+                        case = asyncio.run(short_during_long(url, items, context, args.short_during_long))
+                        case = {"max_batch_size": batch, "long_context_chars": len(context),
+                                "long_context_paragraphs": used, **case, "server_rss_mb": rss_mb(process.pid)}
+                        print(json.dumps(case), flush=True)
+                        results.setdefault("short_during_long", []).append(case)
                 finally:
                     process.terminate()
                     process.wait(timeout=120)
