@@ -255,8 +255,11 @@ class _Reader:
                 self.errors.append(f"--{name}: this command does not run in {setting} yet "
                                    f"(its precisions: {', '.join(self.aliases.choices[dotted])})")
                 continue
-            if dotted.rsplit(".", 1)[-1] == "precision" and not self._precision_switch(name, setting):
-                continue
+            if dotted.rsplit(".", 1)[-1] == "precision":
+                # runtime.precision, else (export) precision: a flat `precision` may name the first too
+                if self._precision_switch(name, setting):
+                    self.line.items.append(Flag(dotted, setting, given_as=name))
+                break
             self.line.items.append(Flag(dotted, setting, given_as=name))
 
     def _precision_switch(self, name: str, setting: str) -> bool:
