@@ -208,7 +208,8 @@ def installed(wheel, tmp_path_factory) -> Path:
     deps = [p for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]} if Path(p).is_dir()]
     (Path(purelib) / "_dependencies.pth").write_text("".join(f"{p}\n" for p in deps))
     result = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
-                             str(wheel)], capture_output=True, text=True, timeout=300)
+                             str(wheel)], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert result.returncode == 0, result.stderr[-3000:]
     return venv
 
