@@ -297,6 +297,16 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
                   held_out_fraction=args.held_out_fraction)
 
 
+def setup(args: argparse.Namespace, recipe: Recipe) -> tuple[Path, Path, Path]:
+    """Torch's threads, and the cache directory, prepared data and model config of `recipe`."""
+    torch.set_num_threads(args.threads)
+    cache = args.cache_dir.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(recipe, args.data_root / "text" / "wiki_summaries_en.jsonl",
+                        args.data_root / "vocab" / "bert-base-uncased" / "vocab.txt", cache, args.out)
+    return cache, data, model_config_file(recipe, cache)
+
+
 def time_updates(args: argparse.Namespace) -> None:
     """Time per update of both sides, one after the other in this process, over the first
     --updates batches of the recipe's order (a run of --updates updates, evaluated once at its end,
@@ -305,12 +315,7 @@ def time_updates(args: argparse.Namespace) -> None:
 
     recipe = recipe_of(args)
     short = dataclasses.replace(recipe, steps=args.updates, eval_every=args.updates)
-    torch.set_num_threads(args.threads)
-    cache = args.cache_dir.resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(recipe, args.data_root / "text" / "wiki_summaries_en.jsonl",
-                        args.data_root / "vocab" / "bert-base-uncased" / "vocab.txt", cache, args.out)
-    config_file = model_config_file(recipe, cache)
+    cache, data, config_file = setup(args, recipe)
     for side in SIDES:
         result = RUNNERS[side](short, data, config_file, 0, cache / "timing", args.log_every)
         seconds = result.train_seconds / args.updates
@@ -327,12 +332,7 @@ def run(args: argparse.Namespace) -> None:
     import transformers
 
     recipe = recipe_of(args)
-    torch.set_num_threads(args.threads)
-    cache = args.cache_dir.resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(recipe, args.data_root / "text" / "wiki_summaries_en.jsonl",
-                        args.data_root / "vocab" / "bert-base-uncased" / "vocab.txt", cache, args.out)
-    config_file = model_config_file(recipe, cache)
+    cache, data, config_file = setup(args, recipe)
     sides = SIDES if args.side == "both" else (args.side,)
     common = {"threads": torch.get_num_threads(), "torch": torch.__version__,
               "transformers": transformers.__version__, "command": shlex.join([Path(sys.executable).name, *sys.argv])}
