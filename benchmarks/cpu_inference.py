@@ -226,10 +226,23 @@ def contenders(wanted: list[str], run: Path, work: Path, threads: int, log: list
     for precision in ("fp32", "int8"):
         if f"ort_{precision}" in wanted:
             export_dir = work / f"bertforge_{precision}"
-            if not (export_dir / "export.json").is_file():
+            if not _current_export(export_dir, precision):
                 export(ExportArgs(checkpoint=str(run), output_dir=str(export_dir), precision=precision, force=True))
             runners[f"ort_{precision}"] = bertforge_runner(onnxruntime_model(export_dir, precision, threads), "fp32")
     return runners
+
+
+def _current_export(export_dir: Path, precision: str) -> bool:
+    """Whether export_dir holds an export in `precision` made with today's int8 recipe (a cached
+    file of an older recipe is exported again)."""
+    from bertforge.export import INT8_RECIPE
+
+    record_file = export_dir / "export.json"
+    if not record_file.is_file():
+        return False
+    record = json.loads(record_file.read_text())
+    recipe = {k: v for k, v in record.get("quantization", {}).items() if k != "max_diff_from_fp32"}
+    return record.get("precision") == precision and (precision != "int8" or recipe == INT8_RECIPE)
 
 
 # ---- measurement ---------------------------------------------------------------------------------

@@ -230,6 +230,7 @@ def test_int8_export_through_the_cli_records_its_recipe(tmp_path, caplog, capfd)
     assert len(caplog.records) <= 5 and len((printed.out + printed.err).splitlines()) <= 5
     record = json.loads((out / "export.json").read_text())
     assert record["precision"] == "int8" and record["quantization"]["weights"].startswith("int8")
+    assert record["quantization"]["smoothing"].startswith("SmoothQuant")
     assert record["config"] == model.config.to_dict()
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "vocab.txt"]
     batch = random_batch(model.config, batch=4, seq=30, seed=3)

@@ -223,13 +223,14 @@ class InferenceRuntimeArgs(RuntimeArgs):
 
     precision: Precision = "fp32"
     """fp32, the default, is exact; bf16 is for GPUs and for CPUs with AVX512-BF16 or AMX; int8
-    (CPU only) changes answers, so use it only once you have scored it on your data; tf32 and fp16
-    are for GPUs. bf16: linear weights stored in bf16, autocast; outputs within about 1% of
-    fp32; refused on a CPU without those instructions, where bf16 products are emulated and
-    slower than fp32. int8: the linear layers dynamically quantised (PyTorch: torch.ao with a
-    scale per output channel, on the unpadded path; onnxruntime: its dynamic quantiser); SQuAD
-    F1 1 to 3 points below fp32 for a briefly fine-tuned MiniLM. benchmarks/RESULTS.md has the
-    speed of each on CPUs."""
+    is the fastest on CPUs (CPU only); tf32 and fp16 are for GPUs. bf16: linear weights stored in
+    bf16, autocast; outputs within about 1% of fp32; refused on a CPU without those
+    instructions, where bf16 products are emulated and slower than fp32. int8: the linear layers
+    dynamically quantised (PyTorch: torch.ao with a scale per output channel, 8-bit activations
+    on CPUs with VNNI, on the unpadded path; onnxruntime: its dynamic quantiser), after
+    SmoothQuant moves the activations' outlier channels into the weights; it moves answers a
+    little (a fine-tuned MiniLM's SQuAD F1: PyTorch +0.25, onnxruntime -0.13), so score it on
+    your data before serving it. benchmarks/RESULTS.md has the speed of each on CPUs."""
     engine: Engine = "torch"
     """torch, the default, runs any device and precision; onnxruntime (CPU, fp32 or int8) is for
     where benchmarks/RESULTS.md shows it faster on your CPU. torch: bertforge's model, unpadded

@@ -24,7 +24,7 @@ from bertforge.train.runtime import Runtime
 from conftest import random_batch, tiny_config
 
 # Largest difference from fp32 accepted, relative to the largest fp32 output (measured on these
-# models and two other seeds: int8 1.7-3.6%, its activations having 7 bits in torch's kernels;
+# models and two other seeds, before SmoothQuant and 8-bit activations: int8 1.7-3.6%;
 # bf16 0.3-0.6%).
 INT8_RTOL = 0.06
 BF16_RTOL = 0.02

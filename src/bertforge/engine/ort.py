@@ -14,7 +14,8 @@ int8 ONNX files come from onnxruntime's dynamic quantiser (`quantize_onnx_int8`)
 int8, symmetric, one scale per output channel; activations uint8 quantised per call from their
 own range (Hugging Face optimum's `avx512_vnni(is_static=False)` settings for the same
 quantiser; optimum's documented recipe passes per_channel=False, whose single scale per weight
-moves MiniLM's answers more).
+moves MiniLM's answers more). `bertforge export` smooths the model first (SmoothQuant, as the
+PyTorch engine's int8 does: `bertforge.engine.precision`), which is what keeps answers close to fp32.
 """
 
 from __future__ import annotations

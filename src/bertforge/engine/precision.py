@@ -8,13 +8,29 @@ matrix instructions, and int8 (dynamic quantisation of the linear layers).
   costs about as much as the forward itself. A CPU without AVX512-BF16 or AMX emulates bf16
   products, slower than fp32, so bf16 is refused there.
 - int8: every `nn.Linear` becomes torch's dynamically quantised linear layer
-  (`torch.ao.quantization.quantize_dynamic`, fbgemm / oneDNN kernels, VNNI where the CPU has
-  it): weights int8 with one scale per output channel, activations quantised per call from
-  their own range (7 bits in torch's x86 kernels). On the unpadded path a call sees the real
-  tokens only, so padding never widens that range. Per-channel weight scales cost nothing in
-  speed and move a fine-tuned MiniLM-L6's answers less than one scale per tensor
-  (benchmarks/RESULTS.md). The MLM decoder shares its weight
-  with the word embeddings and stays fp32. CPU only.
+  (`torch.ao.quantization.quantize_dynamic`, fbgemm kernels): weights int8 with one scale per
+  output channel, activations quantised per call from their own range. On the unpadded path a
+  call sees the real tokens only, so padding never widens that range. Two things keep answers
+  where fp32 puts them (benchmarks/RESULTS.md: a fine-tuned MiniLM-L6's SQuAD F1 moves by -3.55
+  without them, +0.25 with them):
+  * SmoothQuant (Xiao et al. 2023, "SmoothQuant: accurate and efficient post-training
+    quantization for large language models"): BERT's activations have a few channels 5-15x
+    wider than the rest (FFN inputs reach 28 where 99.9% of values lie below 6), and one
+    activation scale per call spends its 256 levels on them. Each linear layer's input is
+    divided per channel by s = max|X|^a / max|W|^(1-a) and its weight's columns multiplied by s
+    (exact in real arithmetic), moving the width into the weights, which have a scale per
+    channel. max|X| is measured once, when the model is quantised, on seeded random token ids
+    (`activation_ranges`): BERT's outlier channels are properties of the weights (its
+    LayerNorms), not of the text, and random ids found them as well as SQuAD text did.
+    Written here because it is a dozen lines of arithmetic over torch's own quantised layer;
+    the libraries that ship it (Intel Neural Compressor, torchao) would be a large dependency.
+    Post-LayerNorm BERT feeds each LayerNorm's output to the residual too, so the division
+    cannot be folded into LayerNorm's weights: it is a multiplication before the layer
+    (`SmoothedInput`), a few percent of the layer's time.
+  * 8-bit activations where the CPU has VNNI: torch's layer quantises activations to 7 bits by
+    default, so that AVX2's 16-bit intermediate sums cannot saturate; VNNI's instructions sum
+    into 32 bits, and there the full 8 bits are exact.
+  The MLM decoder shares its weight with the word embeddings and stays fp32. CPU only.
 """
 
 from __future__ import annotations
@@ -72,8 +88,93 @@ def store_linear_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Every nn.Linear replaced, in place, by torch's dynamically quantised int8 linear layer."""
+SMOOTHING_ALPHA = 0.6
+"""SmoothQuant's migration strength a (0: no smoothing, 1: all of the activations' width moved into
+the weights). Measured on MiniLM-L6 fine-tuned on SQuAD (benchmarks/RESULTS.md): 0.5 lost 1-3
+F1, 0.6-0.9 within 0.7 of fp32 with 8-bit activations; 0.6 was the best with random-id ranges."""
+
+CALIBRATION_WINDOWS = 16
+"""How many random windows (of up to 384 tokens) `activation_ranges` runs through the model."""
+
+
+class SmoothedInput(nn.Module):
+    """A linear layer whose input is first divided per channel (SmoothQuant): linear(x * inverse_scale)."""
+
+    def __init__(self, linear: nn.Module, inverse_scale: torch.Tensor):
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("inverse_scale", inverse_scale)  # (in_features,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)"""
+        return self.linear(x * self.inverse_scale.to(x.dtype))
+
+
+class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
+    """torch's dynamically quantised linear layer with 8-bit activations (its own forward passes
+    reduce_range=True, 7 bits, for CPUs without VNNI)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
+                                                  reduce_range=False).to(x.dtype)
+
+
+def calibration_inputs(config, windows: int = CALIBRATION_WINDOWS, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`windows` full windows of seeded random token ids over the whole vocabulary, the first
+    eighth in segment A and the rest in segment B (as a question and its paragraph)."""
+    length = min(384, config.max_position_embeddings)
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, config.vocab_size, (windows, length), generator=generator)
+    token_type_ids = torch.zeros_like(input_ids)
+    if config.type_vocab_size > 1:
+        token_type_ids[:, length // 8:] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids,
+            "attention_mask": torch.ones_like(input_ids)}
+
+
+def activation_ranges(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each nn.Linear's (by module name) largest input magnitude per input channel over one
+    forward pass of `inputs` (on the model's path, in fp32)."""
+    ranges: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(module, args):
+            seen = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+            ranges[name] = torch.maximum(ranges[name], seen) if name in ranges else seen
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if type(m) is nn.Linear]
+    try:
+        with torch.inference_mode():
+            model(**inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def smooth_activations(model: nn.Module, ranges: dict[str, torch.Tensor],
+                       alpha: float = SMOOTHING_ALPHA) -> nn.Module:
+    """SmoothQuant, in place: every nn.Linear named in `ranges` gets its weight's columns
+    multiplied by s = range^alpha / max|W|^(1-alpha) and becomes SmoothedInput(linear, 1/s).
+    The model computes the same function (up to rounding). Returns the model."""
+    for name, linear in list(model.named_modules()):
+        if type(linear) is not nn.Linear or name not in ranges:
+            continue
+        with torch.no_grad():
+            weight_range = linear.weight.abs().amax(0).float().clamp(min=1e-5)  # (in_features,)
+            s = (ranges[name].clamp(min=1e-5) ** alpha / weight_range ** (1 - alpha)).clamp(min=1e-5)
+            linear.weight.mul_(s.to(linear.weight.dtype))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, SmoothedInput(linear, 1 / s))
+    return model
+
+
+def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
+    """The model, in place, with every nn.Linear replaced by torch's dynamically quantised int8
+    linear layer, its input smoothed first (`smooth`; see the module docstring)."""
+    if smooth:
+        smooth_activations(model, activation_ranges(model.eval(), calibration_inputs(model.config)))
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao (not a dependency of bertforge);
         # its dynamic quantisation still ships with torch and runs fbgemm/oneDNN int8 kernels.
@@ -81,7 +182,14 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+        mapping = {nn.Linear: Int8Linear if cpu_has_vnni() else torch.ao.nn.quantized.dynamic.Linear}
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8,
+                                                      mapping=mapping, inplace=True)
+
+
+def cpu_has_vnni() -> bool:
+    """Whether the CPU has AVX512-VNNI (int8 products summed into 32 bits)."""
+    return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -89,5 +197,6 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
 
 
-__all__ = ["InferencePrecision", "check_precision", "cpu_bf16_instructions", "is_quantized",
-           "prepare_for_inference", "quantize_int8", "store_linear_weights"]
+__all__ = ["CALIBRATION_WINDOWS", "SMOOTHING_ALPHA", "InferencePrecision", "Int8Linear", "SmoothedInput",
+           "activation_ranges", "calibration_inputs", "check_precision", "cpu_bf16_instructions", "cpu_has_vnni",
+           "is_quantized", "prepare_for_inference", "quantize_int8", "smooth_activations", "store_linear_weights"]
