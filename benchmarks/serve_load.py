@@ -1,6 +1,7 @@
 """Load on `bertforge serve`: N concurrent clients send SQuAD answer requests, through the simple
 route (POST /answer) and/or the Open Inference Protocol (POST /v2/models/NAME/infer); requests/s,
-p50/p99 latency and every status code, for each --max_batch_size (sequences per forward pass), on
+p50/p99 latency and every status code, for each --max_batch_size (sequences per forward pass) and
+--precision (fp32, bf16, int8), on
 the real MiniLM-L6 (a QA head of seeded random weights: speed does not depend on the weights).
 
     OMP_NUM_THREADS=2 python benchmarks/serve_load.py --clients 64 --requests 1280 --out runs/serve_load.json
@@ -204,11 +205,25 @@ async def short_during_long(url: str, items: list[tuple[str, str]], long_context
             "shorts_answered_during_long": len(during), "long_ms": round(1000 * long_seconds, 1)}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """A process's user + system CPU time in seconds, all its threads (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def measure(url: str, route: str, model: str, items: list[tuple[str, str]], clients: int, total: int,
-            metrics: bool) -> dict:
+            metrics: bool, server_pid: int | None = None) -> dict:
     asyncio.run(load(url, route, model, items, min(clients, 8), min(total, 64)))  # warm-up
     before = forward_passes(url) if metrics else None
+    client_cpu, server_cpu = time.process_time(), cpu_seconds(server_pid) if server_pid else None
     run = asyncio.run(load(url, route, model, items, clients, total))
+    # Where the CPU went: this load generator shares the machine with the server it loads.
+    run["client_cpu_ms_per_request"] = round(1000 * (time.process_time() - client_cpu) / total, 2)
+    if server_cpu is not None and cpu_seconds(server_pid) is not None:
+        run["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(server_pid) - server_cpu) / total, 2)
     if metrics:
         passes, sequences = (a - b for a, b in zip(forward_passes(url), before))
         run["mean_sequences_per_forward"] = round(sequences / max(passes, 1), 2)
@@ -224,6 +239,8 @@ def main() -> None:
                                          "answer alone with --url")
     parser.add_argument("--batch_sizes", default="32,1", help="--max_batch_size of each configuration")
     parser.add_argument("--batch_timeout_ms", type=float, default=5.0)
+    parser.add_argument("--precisions", default="fp32",
+                        help="comma-separated --precision of each configuration (fp32, bf16, int8 on a CPU)")
     parser.add_argument("--checkpoint", type=Path, help="serve this checkpoint instead of MiniLM with a QA head")
     parser.add_argument("--url", help="load this running server instead of starting bertforge serve")
     parser.add_argument("--model_name", help="the model's name in /v2 routes (default: what /health says)")
@@ -252,21 +269,25 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = args.checkpoint or qa_minilm(Path(tmp) / "qa_minilm")
-            for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            configurations = [(int(b), p.strip()) for p in args.precisions.split(",") if p.strip()
+                              for b in args.batch_sizes.split(",")]
+            for batch, precision in configurations:
                 process, url = start_server(checkpoint, ["--max_batch_size", str(batch), "--batch_timeout_ms",
                                                          str(args.batch_timeout_ms), "--max_pending",
-                                                         str(max(1024, args.clients))], Path(tmp) / f"b{batch}.log")
+                                                         str(max(1024, args.clients)), "--precision", precision],
+                                            Path(tmp) / f"b{batch}_{precision}.log")
                 try:
                     model = httpx.get(f"{url}/health", timeout=10).json()["model"]
                     for route in routes:
                         before = rss_mb(process.pid)
-                        run = measure(url, route, model, items, args.clients, args.requests, metrics=True)
-                        results["runs"].append({"max_batch_size": batch, **run, "server_rss_mb_before": before,
+                        run = measure(url, route, model, items, args.clients, args.requests, metrics=True,
+                                      server_pid=process.pid)
+                        results["runs"].append({"max_batch_size": batch, "precision": precision, **run, "server_rss_mb_before": before,
                                                 "server_rss_mb_after": rss_mb(process.pid)})
                     if args.short_during_long:
                         context, used = maximal_context(url, paragraphs())
                         case = asyncio.run(short_during_long(url, items, context, args.short_during_long))
-                        case = {"max_batch_size": batch, "long_context_chars": len(context),
+                        case = {"max_batch_size": batch, "precision": precision, "long_context_chars": len(context),
                                 "long_context_paragraphs": used, **case, "server_rss_mb": rss_mb(process.pid)}
                         print(json.dumps(case), flush=True)
                         results.setdefault("short_during_long", []).append(case)
