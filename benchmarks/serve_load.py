@@ -282,7 +282,8 @@ def main() -> None:
                         before = rss_mb(process.pid)
                         run = measure(url, route, model, items, args.clients, args.requests, metrics=True,
                                       server_pid=process.pid)
-                        results["runs"].append({"max_batch_size": batch, "precision": precision, **run, "server_rss_mb_before": before,
+                        results["runs"].append({"max_batch_size": batch, "precision": precision, **run,
+                                                "server_rss_mb_before": before,
                                                 "server_rss_mb_after": rss_mb(process.pid)})
                     if args.short_during_long:
                         context, used = maximal_context(url, paragraphs())

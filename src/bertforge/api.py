@@ -82,7 +82,8 @@ def load(source: str | Path, *, device: str = "auto", precision: Precision = "fp
 
     device: auto (the accelerator if there is one, else cpu), cpu, cuda, cuda:1, xpu, mps, ...
     precision: fp32 (the default), tf32, bf16 or fp16 (autocast; bf16 on a CPU only where it has
-    AVX512-BF16 or AMX), or int8 (CPU: linear layers dynamically quantised after SmoothQuant; fastest, within a fraction of an F1 point of fp32 on SQuAD; score it on your data).
+    AVX512-BF16 or AMX), or int8 (CPU: linear layers dynamically quantised after SmoothQuant; the
+    fastest, within a fraction of an F1 point of fp32 on SQuAD; score it on your data).
     engine: torch, or onnxruntime (CPU, fp32 or int8: the model exported to ONNX as it loads,
     or `source` a `bertforge export` directory; encode() then needs the base head). The flags
     `--precision` and `--engine` say which to use when. batch_size: sequences per forward pass.

@@ -21,7 +21,8 @@ matrix instructions, and int8 (dynamic quantisation of the linear layers).
     (exact in real arithmetic), moving the width into the weights, which have a scale per
     channel. max|X| is measured once, when the model is quantised, on seeded random token ids
     (`activation_ranges`): BERT's outlier channels are properties of the weights (its
-    LayerNorms), not of the text, and random ids found them as well as SQuAD text did.
+    LayerNorms), not of the text, so random ids find them with no data at hand (SQuAD text
+    found them a little better: benchmarks/RESULTS.md).
     Written here because it is a dozen lines of arithmetic over torch's own quantised layer;
     the libraries that ship it (Intel Neural Compressor, torchao) would be a large dependency.
     Post-LayerNorm BERT feeds each LayerNorm's output to the residual too, so the division
@@ -35,6 +36,7 @@ matrix instructions, and int8 (dynamic quantisation of the linear layers).
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -42,6 +44,8 @@ from torch import nn
 
 from bertforge.errors import ConfigError
 from bertforge.runconfig import Precision
+
+log = logging.getLogger(__name__)
 
 InferencePrecision = Precision
 """fp32, tf32, bf16 and fp16 are the training precisions (autocast); int8 is inference only."""
@@ -90,11 +94,17 @@ def store_linear_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 SMOOTHING_ALPHA = 0.6
 """SmoothQuant's migration strength a (0: no smoothing, 1: all of the activations' width moved into
-the weights). Measured on MiniLM-L6 fine-tuned on SQuAD (benchmarks/RESULTS.md): 0.5 lost 1-3
-F1, 0.6-0.9 within 0.7 of fp32 with 8-bit activations; 0.6 was the best with random-id ranges."""
+the weights). Chosen without answers (benchmarks/int8_recipe.py): on windows of the training
+articles of a MiniLM-L6 fine-tuned on SQuAD, the int8 start/end logits' mean difference from fp32
+was 0.116 unsmoothed, 0.137-0.146 at a = 0.5, 0.095-0.102 at 0.6, 0.117-0.125 at 0.7 and
+0.149-0.156 at 0.8 (16, 32 or 64 calibration windows alike)."""
 
 CALIBRATION_WINDOWS = 16
 """How many random windows (of up to 384 tokens) `activation_ranges` runs through the model."""
+
+CALIBRATION_CHUNK = 4
+"""Windows per forward pass while measuring ranges (a pretraining head's logits over the whole
+vocabulary for 4 windows of 384 tokens take 190 MB)."""
 
 
 class SmoothedInput(nn.Module):
@@ -133,8 +143,8 @@ def calibration_inputs(config, windows: int = CALIBRATION_WINDOWS, seed: int = 0
 
 
 def activation_ranges(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each nn.Linear's (by module name) largest input magnitude per input channel over one
-    forward pass of `inputs` (on the model's path, in fp32)."""
+    """Each nn.Linear's (by module name) largest input magnitude per input channel over `inputs`
+    (on the model's path, in fp32)."""
     ranges: dict[str, torch.Tensor] = {}
 
     def record(name):
@@ -146,7 +156,8 @@ def activation_ranges(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict
     hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if type(m) is nn.Linear]
     try:
         with torch.inference_mode():
-            model(**inputs)
+            for start in range(0, len(inputs["input_ids"]), CALIBRATION_CHUNK):
+                model(**{k: v[start:start + CALIBRATION_CHUNK] for k, v in inputs.items()})
     finally:
         for h in hooks:
             h.remove()
@@ -174,6 +185,8 @@ def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
     """The model, in place, with every nn.Linear replaced by torch's dynamically quantised int8
     linear layer, its input smoothed first (`smooth`; see the module docstring)."""
     if smooth:
+        log.info("int8: measuring the linear layers' input ranges on %d random windows (SmoothQuant)",
+                 CALIBRATION_WINDOWS)
         smooth_activations(model, activation_ranges(model.eval(), calibration_inputs(model.config)))
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao (not a dependency of bertforge);
