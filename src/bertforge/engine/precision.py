@@ -100,7 +100,9 @@ was 0.116 unsmoothed, 0.137-0.146 at a = 0.5, 0.095-0.102 at 0.6, 0.117-0.125 at
 0.149-0.156 at 0.8 (16, 32 or 64 calibration windows alike)."""
 
 CALIBRATION_WINDOWS = 16
-"""How many random windows (of up to 384 tokens) `activation_ranges` runs through the model."""
+"""How many random windows (of up to 384 tokens) `activation_ranges` runs through the model: a
+one-off cost when the model is quantised (BERT-large: 29 s on 2 CPU cores; MiniLM: under 1 s).
+The measured results use 16; 4 and 8 windows gave the same logit error (0.091 and 0.093)."""
 
 CALIBRATION_CHUNK = 4
 """Windows per forward pass while measuring ranges (a pretraining head's logits over the whole
