@@ -48,9 +48,7 @@ from bertforge.checkpoint import load_checkpoint, load_into
 from bertforge.checkpoint.common import atomic_dir_write
 from bertforge.config import BertConfig
 from bertforge.engine.ort import quantize_onnx_int8
-from bertforge.engine.precision import (
-    CALIBRATION_WINDOWS, SMOOTHING_ALPHA, activation_ranges, calibration_inputs, smooth_activations,
-)
+from bertforge.engine.precision import CALIBRATION_WINDOWS, SMOOTHING_ALPHA, smooth_for_int8
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.export_args import ExportArgs
 from bertforge.fileio import atomic_write_json
@@ -209,9 +207,8 @@ def write_export(model: nn.Module, out: Path, meta: dict, vocab: str | Path | No
     returns the model file's path. `check`: run the file once and compare it with PyTorch
     (`verify`); `verbose`: the exporter's and quantiser's own INFO logs too."""
     head = meta["head"]
-    if precision == "int8":  # the same smoothing as the PyTorch engine's int8 (bertforge.engine.precision)
-        model = copy.deepcopy(model).eval()
-        smooth_activations(model, activation_ranges(model, calibration_inputs(model.config)))
+    if precision == "int8":  # the same smoothing as the PyTorch engine's int8, on a copy
+        model = smooth_for_int8(copy.deepcopy(model))
     serving = ServingModel(model).eval()
     config = model.config
     name = MODEL_FILES[fmt]

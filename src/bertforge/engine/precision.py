@@ -183,13 +183,19 @@ def smooth_activations(model: nn.Module, ranges: dict[str, torch.Tensor],
     return model
 
 
+def smooth_for_int8(model: nn.Module) -> nn.Module:
+    """SmoothQuant as int8 applies it, in place (the PyTorch engine and the int8 ONNX export):
+    ranges from CALIBRATION_WINDOWS random windows, SMOOTHING_ALPHA. Returns the model."""
+    log.info("int8: measuring the linear layers' input ranges on %d random windows (SmoothQuant)",
+             CALIBRATION_WINDOWS)
+    return smooth_activations(model, activation_ranges(model.eval(), calibration_inputs(model.config)))
+
+
 def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
     """The model, in place, with every nn.Linear replaced by torch's dynamically quantised int8
     linear layer, its input smoothed first (`smooth`; see the module docstring)."""
     if smooth:
-        log.info("int8: measuring the linear layers' input ranges on %d random windows (SmoothQuant)",
-                 CALIBRATION_WINDOWS)
-        smooth_activations(model, activation_ranges(model.eval(), calibration_inputs(model.config)))
+        smooth_for_int8(model)
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao (not a dependency of bertforge);
         # its dynamic quantisation still ships with torch and runs fbgemm/oneDNN int8 kernels.
@@ -214,4 +220,5 @@ def is_quantized(model: nn.Module) -> bool:
 
 __all__ = ["CALIBRATION_WINDOWS", "SMOOTHING_ALPHA", "InferencePrecision", "Int8Linear", "SmoothedInput",
            "activation_ranges", "calibration_inputs", "check_precision", "cpu_bf16_instructions", "cpu_has_vnni",
-           "is_quantized", "prepare_for_inference", "quantize_int8", "smooth_activations", "store_linear_weights"]
+           "is_quantized", "prepare_for_inference", "quantize_int8", "smooth_activations", "smooth_for_int8",
+           "store_linear_weights"]
