@@ -222,8 +222,9 @@ def measure(url: str, route: str, model: str, items: list[tuple[str, str]], clie
     run = asyncio.run(load(url, route, model, items, clients, total))
     # Where the CPU went: this load generator shares the machine with the server it loads.
     run["client_cpu_ms_per_request"] = round(1000 * (time.process_time() - client_cpu) / total, 2)
-    if server_cpu is not None and cpu_seconds(server_pid) is not None:
-        run["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(server_pid) - server_cpu) / total, 2)
+    server_cpu_after = cpu_seconds(server_pid) if server_cpu is not None else None
+    if server_cpu_after is not None:
+        run["server_cpu_ms_per_request"] = round(1000 * (server_cpu_after - server_cpu) / total, 2)
     if metrics:
         passes, sequences = (a - b for a, b in zip(forward_passes(url), before))
         run["mean_sequences_per_forward"] = round(sequences / max(passes, 1), 2)
