@@ -156,6 +156,23 @@ def test_attention_kernel_choice(monkeypatch, device, dtype, head_dim, flash_dev
     assert chosen == [expected]
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_per_sequence_attention_runs_the_fused_kernel(dtype):
+    """SDPA sends 3-D inputs to its unfused math kernel (3x slower on the CPU); each sequence
+    must reach the fused CPU kernel, and give what the math kernel gives."""
+    lengths = [5, 9, 3]
+    q, k, v = torch.randn(sum(lengths), 3, 4, 16, dtype=dtype).unbind(1)  # each (N, nh, hd)
+    with torch.profiler.profile() as prof:
+        out = attention._per_sequence_attention(q, k, v, lengths, dropout_p=0.0)
+    names = {event.name for event in prof.events()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
+    expected = torch.cat([torch.ops.aten._scaled_dot_product_attention_math(
+        qi.transpose(0, 1).float(), ki.transpose(0, 1).float(), vi.transpose(0, 1).float())[0].transpose(0, 1)
+        for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))])
+    torch.testing.assert_close(out.float(), expected, atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=0)
+
 # ---- FlashAttention's varlen path, through its CPU reference kernel ---------------------------
 
 

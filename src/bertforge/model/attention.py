@@ -220,10 +220,13 @@ def _per_sequence_attention(q: Tensor, k: Tensor, v: Tensor, lengths: list[int],
 
 
 def _attend_each(q: Tensor, k: Tensor, v: Tensor, lengths: list[int], dropout_p: float) -> Tensor:
-    """SDPA per sequence: q, k, v (N, nh, hd) -> (N, nh, hd)."""
-    out = [F.scaled_dot_product_attention(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1),
-                                          dropout_p=dropout_p).transpose(0, 1)  # (L_i, nh, hd)
-           for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))]
+    """SDPA per sequence: q, k, v (N, nh, hd) -> (N, nh, hd).
+
+    Each sequence goes in as a batch of one, (1, nh, L_i, hd): SDPA's fused CPU kernel takes 4-D
+    inputs only and sends 3-D ones to its unfused math kernel, 3x slower (docs/model.md)."""
+    out = [F.scaled_dot_product_attention(qi.transpose(0, 1)[None], ki.transpose(0, 1)[None],
+                                          vi.transpose(0, 1)[None], dropout_p=dropout_p)[0].transpose(0, 1)
+           for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))]  # each (L_i, nh, hd)
     return torch.cat(out)
 
 
