@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bertforge.engine.streams import in_stream, stream_executor
 from bertforge.train.batching import PAD_MULTIPLE, Prefetcher, make_batch
 from bertforge.train.loop import to_device
 from bertforge.train.runtime import Runtime
@@ -109,26 +111,57 @@ def predict_timed(model: nn.Module, arrays: Mapping[str, np.ndarray], batch_size
     return _assemble(gathered, n, width if per_token else None, fill), stats
 
 
-@torch.inference_mode()
 def _predict_batches(model: nn.Module, arrays: Mapping[str, np.ndarray], mine: list[np.ndarray],
                      runtime: Runtime, forward: Forward, desc: str, progress: bool
                      ) -> tuple[list[tuple[np.ndarray, tuple[np.ndarray, ...]]], list[float]]:
-    outputs, latencies = [], []
     bar = tqdm(total=len(mine), desc=desc, unit="batch", disable=not (progress and runtime.is_main),
                dynamic_ncols=True)
-    pin = runtime.device.type != "cpu"
-    batches = Prefetcher(((idx, make_batch(arrays, idx)) for idx in mine), runtime.num_workers, pin)
-    for idx, batch in batches:
-        start = time.perf_counter()
-        with runtime.autocast():
-            out = forward(model, to_device(batch, runtime.device))
-        out = out if isinstance(out, tuple) else (out,)
-        # .cpu() waits for the device: the latency covers the whole batch
-        outputs.append((idx, tuple(o.float().cpu().numpy() for o in out)))
-        latencies.append(1000.0 * (time.perf_counter() - start))
+    if runtime.streams > 1 and len(mine) > 1 and not in_stream():
+        done = _predict_in_streams(model, arrays, mine, runtime, forward)
+    else:
+        pin = runtime.device.type != "cpu"
+        batches = Prefetcher(((idx, make_batch(arrays, idx)) for idx in mine), runtime.num_workers, pin)
+        done = (_predict_batch(model, idx, batch, runtime, forward) for idx, batch in batches)
+    outputs, latencies = [], []
+    for idx, out, latency in done:
+        outputs.append((idx, out))
+        latencies.append(latency)
         bar.update(1)
     bar.close()
     return outputs, latencies
+
+
+@torch.inference_mode()
+def _predict_batch(model: nn.Module, idx: np.ndarray, batch: dict[str, Tensor], runtime: Runtime,
+                   forward: Forward) -> tuple[np.ndarray, tuple[np.ndarray, ...], float]:
+    """(idx, the outputs as float32 numpy arrays, the latency in ms) of one batch."""
+    start = time.perf_counter()
+    with runtime.autocast():
+        out = forward(model, to_device(batch, runtime.device))
+    out = out if isinstance(out, tuple) else (out,)
+    # .cpu() waits for the device: the latency covers the whole batch
+    outputs = tuple(o.float().cpu().numpy() for o in out)
+    return idx, outputs, 1000.0 * (time.perf_counter() - start)
+
+
+def _predict_in_streams(model: nn.Module, arrays: Mapping[str, np.ndarray], mine: list[np.ndarray],
+                        runtime: Runtime, forward: Forward):
+    """The batches' results in order, each computed on one of runtime.streams CPU streams; at
+    most two per stream are queued at a time (their inputs and outputs are all that is held)."""
+    threads = torch.get_num_threads()
+    pool = stream_executor(runtime.streams, threads=threads)
+    pending: deque = deque()
+    try:
+        for idx in mine:
+            if len(pending) >= 2 * runtime.streams:
+                yield pending.popleft().result()
+            pending.append(pool.submit(lambda i: _predict_batch(model, i, make_batch(arrays, i), runtime, forward),
+                                       idx))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)  # the streams' threads set the count torch reports
 
 
 def _gather(outputs, runtime: Runtime):

@@ -229,7 +229,7 @@ class InferenceRuntimeArgs(RuntimeArgs):
     dynamically quantised (PyTorch: torch.ao with a scale per output channel, 8-bit activations
     on CPUs with VNNI, on the unpadded path; onnxruntime: its dynamic quantiser), after
     SmoothQuant moves the activations' outlier channels into the weights; it moves answers a
-    little (a fine-tuned MiniLM's SQuAD F1: PyTorch +0.25, onnxruntime -0.13), so score it on
+    little (a fine-tuned MiniLM's SQuAD F1: PyTorch -0.27, onnxruntime -0.13), so score it on
     your data before serving it. benchmarks/RESULTS.md has the speed of each on CPUs."""
     engine: Engine = "torch"
     """torch, the default, runs any device and precision; onnxruntime (CPU, fp32 or int8) is for
@@ -237,11 +237,26 @@ class InferenceRuntimeArgs(RuntimeArgs):
     (no work on padding). onnxruntime: the model exported to ONNX as it loads (or a `bertforge
     export` directory given as the checkpoint), run in length buckets so that it computes
     little padding; extra: export. Its encode() needs an export of the encoder (the base head)."""
+    streams: int = 1
+    """CPU, torch engine: forward passes run at once, each on an equal share of the CPU threads
+    (`bertforge.engine.streams`). Batch prediction and a busy server gain throughput from more
+    than one (2 streams of 1 thread on a 2-core CPU: int8 1.3-1.5x, bf16 1.15x, fp32 1.1x the
+    batches per second of 1 stream of 2 threads); one request alone runs on one stream's
+    threads, so 1, the default, gives the lowest latency to a lone request."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, 1, ("streams",))
 
 
 def engine_of(runtime: RuntimeArgs) -> Engine:
     """The engine a runtime asks for: a training run's RuntimeArgs has none, and runs PyTorch."""
     return runtime.engine if isinstance(runtime, InferenceRuntimeArgs) else "torch"
+
+
+def streams_of(runtime: RuntimeArgs) -> int:
+    """The CPU streams a runtime asks for: a training run's RuntimeArgs predicts in one."""
+    return runtime.streams if isinstance(runtime, InferenceRuntimeArgs) else 1
 
 
 @dataclass(kw_only=True)

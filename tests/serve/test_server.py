@@ -101,6 +101,28 @@ def test_concurrent_requests_are_batched_and_each_gets_its_answer(qa_server, qa_
     assert batches <= 32  # at most 16 a batch (--max_batch_size); one forward serves several
 
 
+def test_a_server_with_two_cpu_streams_answers_as_the_api_does(qa_dir, qa_api, dev_questions, tmp_path):
+    """--streams 2: two batches computed at once, each on half the threads; every answer is still
+    the Python API's (which computes in one stream)."""
+    chosen = dev_questions[:24]
+    server = Server(qa_dir, tmp_path / "streams.log", "--max_batch_size", "4", "--streams", "2")
+    try:
+        async def ask_all():
+            async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+                return await asyncio.gather(*(client.post("/answer", json={"question": q, "context": c})
+                                              for q, c in chosen), client.post("/encode", json={"text": "A cat."}))
+
+        *answers, encoded = asyncio.run(ask_all())
+        assert [r.status_code for r in answers] == [200] * 24 and encoded.status_code == 200
+        for response, want in zip(answers, qa_api.answer([q for q, _ in chosen], [c for _, c in chosen])):
+            assert_same_answer(response.json(), want)
+        np.testing.assert_allclose(encoded.json()["embedding"], qa_api.encode("A cat."), atol=1e-5)
+        assert server.health()["batches"] >= 6  # at most 4 windows a batch
+    finally:
+        server.stop()
+    assert "2 CPU streams of" in (tmp_path / "streams.log").read_text()
+
+
 @pytest.mark.parametrize("body, status, message", [
     (b'{"question": "Who?", "context": "x"', 400, "request body is not valid JSON"),
     (b"", 400, "request body is not valid JSON"),

@@ -47,11 +47,15 @@ def check_engine(engine: str, precision: str, device_type: str) -> None:
                               "use --engine torch for bf16")
 
 
-def check_inference(precision: str, engine: str, device: torch.device) -> None:
-    """Every refusal of predicting in `precision` with `engine` on `device`, in one line: run it
-    before loading anything."""
+def check_inference(precision: str, engine: str, device: torch.device, streams: int = 1) -> None:
+    """Every refusal of predicting in `precision` with `engine` on `device` in `streams`
+    streams, in one line: run it before loading anything."""
     check_engine(engine, precision, device.type)
     check_precision(precision, device)
+    if streams > 1 and (device.type != "cpu" or engine != "torch"):
+        where = f"the {engine} engine" if engine != "torch" else device.type
+        raise ConfigError(f"--streams {streams}: streams share a CPU's threads between forward passes of the "
+                          f"torch engine, not on {where}; leave --streams at 1 there")
 
 
 def inference_model(model: nn.Module, precision: str, engine: str, device: torch.device,

@@ -12,7 +12,7 @@ matrix instructions, and int8 (dynamic quantisation of the linear layers).
   output channel, activations quantised per call from their own range. On the unpadded path a
   call sees the real tokens only, so padding never widens that range. Two things keep answers
   where fp32 puts them (benchmarks/RESULTS.md: a fine-tuned MiniLM-L6's SQuAD F1 moves by -3.55
-  without them, +0.25 with them):
+  without them, by +0.25 to -0.27 with them):
   * SmoothQuant (Xiao et al. 2023, "SmoothQuant: accurate and efficient post-training
     quantization for large language models"): BERT's activations have a few channels 5-15x
     wider than the rest (FFN inputs reach 28 where 99.9% of values lie below 6), and one

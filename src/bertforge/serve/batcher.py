@@ -11,6 +11,10 @@ that is not full waits up to `timeout_s` for more to join it).
 
 A job whose caller gave up (its future cancelled: the client hung up) costs no further compute.
 When a step fails, each of its slices runs again alone, so that a bad request fails by itself.
+
+With `concurrency` > 1 (CPU streams: the executor has that many threads, each computing on its
+share of the cores) up to that many steps run at once: a step is taken as soon as a stream is
+free, from the line as it stands then.
 """
 
 from __future__ import annotations
@@ -70,9 +74,12 @@ class Scheduler:
     `on_step(units, jobs)` is told the size of every step (metrics)."""
 
     def __init__(self, run: StepFunction, executor: Executor, max_units: int, timeout_s: float,
-                 max_pending: int, on_step: Callable[[int, int], None] = lambda units, jobs: None):
+                 max_pending: int, on_step: Callable[[int, int], None] = lambda units, jobs: None,
+                 concurrency: int = 1):
         self.run = run
         self.executor = executor
+        self.concurrency = concurrency  # steps at once (the executor's threads)
+        self.running: set[asyncio.Task] = set()
         self.max_units = max_units
         self.timeout_s = timeout_s
         self.max_pending = max_pending
@@ -151,29 +158,48 @@ class Scheduler:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
+        for step in list(self.running):
+            step.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
         self.abort("the server is shutting down")
 
     # ---- the model's side ------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.concurrency)  # streams without a step
         while True:
+            await free.acquire()
             kind = await self._next_kind()
             await self._gather(kind)
             slices = self._take(kind)
             if not slices:
+                free.release()
                 continue
-            jobs = {id(job) for job, _ in slices}
-            self.on_step(sum(s.stop - s.start for _, s in slices), len(jobs))
-            try:
-                outputs = await loop.run_in_executor(self.executor, self.run, kind, [s for _, s in slices])
-                outcomes = [(True, o) for o in outputs]
-            except Exception as e:  # noqa: BLE001 -- handed to the requests, never lost
-                outcomes = await self._one_by_one(kind, slices, e)
-            self.steps += 1
-            self.units += sum(s.stop - s.start for _, s in slices)
-            for (job, s), (ok, value) in zip(slices, outcomes):
-                self._deliver(job, s, ok, value)
+            step = asyncio.get_running_loop().create_task(self._step(kind, slices))
+            self.running.add(step)
+            step.add_done_callback(lambda done: (self.running.discard(done), free.release(), self._check(done)))
+
+    def _check(self, step: asyncio.Task) -> None:
+        """A step that failed by mistake (not its model call: those reach the requests) stops the server's
+        requests instead of leaving them waiting."""
+        if not step.cancelled() and step.exception() is not None and self.task is not None:
+            self.task.cancel()
+            log.error("a step failed", exc_info=step.exception())
+            self.abort(f"internal error ({step.exception()})")
+
+    async def _step(self, kind: str, slices: list[tuple[Job, Slice]]) -> None:
+        jobs = {id(job) for job, _ in slices}
+        self.on_step(sum(s.stop - s.start for _, s in slices), len(jobs))
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, kind,
+                                                                       [s for _, s in slices])
+            outcomes = [(True, o) for o in outputs]
+        except Exception as e:  # noqa: BLE001 -- handed to the requests, never lost
+            outcomes = await self._one_by_one(kind, slices, e)
+        self.steps += 1
+        self.units += sum(s.stop - s.start for _, s in slices)
+        for (job, s), (ok, value) in zip(slices, outcomes):
+            self._deliver(job, s, ok, value)
 
     async def _next_kind(self) -> str:
         """The kind of the first job in line, once there is one."""

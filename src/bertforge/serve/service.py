@@ -1,6 +1,7 @@
 """The server's model side: its life (loading, ready, draining) and, once loaded, the `Service`
 that answers requests: prepare a request on the preparation thread, queue its units with the
-fair scheduler, which runs them on the model thread, and finish it on the preparation thread.
+fair scheduler, which runs them on the model thread (or threads: one per CPU stream), and finish it on
+the preparation thread.
 Nothing here knows HTTP; `app` turns its outcomes into responses."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bertforge.api import Predictor
+from bertforge.engine.streams import stream_executor, threads_per_stream
 from bertforge.errors import BertforgeError
 from bertforge.serve import work
 from bertforge.serve.batcher import Scheduler, ShuttingDown, Slice
@@ -46,10 +48,17 @@ class Service:
         work.warm_up(self.works)
         self.facts = ModelFacts(args.model_name, predictor.head, list(self.works), list(predictor.labels),
                                 predictor.loaded.config.hidden_size)
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-model")
+        # The model's threads: one, or one per CPU stream (each on its share of the cores; a step's
+        # forward passes then run inline on its stream).
+        streams = predictor.runtime.streams
+        self.model_thread = (stream_executor(streams, "bertforge-model") if streams > 1
+                             else ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-model"))
+        if streams > 1:
+            log.info("%d CPU streams of %d threads each: up to %d batches computed at once", streams,
+                     threads_per_stream(streams), streams)
         self.prep_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-prep")
         self.scheduler = Scheduler(self._step, self.model_thread, args.max_batch_size, args.batch_timeout_ms / 1000,
-                                   args.max_pending, on_step)
+                                   args.max_pending, on_step, concurrency=streams)
 
     def _step(self, endpoint: str, slices: Sequence[Slice]) -> list[Any]:
         return self.works[endpoint].run(slices)

@@ -34,7 +34,7 @@ from bertforge.engine import check_inference, inference_model
 from bertforge.errors import CheckpointError, ConfigError, WriteError
 from bertforge.fileio import check_free_space, read_json
 from bertforge.loading import LoadedModel, load_model, plan_model
-from bertforge.runconfig import RunConfig, TrainArgs, TrainRun, engine_of
+from bertforge.runconfig import RunConfig, TrainArgs, TrainRun, engine_of, streams_of
 from bertforge.tasks.common import log_batch_plan
 from bertforge.tasks.evaluation import BestWeights
 from bertforge.tasks.output_dir import RUN_CONFIG, OutputDir, check_resumable, config_defaults, config_dict
@@ -112,7 +112,7 @@ def run(job: Job, dist_info: DistInfo = DistInfo(), progress: bool = True) -> di
     if train is not None:
         train.accumulation_for(dist_info.world_size)  # a batch that does not divide fails now
     else:
-        check_inference(cfg.runtime.precision, engine_of(cfg.runtime), device)
+        check_inference(cfg.runtime.precision, engine_of(cfg.runtime), device, streams_of(cfg.runtime))
     _validate_inputs(job)
     out = OutputDir(cfg.output_dir, training=train is not None,
                     resume=train is not None and bool(train.resume), overwrite=cfg.overwrite_output_dir,

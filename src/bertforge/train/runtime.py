@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from bertforge.errors import DeviceError
-from bertforge.runconfig import RuntimeArgs
+from bertforge.runconfig import RuntimeArgs, streams_of
 from bertforge.train.launch import DistInfo
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Runtime:
         self.compile = args.compile if args.compile is not None else self.device.type == "cuda"
         self.num_workers = args.num_workers
         self.recompute_attention = args.recompute_attention
+        self.streams = streams_of(args)  # CPU inference
         self._set_matmul_precision()
         if dist_info.enabled and not dist.is_initialized():
             if self.device.type != "cpu":
