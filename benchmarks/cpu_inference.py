@@ -10,6 +10,9 @@ Contenders, all fed the same windows (bertforge's SQuAD features, 384 tokens, st
                    `avx512_vnni(is_static=False, per_channel=False)` settings: what a user who
                    serves on a CPU runs today;
   the three anchors take batches in the data's order, padded to their longest window;
+- with --streams, also NAME+streams: hf_eager, ort_int8_anchor, fp32, bf16 and int8 computing one
+                   batch per thread at once, each on one thread (bertforge's `--streams`; the
+                   same done by hand for transformers and for one onnxruntime session);
 - fp32, bf16, int8: bertforge's PyTorch engine (unpadded; bf16 where the CPU has AVX512-BF16
                    or AMX; int8 = dynamically quantised linear layers), through
                    `bertforge.infer.predict_timed`, the loop `bertforge predict` runs (batches
@@ -55,6 +58,9 @@ RECIPE = REPO / "configs" / "squad" / "minilm_dev_split.yaml"
 DEMO = REPO / "configs" / "squad" / "demo_cpu.yaml"
 ANCHORS = ("hf_eager", "ort_fp32_anchor", "ort_int8_anchor")
 OURS = ("fp32", "bf16", "int8", "ort_fp32", "ort_int8")
+STREAMED = ("hf_eager", "ort_int8_anchor", "fp32", "bf16", "int8")
+"""Contenders also run as NAME+streams: one stream per thread (bertforge --streams; transformers and
+onnxruntime called from as many threads at once, each on one thread)."""
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
@@ -109,32 +115,42 @@ def em_f1(examples, features, start: np.ndarray, end: np.ndarray) -> tuple[float
 # ---- contenders: each predicts all rows of `arrays` -> (start, end, latencies_ms, seconds) ------
 
 
-def padded_runner(call):
-    """Batches in the data's order, each padded to its longest window (dynamic padding)."""
+def padded_runner(call, streams: int = 1):
+    """Batches in the data's order, each padded to its longest window (dynamic padding); with
+    `streams`, that many batches at once from as many threads (each torch's on one thread)."""
+    from bertforge.engine.streams import stream_executor
 
     def run(arrays: dict[str, np.ndarray], batch_size: int):
         n, T = arrays["input_ids"].shape
         start, end = np.full((n, T), -np.inf, np.float32), np.full((n, T), -np.inf, np.float32)
-        latencies = []
-        t0 = time.perf_counter()
-        for i in range(0, n, batch_size):
+
+        def one(i: int) -> float:
             tb = time.perf_counter()
             rows = slice(i, i + batch_size)
             width = int(arrays["attention_mask"][rows].sum(1).max())
             s, e = call({k: np.ascontiguousarray(arrays[k][rows, :width]) for k in INPUTS})
             start[rows, :width], end[rows, :width] = s, e
-            latencies.append(1000 * (time.perf_counter() - tb))
+            return 1000 * (time.perf_counter() - tb)
+
+        threads = torch.get_num_threads()
+        t0 = time.perf_counter()
+        if streams == 1:
+            latencies = [one(i) for i in range(0, n, batch_size)]
+        else:
+            with stream_executor(streams, threads=threads) as pool:
+                latencies = list(pool.map(one, range(0, n, batch_size)))
+            torch.set_num_threads(threads)
         return start, end, latencies, time.perf_counter() - t0
 
     return run
 
 
-def bertforge_runner(model, autocast: str):
+def bertforge_runner(model, autocast: str, streams: int = 1):
     from bertforge.infer import predict_timed
-    from bertforge.runconfig import RuntimeArgs
+    from bertforge.runconfig import InferenceRuntimeArgs
     from bertforge.train.runtime import Runtime
 
-    runtime = Runtime(RuntimeArgs(device="cpu", precision=autocast, compile=False))
+    runtime = Runtime(InferenceRuntimeArgs(device="cpu", precision=autocast, compile=False, streams=streams))
 
     def forward(m, b):
         start, end = m(b["input_ids"], b["token_type_ids"], b["attention_mask"], seq_lengths=b["seq_lengths"])
@@ -189,8 +205,11 @@ def ort_call(path: Path, threads: int):
     return lambda feeds: session.run(None, {k: feeds[k] for k in names})
 
 
-def contenders(wanted: list[str], run: Path, work: Path, threads: int, log: list[str]) -> dict:
-    """name -> runner, built for `threads` (onnxruntime sessions fix their thread count)."""
+def contenders(wanted: list[str], run: Path, work: Path, threads: int, log: list[str], streams: bool = False
+               ) -> dict:
+    """name -> runner, built for `threads` (onnxruntime sessions fix their thread count); with
+    `streams` (and threads > 1) also NAME+streams for the STREAMED contenders."""
+    streams = streams and threads > 1
     from transformers import BertForQuestionAnswering
 
     from bertforge.engine import cpu_bf16_instructions, onnxruntime_model, prepare_for_inference
@@ -210,19 +229,26 @@ def contenders(wanted: list[str], run: Path, work: Path, threads: int, log: list
             return out.start_logits.numpy(), out.end_logits.numpy()
 
         runners["hf_eager"] = padded_runner(eager)
+        if streams:
+            runners["hf_eager+streams"] = padded_runner(eager, streams=threads)
     if "ort_fp32_anchor" in wanted:
         runners["ort_fp32_anchor"] = padded_runner(ort_call(fp32, threads))
     if "ort_int8_anchor" in wanted:
         runners["ort_int8_anchor"] = padded_runner(ort_call(int8, threads))
+        if streams:  # one session on one thread, called from `threads` threads at once
+            runners["ort_int8_anchor+streams"] = padded_runner(ort_call(int8, 1), streams=threads)
     for precision in ("fp32", "bf16", "int8"):
         if precision not in wanted:
             continue
         if precision == "bf16" and cpu_bf16_instructions() is None:
             log.append("bf16: skipped, this CPU has neither AVX512-BF16 nor AMX")
             continue
-        model = load_model(ModelArgs(init_checkpoint=str(run)), "qa", unpad=True).model.eval()
-        runners[precision] = bertforge_runner(prepare_for_inference(model, precision),
-                                              "bf16" if precision == "bf16" else "fp32")
+        model = prepare_for_inference(load_model(ModelArgs(init_checkpoint=str(run)), "qa", unpad=True).model.eval(),
+                                      precision)
+        runners[precision] = bertforge_runner(model, "bf16" if precision == "bf16" else "fp32")
+        if streams:
+            runners[f"{precision}+streams"] = bertforge_runner(model, "bf16" if precision == "bf16" else "fp32",
+                                                               streams=threads)
     for precision in ("fp32", "int8"):
         if f"ort_{precision}" in wanted:
             export_dir = work / f"bertforge_{precision}"
@@ -285,7 +311,7 @@ def infer(args) -> int:
     for rep in range(args.repeats):
         for threads in args.threads:
             torch.set_num_threads(threads)
-            runners = contenders(args.contenders, run, work, threads, notes)
+            runners = contenders(args.contenders, run, work, threads, notes, args.streams)
             for batch in args.batch_sizes:
                 subset = arrays if batch != 1 else {k: v[latency_rows] for k, v in arrays.items()}
                 for name, runner in runners.items():
@@ -364,6 +390,8 @@ def main() -> int:
                         help="the first is also the pass scored with EM/F1 (batch 1 times --latency_windows only)")
     parser.add_argument("--contenders", nargs="+", default=[*ANCHORS, *OURS], choices=[*ANCHORS, *OURS])
     parser.add_argument("--questions", type=int, help="only the first N questions (default: all 1,988)")
+    parser.add_argument("--streams", action="store_true",
+                        help="also run hf_eager, ort_int8_anchor, fp32, bf16 and int8 in one stream per thread")
     parser.add_argument("--latency_windows", type=int, default=300, help="windows timed at batch 1")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", help="append every measurement here as JSON lines")

@@ -214,17 +214,38 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """Each thread's user + system CPU seconds, by "tid name" (Linux /proc); {} where unreadable."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            head, rest = (task / "stat").read_text().rsplit(")", 1)
+            fields = rest.split()
+            threads[f"{task.name} {head.split('(', 1)[1]}"] = (int(fields[11]) + int(fields[12])) / os.sysconf(
+                "SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return threads
+
+
 def measure(url: str, route: str, model: str, items: list[tuple[str, str]], clients: int, total: int,
             metrics: bool, server_pid: int | None = None) -> dict:
     asyncio.run(load(url, route, model, items, min(clients, 8), min(total, 64)))  # warm-up
     before = forward_passes(url) if metrics else None
     client_cpu, server_cpu = time.process_time(), cpu_seconds(server_pid) if server_pid else None
+    threads = thread_cpu_seconds(server_pid) if server_pid else {}
     run = asyncio.run(load(url, route, model, items, clients, total))
     # Where the CPU went: this load generator shares the machine with the server it loads.
     run["client_cpu_ms_per_request"] = round(1000 * (time.process_time() - client_cpu) / total, 2)
     server_cpu_after = cpu_seconds(server_pid) if server_cpu is not None else None
     if server_cpu_after is not None:
         run["server_cpu_ms_per_request"] = round(1000 * (server_cpu_after - server_cpu) / total, 2)
+        # By thread: the event loop (the process's own id), the preparation and model threads, OpenMP's.
+        after = thread_cpu_seconds(server_pid)
+        spent = {name: 1000 * (after[name] - threads.get(name, 0.0)) / total for name in after}
+        run["server_thread_cpu_ms_per_request"] = {
+            ("main " if name.split()[0] == str(server_pid) else "") + name: round(ms, 2)
+            for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.05}
     if metrics:
         passes, sequences = (a - b for a, b in zip(forward_passes(url), before))
         run["mean_sequences_per_forward"] = round(sequences / max(passes, 1), 2)
@@ -242,6 +263,7 @@ def main() -> None:
     parser.add_argument("--batch_timeout_ms", type=float, default=5.0)
     parser.add_argument("--precisions", default="fp32",
                         help="comma-separated --precision of each configuration (fp32, bf16, int8 on a CPU)")
+    parser.add_argument("--streams", default="1", help="comma-separated --streams of each configuration (CPU)")
     parser.add_argument("--checkpoint", type=Path, help="serve this checkpoint instead of MiniLM with a QA head")
     parser.add_argument("--url", help="load this running server instead of starting bertforge serve")
     parser.add_argument("--model_name", help="the model's name in /v2 routes (default: what /health says)")
@@ -270,26 +292,29 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = args.checkpoint or qa_minilm(Path(tmp) / "qa_minilm")
-            configurations = [(int(b), p.strip()) for p in args.precisions.split(",") if p.strip()
-                              for b in args.batch_sizes.split(",")]
-            for batch, precision in configurations:
+            configurations = [(int(b), p.strip(), int(n)) for p in args.precisions.split(",") if p.strip()
+                              for b in args.batch_sizes.split(",") for n in args.streams.split(",")]
+            for batch, precision, streams in configurations:
                 process, url = start_server(checkpoint, ["--max_batch_size", str(batch), "--batch_timeout_ms",
                                                          str(args.batch_timeout_ms), "--max_pending",
-                                                         str(max(1024, args.clients)), "--precision", precision],
-                                            Path(tmp) / f"b{batch}_{precision}.log")
+                                                         str(max(1024, args.clients)), "--precision", precision,
+                                                         "--streams", str(streams)],
+                                            Path(tmp) / f"b{batch}_{precision}_s{streams}.log")
                 try:
                     model = httpx.get(f"{url}/health", timeout=10).json()["model"]
                     for route in routes:
                         before = rss_mb(process.pid)
                         run = measure(url, route, model, items, args.clients, args.requests, metrics=True,
                                       server_pid=process.pid)
-                        results["runs"].append({"max_batch_size": batch, "precision": precision, **run,
+                        results["runs"].append({"max_batch_size": batch, "precision": precision,
+                                                "streams": streams, **run,
                                                 "server_rss_mb_before": before,
                                                 "server_rss_mb_after": rss_mb(process.pid)})
                     if args.short_during_long:
                         context, used = maximal_context(url, paragraphs())
                         case = asyncio.run(short_during_long(url, items, context, args.short_during_long))
-                        case = {"max_batch_size": batch, "precision": precision, "long_context_chars": len(context),
+                        case = {"max_batch_size": batch, "precision": precision, "streams": streams,
+                                "long_context_chars": len(context),
                                 "long_context_paragraphs": used, **case, "server_rss_mb": rss_mb(process.pid)}
                         print(json.dumps(case), flush=True)
                         results.setdefault("short_during_long", []).append(case)
