@@ -5,9 +5,10 @@ for each other: between the many small operations of a BERT layer (LayerNorm, GE
 quantisation of each int8 product, attention per sequence) every thread joins the others, and a
 thread that the machine's other work delays holds them all up. Two passes at once, each on half
 the threads, keep every core busy with no joins between them. Measured on 2 cores
-(benchmarks/RESULTS.md): MiniLM's int8 forward on SQuAD windows 1.3-1.5x faster in 2 streams of
-1 thread than in 1 stream of 2 threads, bf16 1.15x, fp32 1.1x. A single request is not
-shared between streams, so its latency is that of one stream (on fewer threads).
+(benchmarks/RESULTS.md, 1,988 SQuAD questions): a fine-tuned MiniLM predicted 1.28x the windows
+per second in 2 streams of 1 thread than in 1 stream of 2 threads in int8, 1.11x in bf16, 1.09x
+in fp32, and `serve` answered 1.22-1.24x the requests. A single batch is not shared between
+streams, so its latency is that of one stream (on fewer threads).
 
 Written here because it is a thread pool whose threads each set their OpenMP thread count (torch
 keeps that count per thread: `torch.set_num_threads` in a thread sets it for the parallel
