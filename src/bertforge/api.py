@@ -93,7 +93,7 @@ def load(source: str | Path, *, device: str = "auto", precision: Precision = "fp
     compile: torch.compile the encoder layers (default: on CUDA only).
     streams: CPU, torch engine: batches computed at once, each on an equal share of the CPU's
     threads; more than one raises the throughput of large inputs (2 on a 2-core CPU: int8
-    1.3-1.5x), while one batch alone is fastest in 1 (see `--streams`).
+    1.28x), while one batch alone is fastest in 1 (see `--streams`).
     """
     model = ModelArgs(init_checkpoint=str(source), vocab_file=None if vocab_file is None else str(vocab_file),
                       do_lower_case=do_lower_case,
