@@ -7,7 +7,7 @@ thread that the machine's other work delays holds them all up. Two passes at onc
 the threads, keep every core busy with no joins between them. Measured on 2 cores
 (benchmarks/RESULTS.md, 1,988 SQuAD questions): a fine-tuned MiniLM predicted 1.28x the windows
 per second in 2 streams of 1 thread than in 1 stream of 2 threads in int8, 1.11x in bf16, 1.09x
-in fp32, and `serve` answered 1.22-1.24x the requests. A single batch is not shared between
+in fp32, and `serve` answered 1.09-1.24x the requests. A single batch is not shared between
 streams, so its latency is that of one stream (on fewer threads).
 
 Written here because it is a thread pool whose threads each set their OpenMP thread count (torch
