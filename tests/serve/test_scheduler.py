@@ -147,3 +147,22 @@ def test_busy_and_shutting_down():
         await s.stop()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_step_that_fails_outside_the_model_fails_the_requests_instead_of_hanging(concurrency):
+    def broken_metrics(units, jobs):
+        raise RuntimeError("metrics broke")
+
+    async def main():
+        s = Scheduler(Model(), ThreadPoolExecutor(max_workers=concurrency), 4, 0.0, 100, on_step=broken_metrics,
+                      concurrency=concurrency)
+        s.start()
+        outcomes = await asyncio.wait_for(asyncio.gather(s.submit("answer", "A", 2), s.submit("answer", "B", 1),
+                                                         return_exceptions=True), timeout=10)
+        late = await asyncio.gather(s.submit("answer", "C", 1), return_exceptions=True)
+        await s.stop()
+        return outcomes + late
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, ShuttingDown) and "internal error (metrics broke)" in str(o) for o in outcomes), outcomes

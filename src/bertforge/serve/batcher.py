@@ -20,6 +20,7 @@ free, from the line as it stands then.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -177,11 +178,13 @@ class Scheduler:
                 continue
             step = asyncio.get_running_loop().create_task(self._step(kind, slices))
             self.running.add(step)
-            step.add_done_callback(lambda done: (self.running.discard(done), free.release(), self._check(done)))
+            step.add_done_callback(functools.partial(self._step_done, free))
 
-    def _check(self, step: asyncio.Task) -> None:
-        """A step that failed by mistake (not its model call: those reach the requests) stops the server's
-        requests instead of leaving them waiting."""
+    def _step_done(self, free: asyncio.Semaphore, step: asyncio.Task) -> None:
+        """Frees the step's stream. A step that failed by mistake (not its model call: those reach
+        the requests) fails every request instead of leaving them waiting."""
+        self.running.discard(step)
+        free.release()
         if not step.cancelled() and step.exception() is not None and self.task is not None:
             self.task.cancel()
             log.error("a step failed", exc_info=step.exception())
