@@ -52,6 +52,15 @@ def squad_dev_file() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A bert_config.json of L=2, H=32 with BERT's uncased vocabulary, 128 positions (tests/runs.py's
+    TINY): the model of the tests that run whole commands."""
+    from runs import write_tiny_config
+
+    return write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.json")
+
+
+@pytest.fixture(scope="session")
 def squad_v2_dev_file(squad_dev_file, tmp_path_factory) -> Path:
     """The v1.1 dev file as SQuAD v2.0 (see `squad_v2_from_v1`)."""
     path = tmp_path_factory.mktemp("squad_v2") / "dev-v2-from-v1.1.json"

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import shared
 from pretraining_writers import synthetic_samples, write_google_tfrecord
-from runs import fill, small_filesystem, squad_argv, write_tiny_config
+from runs import fill, small_filesystem, squad_argv
 
 import bertforge
 from bertforge import download, fileio
@@ -36,11 +36,6 @@ def one_error(err: str) -> str:
     lines = [line for line in err.splitlines() if ": error:" in line]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.json")
 
 
 @pytest.fixture(scope="module")

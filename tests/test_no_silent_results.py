@@ -13,7 +13,7 @@ import h5py
 import pytest
 import transformers
 from pretraining_writers import synthetic_samples, write_google_tfrecord, write_nvidia_hdf5
-from runs import squad_argv, write_tiny_config
+from runs import squad_argv
 
 import bertforge
 from bertforge.checkpoint import load_checkpoint
@@ -21,11 +21,6 @@ from bertforge.cli import main
 from bertforge.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.json")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from pretraining_writers import synthetic_samples, write_nvidia_hdf5
-from runs import copy_run, fill, metrics, small_filesystem, snapshot, squad_argv, write_tiny_config
+from runs import copy_run, fill, metrics, small_filesystem, snapshot, squad_argv
 from safetensors import SafetensorError
 
 from bertforge.checkpoint import load_checkpoint
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 STORAGE_FULL = ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
                 '"No space left on device" })')  # what safetensors raises on a full disk
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.json")
 
 
 @pytest.fixture(scope="module")

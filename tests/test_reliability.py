@@ -26,16 +26,6 @@ from bertforge.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """L=2, H=32 with BERT's uncased vocabulary, 128 positions."""
-    path = tmp_path_factory.mktemp("cfg") / "tiny.json"
-    path.write_text(json.dumps({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-                                "num_attention_heads": 2, "intermediate_size": 37,
-                                "max_position_embeddings": 128}))
-    return path
-
-
 def squad_argv(out: Path, tiny: Path, vocab_file: Path, squad_dev_file: Path, *extra: str) -> list[str]:
     return ["finetune", "squad", "--do_train", "--train_file", str(squad_dev_file), "--train_articles", "0:1",
             "--max_seq_length", "64", "--doc_stride", "32", "--max_query_length", "16",

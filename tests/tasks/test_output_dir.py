@@ -10,17 +10,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from runs import copy_run, snapshot, squad_argv, write_tiny_config
+from runs import copy_run, snapshot, squad_argv
 
 from bertforge.cli import main
 from bertforge.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.json")
 
 
 @pytest.fixture(scope="module")
