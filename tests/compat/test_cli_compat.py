@@ -64,6 +64,15 @@ def test_vendor_knobs_are_noted_once(caplog):
         assert flag + ":" in notes[0].getMessage()
 
 
+def test_intel_multi_instance_flags_point_to_streams(caplog):
+    caplog.set_level(logging.WARNING)
+    cfg = parse(["predict", "squad", "--total_cores", "8", "--cores_per_instance", "4", "--use_share_weight"])
+    assert cfg.runtime.streams == 1  # noted, not guessed: the user chooses --streams
+    (note,) = [r.getMessage() for r in caplog.records if "another meaning" in r.getMessage()]
+    for flag in ("--total_cores", "--cores_per_instance", "--use_share_weight"):
+        assert f"{flag}: --streams N (CPU prediction)" in note
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--int8"], "--int8: int8 is for inference (predict, serve, export)"),
     (["--max_steps", "10.5"], "--max_steps 10.5: expected a whole number of steps"),

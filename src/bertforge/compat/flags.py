@@ -97,6 +97,8 @@ _COMPILE = "--compile (torch.compile of the encoder layers)"
 _LAUNCH = "launch with torchrun; bertforge reads RANK/LOCAL_RANK/WORLD_SIZE"
 _PRECISION = "--precision fp32|tf32|bf16|fp16"
 _MEMORY = "lower --train_batch_size and raise --gradient_accumulation_steps (same global batch)"
+_STREAMS = ("--streams N (CPU prediction): N forward passes at once in one process, sharing the weights, each on "
+            "an equal share of the threads (set by --intra_op_parallelism_threads or OMP_NUM_THREADS)")
 
 # Accepted with one warning naming what replaces them: knobs of one vendor's stack, TPU and
 # launcher settings, logging and caching switches. None changes what is computed.
@@ -145,7 +147,7 @@ NOTED = {
     "distribution_strategy": _LAUNCH, "all_reduce_alg": _LAUNCH, "enable_scoped_allocator": _LAUNCH,
     "manual_fp16": _PRECISION, "report_loss": "the loss is in metrics.jsonl",
     "max_eval_steps": "--max_eval_samples", "ipex": _COMPILE, "jit_mode": _COMPILE, "use_jit": _COMPILE,
-    "use_ort": _COMPILE, "use_share_weight": _LAUNCH, "total_cores": _LAUNCH, "cores_per_instance": _LAUNCH,
+    "use_ort": _COMPILE, "use_share_weight": _STREAMS, "total_cores": _STREAMS, "cores_per_instance": _STREAMS,
     "perf_begin_iter": "predict reports throughput and p50/p99 latency over all batches",
     "perf_run_iters": "predict reports throughput and p50/p99 latency over all batches",
     "benchmark": "predict reports throughput and p50/p99 latency in its results and metrics.jsonl",
