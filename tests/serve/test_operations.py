@@ -165,6 +165,9 @@ def test_what_the_model_cannot_serve_is_refused_at_start(tmp_path, vocab_file, c
     (["--max_windows_per_request", "0"], "max_windows_per_request"),
     (["--header_timeout_s", "0"], "--header_timeout_s must be a positive number of seconds"),
     (["--allowed_hosts", " , "], "--allowed_hosts is empty"),
+    # refused before the server listens, not once the model loads
+    (["--engine", "onnxruntime", "--precision", "bf16"], "--engine onnxruntime runs fp32 or int8 exports"),
+    (["--streams", "2", "--engine", "onnxruntime", "--precision", "int8"], "--streams 2: streams share a CPU's"),
 ])
 def test_bad_flags_are_one_line(tmp_path, capsys, flags, message):
     assert main(["serve", str(tmp_path), *flags]) == 2

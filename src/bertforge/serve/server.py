@@ -119,9 +119,13 @@ def auth_token(args: ServeArgs, environ: Mapping[str, str]) -> str | None:
 def serve(args: ServeArgs, environ: Mapping[str, str]) -> None:
     """Serve until SIGINT or SIGTERM (see the module docstring); raises the error that kept the
     model from loading. `environ`: where --auth_token_env's variable is read."""
+    from bertforge.engine import check_inference
     from bertforge.serve.work import load_predictor
+    from bertforge.train.runtime import resolve_device
 
     token = auth_token(args, environ)
+    runtime = args.runtime
+    check_inference(runtime.precision, runtime.engine, resolve_device(runtime.device, 0), runtime.streams)
     check_checkpoint(args.checkpoint)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
