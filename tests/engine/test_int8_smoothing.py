@@ -35,9 +35,15 @@ def test_smoothing_leaves_the_fp32_function_unchanged():
     with torch.inference_mode():
         want = qa_forward(model, batch)
     smoothed = smooth_activations(copy.deepcopy(model), activation_ranges(model, calibration_inputs(model.config)))
-    assert sum(isinstance(m, SmoothedInput) for m in smoothed.modules()) == sum(
-        type(m) is nn.Linear for m in model.modules())
-    with torch.inference_mode():
+    # Every linear layer smoothed: the attention output projections by their layer's value rows,
+    # the others by a multiplication (in place on GELU's output, which only ffn.output reads).
+    wrapped = {name: m for name, m in smoothed.named_modules() if isinstance(m, SmoothedInput)}
+    layers = model.config.num_hidden_layers
+    assert len(wrapped) == sum(type(m) is nn.Linear for m in model.modules()) - layers
+    assert not any(name.endswith("attention_output") for name in wrapped)
+    assert sorted(name for name, m in wrapped.items() if m.inplace) == [
+        f"bert.encoder.layers.{i}.ffn.output" for i in range(layers)]
+    with torch.inference_mode():  # (in-place multiplications run only without autograd)
         got = qa_forward(smoothed, batch)
     mask = batch["attention_mask"].bool()
     for g, w in zip(got, want):

@@ -25,9 +25,12 @@ matrix instructions, and int8 (dynamic quantisation of the linear layers).
     found them a little better: benchmarks/RESULTS.md).
     Written here because it is a dozen lines of arithmetic over torch's own quantised layer;
     the libraries that ship it (Intel Neural Compressor, torchao) would be a large dependency.
-    Post-LayerNorm BERT feeds each LayerNorm's output to the residual too, so the division
+    Where the input is attention's output the division is folded into the value projection
+    (attention mixes tokens, not channels, so scaling V's output channels scales the context's).
+    Post-LayerNorm BERT feeds each LayerNorm's output to the residual too, so there the division
     cannot be folded into LayerNorm's weights: it is a multiplication before the layer
-    (`SmoothedInput`), a few percent of the layer's time.
+    (`SmoothedInput`), a few percent of the layer's time, done in place on GELU's output, which
+    nothing else reads.
   * 8-bit activations where the CPU has VNNI: torch's layer quantises activations to 7 bits by
     default, so that AVX2's 16-bit intermediate sums cannot saturate; VNNI's instructions sum
     into 32 bits, and there the full 8 bits are exact.
@@ -110,16 +113,31 @@ vocabulary for 4 windows of 384 tokens take 190 MB)."""
 
 
 class SmoothedInput(nn.Module):
-    """A linear layer whose input is first divided per channel (SmoothQuant): linear(x * inverse_scale)."""
+    """A linear layer whose input is first divided per channel (SmoothQuant): linear(x * inverse_scale).
+    `inplace`: the input is a temporary nobody else reads, so the multiplication may overwrite it
+    (no second buffer of the input's size) when autograd is off."""
 
-    def __init__(self, linear: nn.Module, inverse_scale: torch.Tensor):
+    def __init__(self, linear: nn.Module, inverse_scale: torch.Tensor, inplace: bool = False):
         super().__init__()
         self.linear = linear
+        self.inplace = inplace
         self.register_buffer("inverse_scale", inverse_scale)  # (in_features,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)"""
-        return self.linear(x * self.inverse_scale.to(x.dtype))
+        inverse_scale = self.inverse_scale.to(x.dtype)
+        if self.inplace and not torch.is_grad_enabled():
+            return self.linear(x.mul_(inverse_scale))
+        return self.linear(x * inverse_scale)
+
+
+SMOOTHED_IN_PLACE = ("ffn.output",)
+"""The linear layers whose input is a temporary that only they read (FeedForward's GELU output),
+so SmoothedInput multiplies it in place."""
+
+FOLDED_INTO_VALUES = ("attention_output",)
+"""The linear layers whose input is attention's output: their smoothing is folded into the value
+rows of the sibling `attention.qkv` (see fold_into_values)."""
 
 
 class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
@@ -179,8 +197,31 @@ def smooth_activations(model: nn.Module, ranges: dict[str, torch.Tensor],
             s = (ranges[name].clamp(min=1e-5) ** alpha / weight_range ** (1 - alpha)).clamp(min=1e-5)
             linear.weight.mul_(s.to(linear.weight.dtype))
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, SmoothedInput(linear, 1 / s))
+        owner = model.get_submodule(parent) if parent else model
+        if child in FOLDED_INTO_VALUES and fold_into_values(owner, 1 / s):
+            continue
+        inplace = any(f".{name}".endswith(f".{site}") for site in SMOOTHED_IN_PLACE)
+        setattr(owner, child, SmoothedInput(linear, 1 / s, inplace=inplace))
     return model
+
+
+def fold_into_values(layer: nn.Module, inverse_scale: torch.Tensor) -> bool:
+    """Multiply the value rows of layer.attention.qkv (weight and bias) by inverse_scale (H,), so
+    that attention's output arrives already divided: softmax(q k^T) (v * d) = (softmax(q k^T) v) * d.
+    False, changing nothing, when the layer has no such projection."""
+    try:
+        qkv = layer.get_submodule("attention.qkv")
+    except AttributeError:
+        return False
+    qkv = qkv.linear if isinstance(qkv, SmoothedInput) else qkv
+    hidden = inverse_scale.numel()
+    if type(qkv) is not nn.Linear or qkv.out_features != 3 * hidden:
+        return False
+    with torch.no_grad():  # rows are (q, k, v) x (heads, head_dim): the last H are v's channels
+        qkv.weight[2 * hidden:].mul_(inverse_scale[:, None].to(qkv.weight.dtype))
+        if qkv.bias is not None:
+            qkv.bias[2 * hidden:].mul_(inverse_scale.to(qkv.bias.dtype))
+    return True
 
 
 def smooth_for_int8(model: nn.Module) -> nn.Module:
@@ -218,7 +259,8 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
 
 
-__all__ = ["CALIBRATION_WINDOWS", "SMOOTHING_ALPHA", "InferencePrecision", "Int8Linear", "SmoothedInput",
-           "activation_ranges", "calibration_inputs", "check_precision", "cpu_bf16_instructions", "cpu_has_vnni",
-           "is_quantized", "prepare_for_inference", "quantize_int8", "smooth_activations", "smooth_for_int8",
+__all__ = ["CALIBRATION_WINDOWS", "FOLDED_INTO_VALUES", "SMOOTHED_IN_PLACE", "SMOOTHING_ALPHA",
+           "InferencePrecision", "Int8Linear", "SmoothedInput", "activation_ranges", "calibration_inputs",
+           "check_precision", "cpu_bf16_instructions", "cpu_has_vnni", "fold_into_values", "is_quantized",
+           "prepare_for_inference", "quantize_int8", "smooth_activations", "smooth_for_int8",
            "store_linear_weights"]

@@ -26,9 +26,11 @@ from bertforge.model.attention import Layout, Padded, Unpadded, attend, host_len
 # ---- building blocks ---------------------------------------------------------------------
 
 
-def gelu_for(name: str):
+def gelu_for(name: str, inplace: bool = False):
     # BERT uses the exact (erf) GELU; "gelu_new" is the tanh approximation some checkpoints use.
     approximate = "none" if name == "gelu" else "tanh"
+    if inplace:
+        return lambda x: torch.ops.aten.gelu_(x, approximate=approximate)
     return lambda x: F.gelu(x, approximate=approximate)
 
 
@@ -85,10 +87,13 @@ class FeedForward(nn.Module):
         self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
         self.output = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = gelu_for(config.hidden_act)
+        self.act_ = gelu_for(config.hidden_act, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., H) -> (..., H)"""
-        return self.output(self.act(self.intermediate(x)))
+        h = self.intermediate(x)  # (..., 4H)
+        # Without autograd GELU overwrites the product: no second (..., 4H) buffer to fill.
+        return self.output(self.act(h) if torch.is_grad_enabled() else self.act_(h))
 
 
 class BertLayer(nn.Module):
