@@ -72,7 +72,7 @@ INT8_WARN_DIFF = 0.1
 INT8_RECIPE = {"tool": "onnxruntime.quantization.quantize_dynamic", "operators": ["MatMul"],
                "weights": "int8, symmetric, per output channel", "activations": "uint8, asymmetric, per call",
                "smoothing": f"SmoothQuant, alpha {SMOOTHING_ALPHA}, input ranges from {CALIBRATION_WINDOWS} "
-                            "windows of seeded random token ids"}
+                            "windows of seeded random token ids; attention's output through the value rows"}
 # protobuf files stop at 2 GiB: larger ONNX models keep their weights in model.onnx.data.
 ONNX_INLINE_LIMIT = 1_800_000_000
 
